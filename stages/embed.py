@@ -1,0 +1,48 @@
+"""Stage embed: encode the train and test images, saving mu, log sigma^2 and the label.
+
+One parquet file per split, columns mu_0..mu_{d-1}, logvar_0..logvar_{d-1}, label.
+The later stages use z = mu, as the article does for its latent map.
+"""
+import logging
+
+import pandas as pd
+import torch
+
+from vae_pipeline.data import load_images, setup_torch
+from vae_pipeline.files import atomic_path, project_path
+from vae_pipeline.model import load_model
+
+log = logging.getLogger("embed")
+
+
+@torch.no_grad()
+def encode(model, x, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = [model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return torch.cat([p[0] for p in parts]).cpu(), torch.cat([p[1] for p in parts]).cpu()
+
+
+def run(params: dict) -> dict:
+    t, paths = params["train"], params["paths"]
+    device = setup_torch(t["device"], t["threads"])
+    model, config = load_model(project_path(paths["model_dir"]), device)
+    out_dir = project_path(paths["embeddings_dir"])
+    outputs = {}
+    for split in ("train", "test"):
+        x, labels = load_images(params, split, device)
+        mu, logvar = encode(model, x, params["embed"]["batch_size"])
+        table = pd.DataFrame({
+            **{f"mu_{j}": mu[:, j].numpy() for j in range(mu.shape[1])},
+            **{f"logvar_{j}": logvar[:, j].numpy() for j in range(logvar.shape[1])},
+            "label": labels,
+        })
+        path = out_dir / f"{split}.parquet"
+        with atomic_path(path) as tmp:
+            table.to_parquet(tmp, index=False)
+        log.info("%s: %d rows, latent dim %d", path, len(table), mu.shape[1])
+        outputs[split] = path
+    return outputs
+
+
+if __name__ == "__main__":
+    from vae_pipeline.cli import main
+    main(run)

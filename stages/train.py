@@ -1,0 +1,172 @@
+"""Stage train: fit the article's VAE and save it as tensors plus a JSON config.
+
+The images are read once into tensors; each epoch shuffles the indices and
+slices batches (the last one may be smaller). Per epoch, train and test loss,
+reconstruction and KL (per sample) go to the history CSV; the final figures to
+the metrics JSON. A checkpoint written atomically after every epoch lets a
+killed run resume where it stopped, with the same result.
+"""
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vae_pipeline.data import load_images, setup_torch
+from vae_pipeline.files import PipelineError, atomic_path, project_path, write_json
+from vae_pipeline.model import VAE, reparameterize, save_model, vae_loss
+
+log = logging.getLogger("train")
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_recon", "train_kl",
+                   "test_loss", "test_recon", "test_kl", "seconds"]
+
+
+def train_epoch(model, optimizer, x, t: dict, epoch: int) -> list[float]:
+    """One pass over x in shuffled batches; returns per-sample loss, recon, KL."""
+    model.train()
+    n = len(x)
+    order = torch.randperm(n, device=x.device)
+    batch_losses = torch.zeros(math.ceil(n / t["batch_size"]), device=x.device)
+    totals = torch.zeros(3, device=x.device)
+    starts = range(0, n, t["batch_size"])
+    for i, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", disable=None, leave=False)):
+        batch = x[order[start:start + t["batch_size"]]]
+        logits, mu, logvar = model(batch)
+        loss, recon, kl = vae_loss(logits, batch, mu, logvar, t["beta"], t["likelihood"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # Kept on the device: no host sync per batch.
+        batch_losses[i] = loss.detach()
+        totals += torch.stack([loss.detach(), recon.detach(), kl.detach()])
+    bad = (~torch.isfinite(batch_losses)).nonzero()
+    if len(bad):
+        raise PipelineError(f"train: loss became {batch_losses[bad[0, 0]].item()} at epoch {epoch}, "
+                            f"batch {bad[0, 0].item() + 1}; lower train.lr or check the data. "
+                            "The last good checkpoint is kept.")
+    return (totals / n).tolist()
+
+
+@torch.no_grad()
+def evaluate(model, x, t: dict, sample: bool = True) -> list[float]:
+    """Per-sample loss, recon, KL on x; z is sampled with a fixed seed (or z = mu)."""
+    model.eval()
+    generator = torch.Generator(device=x.device).manual_seed(t["seed"])
+    totals = torch.zeros(3, device=x.device)
+    for start in range(0, len(x), t["eval_batch_size"]):
+        batch = x[start:start + t["eval_batch_size"]]
+        mu, logvar = model.encode(batch)
+        z = reparameterize(mu, logvar, generator) if sample else mu
+        loss, recon, kl = vae_loss(model.decode_logits(z), batch, mu, logvar, t["beta"], t["likelihood"])
+        totals += torch.stack([loss, recon, kl])
+    return (totals / len(x)).tolist()
+
+
+def checkpoint_key(params: dict) -> str:
+    """Identifies the params a checkpoint belongs to; a checkpoint of other params is ignored."""
+    shaping = {"data": params["data"], "train": params["train"]}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list, key: str) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": torch.tensor(epoch),
+        "history": torch.tensor(history, dtype=torch.float64),
+        "key": torch.tensor(list(key.encode())),
+        "cpu_rng": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, model, optimizer, key: str) -> tuple[int, list]:
+    """Restore a checkpoint of the same params; returns (epochs done, history) or (0, [])."""
+    if not path.exists():
+        return 0, []
+    try:
+        # weights_only: tensors and plain containers only, never arbitrary pickled objects.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise PipelineError(f"{path}: refused to load checkpoint ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0]}); delete it to start afresh") from None
+    if bytes(state["key"].tolist()).decode() != key:
+        log.info("%s: checkpoint is for other params; starting afresh", path)
+        return 0, []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["cpu_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    epoch = int(state["epoch"])
+    log.info("resuming from %s after epoch %d", path, epoch)
+    return epoch, state["history"].tolist()
+
+
+def write_history(path: Path, history: list) -> None:
+    with atomic_path(path) as tmp:
+        lines = [",".join(HISTORY_COLUMNS)]
+        lines += [",".join(f"{v:.6g}" if c != "epoch" else str(int(v)) for c, v in zip(HISTORY_COLUMNS, row))
+                  for row in history]
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def run(params: dict) -> dict:
+    t, paths = params["train"], params["paths"]
+    device = setup_torch(t["device"], t["threads"])
+    torch.manual_seed(t["seed"])
+    x_train, _ = load_images(params, "train", device)
+    x_test, _ = load_images(params, "test", device)
+    if t["batch_size"] > len(x_train):
+        raise PipelineError(f"params.yaml: train.batch_size is {t['batch_size']}, larger than the "
+                            f"{len(x_train)} training images")
+    log.info("%d train / %d test images on %s (%d threads)", len(x_train), len(x_test), device,
+             torch.get_num_threads())
+
+    model = VAE(t["latent_dim"], t["hidden_dims"]).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=t["lr"])
+    checkpoint = project_path(paths["checkpoint_dir"]) / "train.pt"
+    key = checkpoint_key(params)
+    done, history = load_checkpoint(checkpoint, model, optimizer, key)
+
+    for epoch in range(done + 1, t["epochs"] + 1):
+        started = time.perf_counter()
+        train_figures = train_epoch(model, optimizer, x_train, t, epoch)
+        test_figures = evaluate(model, x_test, t)
+        seconds = time.perf_counter() - started
+        history.append([epoch, *train_figures, *test_figures, seconds])
+        log.info("epoch %2d/%d  train %.2f  test %.2f (recon %.2f, KL %.2f)  %.1fs", epoch, t["epochs"],
+                 train_figures[0], *test_figures, seconds)
+        save_checkpoint(checkpoint, model, optimizer, epoch, history, key)
+
+    test_loss, test_recon, test_kl = history[-1][4:7]
+    test_loss_mu, test_recon_mu, _ = evaluate(model, x_test, t, sample=False)
+    metrics = {
+        "train_loss": history[-1][1],
+        "test_loss": test_loss, "test_recon": test_recon, "test_kl": test_kl,
+        "test_loss_mu": test_loss_mu, "test_recon_mu": test_recon_mu,
+        "best_test_loss": min(row[4] for row in history),
+        "epochs": t["epochs"],
+        "train_seconds": sum(row[-1] for row in history),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    save_model(model, project_path(paths["model_dir"]), {"likelihood": t["likelihood"]})
+    write_history(project_path(paths["train_history"]), history)
+    write_json(project_path(paths["train_metrics"]), metrics)
+    checkpoint.unlink(missing_ok=True)
+    log.info("test loss %.2f per sample (z = mu: %.2f) after %d epochs, %.0fs",
+             test_loss, test_loss_mu, t["epochs"], metrics["train_seconds"])
+    return metrics
+
+
+if __name__ == "__main__":
+    from vae_pipeline.cli import main
+    main(run)

@@ -1,0 +1,38 @@
+"""Torch set-up and the data set as tensors: read once, batches are slices."""
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vae_pipeline.files import PipelineError, project_path
+from vae_pipeline.idx import read_split
+
+log = logging.getLogger("data")
+
+
+def setup_torch(device: str, threads: int) -> torch.device:
+    """Pick the device (`auto`: CUDA when present) and set torch's CPU thread count.
+
+    threads 0 means the cores this process may use. More threads than free
+    cores makes torch much slower, not faster, on a shared machine.
+    """
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("params.yaml: train.device is 'cuda' but no CUDA device is available "
+                            "(use 'auto' or 'cpu')")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def raw_dir(params: dict) -> Path:
+    return project_path(params["paths"]["raw_dir"]) / params["data"]["dataset"]
+
+
+def load_images(params: dict, split: str, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    """Images of a split as float32 (N, 784) in [0, 1] on `device`, and their labels."""
+    images, labels = read_split(raw_dir(params), split)
+    x = torch.from_numpy(images.copy()).to(device).reshape(len(images), -1).float().div_(255)
+    return x, labels.astype(np.int64)

@@ -1,0 +1,60 @@
+"""Reading and writing IDX files, the format MNIST and Fashion-MNIST ship in.
+
+Layout: two zero bytes, a type byte (0x08 = unsigned byte), the number of
+dimensions, then one big-endian uint32 per dimension, then the data.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from vae_pipeline.files import PipelineError
+
+UBYTE = 0x08
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read an unsigned-byte IDX file with `ndim` dimensions, checking every header field."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read IDX file ({e.strerror})") from None
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise PipelineError(f"{path}: truncated IDX file ({len(raw)} bytes, header needs {header_size})")
+    if raw[0] != 0 or raw[1] != 0 or raw[2] != UBYTE or raw[3] != ndim:
+        raise PipelineError(
+            f"{path}: wrong magic number {raw[:4].hex()} "
+            f"(expected 000008{ndim:02x}: unsigned bytes, {ndim} dimensions)"
+        )
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header_size + int(np.prod(shape, dtype=np.int64))
+    if len(raw) != expected:
+        kind = "truncated" if len(raw) < expected else "oversized"
+        raise PipelineError(
+            f"{path}: {kind} IDX file: header says shape {shape} ({expected} bytes), file has {len(raw)} bytes"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (used by tests and fixtures)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, UBYTE, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    Path(path).write_bytes(header + array.tobytes())
+
+
+def read_split(raw_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) and labels (N,) of the `train` or `test` split in `raw_dir`."""
+    prefix = "train" if split == "train" else "t10k"
+    images_path = Path(raw_dir) / f"{prefix}-images-idx3-ubyte"
+    labels_path = Path(raw_dir) / f"{prefix}-labels-idx1-ubyte"
+    images = read_idx(images_path, 3)
+    labels = read_idx(labels_path, 1)
+    if images.shape[1:] != (28, 28):
+        raise PipelineError(f"{images_path}: images are {images.shape[1:]}, expected 28x28")
+    if len(labels) != len(images):
+        raise PipelineError(
+            f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}"
+        )
+    return images, labels

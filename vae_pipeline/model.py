@@ -1,0 +1,107 @@
+"""The article's VAE, its loss, and saving/loading it as tensors only.
+
+Encoder 784 -> hidden -> (mu, log sigma^2); decoder latent -> hidden -> 784.
+The decoder returns logits: the loss uses them directly (numerically stable
+BCE), and `decode` applies the sigmoid to give pixel values in [0, 1].
+"""
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vae_pipeline.files import PipelineError, atomic_path, write_json
+
+IMAGE_PIXELS = 28 * 28
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last)."""
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class VAE(nn.Module):
+    def __init__(self, latent_dim: int = 4, hidden_dims: list[int] = (400,)):
+        super().__init__()
+        self.config = {"latent_dim": latent_dim, "hidden_dims": list(hidden_dims)}
+        hidden = list(hidden_dims)
+        self.encoder = nn.Sequential(mlp([IMAGE_PIXELS, *hidden]), nn.ReLU())
+        self.to_mu = nn.Linear(hidden[-1], latent_dim)
+        self.to_logvar = nn.Linear(hidden[-1], latent_dim)
+        self.decoder = mlp([latent_dim, *reversed(hidden), IMAGE_PIXELS])
+
+    def encode(self, x):
+        h = self.encoder(x.view(-1, IMAGE_PIXELS))
+        return self.to_mu(h), self.to_logvar(h)
+
+    def decode_logits(self, z):
+        return self.decoder(z)
+
+    def decode(self, z):
+        """Pixel values in [0, 1], shape (N, 784)."""
+        return torch.sigmoid(self.decoder(z))
+
+    def forward(self, x, sample: bool = True, generator=None):
+        """Logits of the reconstruction, mu and logvar. `sample=False` decodes z = mu."""
+        mu, logvar = self.encode(x)
+        z = reparameterize(mu, logvar, generator) if sample else mu
+        return self.decode_logits(z), mu, logvar
+
+
+def reparameterize(mu, logvar, generator=None):
+    """z = mu + sigma * eps with eps ~ N(0, I): sampling that gradients can pass through."""
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + eps * torch.exp(0.5 * logvar)
+
+
+def kl_divergence(mu, logvar):
+    """KL(N(mu, sigma^2) || N(0, I)) in closed form, per sample and latent dimension."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)
+
+
+def reconstruction_loss(logits, x, likelihood: str):
+    """Summed over pixels and batch: BCE (bernoulli) or squared error (gaussian)."""
+    x = x.view(-1, IMAGE_PIXELS)
+    if likelihood == "bernoulli":
+        return F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    return F.mse_loss(torch.sigmoid(logits), x, reduction="sum")
+
+
+def vae_loss(logits, x, mu, logvar, beta: float, likelihood: str):
+    """(loss, reconstruction, kl), each summed over the batch: loss = recon + beta * KL."""
+    recon = reconstruction_loss(logits, x, likelihood)
+    kl = kl_divergence(mu, logvar).sum()
+    return recon + beta * kl, recon, kl
+
+
+def save_model(model: VAE, model_dir: Path, extra_config: dict | None = None) -> None:
+    """Weights as safetensors plus the config as JSON: no pickle anywhere."""
+    model_dir = Path(model_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(model_dir / "vae.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_json(model_dir / "vae.json", {**model.config, **(extra_config or {})})
+
+
+def load_model(model_dir: Path, device: str | torch.device = "cpu") -> tuple[VAE, dict]:
+    """The model saved by `save_model`, in eval mode, and its config."""
+    model_dir = Path(model_dir)
+    weights, config_path = model_dir / "vae.safetensors", model_dir / "vae.json"
+    for path in (weights, config_path):
+        if not path.exists():
+            raise PipelineError(f"{path}: missing; run the train stage first (dvc repro train)")
+    config = json.loads(config_path.read_text())
+    model = VAE(config["latent_dim"], config["hidden_dims"])
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as e:  # safetensors raises its own types for corrupt files
+        raise PipelineError(f"{weights}: not a valid safetensors file ({e})") from None
+    model.load_state_dict(state)
+    return model.to(device).eval(), config

@@ -1,0 +1,125 @@
+"""Load params.yaml and check every value against SCHEMA.
+
+One place for every knob: a stage calls `load_params()` and reads
+`params["train"]["beta"]`. A wrong type, an out-of-range value or an unknown
+key stops the stage with a message naming the key and what is allowed.
+"""
+from pathlib import Path
+
+import yaml
+
+from vae_pipeline.files import ROOT, PipelineError
+
+PARAMS_FILE = ROOT / "params.yaml"
+
+
+# A rule is (description of what is allowed, function value -> bool).
+def integer(lo=None, hi=None):
+    bounds = " and ".join(s for s in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}") if s)
+    return (f"an integer {bounds}".strip(),
+            lambda v: isinstance(v, int) and not isinstance(v, bool)
+            and (lo is None or v >= lo) and (hi is None or v <= hi))
+
+
+def number(lo=None, above=None):
+    bound = f" >= {lo}" if lo is not None else f" > {above}" if above is not None else ""
+    return (f"a number{bound}",
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+            and (lo is None or v >= lo) and (above is None or v > above))
+
+
+def choice(*values):
+    return (f"one of {', '.join(map(str, values))}", lambda v: v in values)
+
+
+def text():
+    return ("a string", lambda v: isinstance(v, str) and v != "")
+
+
+def boolean():
+    return ("true or false", lambda v: isinstance(v, bool))
+
+
+def optional(rule):
+    return (f"null or {rule[0]}", lambda v: v is None or rule[1](v))
+
+
+def list_of(rule, min_len=1):
+    return (f"a list of at least {min_len} items, each {rule[0]}",
+            lambda v: isinstance(v, list) and len(v) >= min_len and all(rule[1](x) for x in v))
+
+
+def mapping_of(rule):
+    return (f"a mapping of names to {rule[0]}",
+            lambda v: isinstance(v, dict) and all(isinstance(k, str) and rule[1](x) for k, x in v.items()))
+
+
+SCHEMA = {
+    "paths": {
+        # Every file the stages write, named once: dvc.yaml reads these too.
+        "raw_dir": text(),            # downloads land in <raw_dir>/<dataset>/
+        "model_dir": text(),          # vae.safetensors + vae.json
+        "checkpoint_dir": text(),     # per-epoch training checkpoints (not a DVC output)
+        "train_metrics": text(),
+        "train_history": text(),
+        "embeddings_dir": text(),     # train.parquet + test.parquet
+    },
+    "data": {
+        "dataset": choice("mnist", "fashion-mnist"),
+        "sources": optional(list_of(text())),          # null: the dataset's own list
+        "sha256": optional(mapping_of(text())),        # null: the pinned checksums
+        "connect_timeout": number(above=0),
+    },
+    "train": {
+        "latent_dim": integer(1, 1024),
+        "hidden_dims": list_of(integer(1, 100_000)),
+        "batch_size": integer(1),
+        "epochs": integer(1),
+        "lr": number(above=0),
+        "beta": number(lo=0),
+        "likelihood": choice("bernoulli", "gaussian"),
+        "seed": integer(0),
+        "device": choice("auto", "cpu", "cuda"),
+        "threads": integer(0),                         # 0: the cores this process may use
+        "eval_batch_size": integer(1),
+    },
+    "embed": {
+        "batch_size": integer(1),
+    },
+}
+
+
+def validate(params: dict, schema: dict = SCHEMA, source: str = "params.yaml") -> dict:
+    """Return `params` if every section and key matches `schema`, else raise PipelineError."""
+    if not isinstance(params, dict):
+        raise PipelineError(f"{source}: expected a mapping of sections, got {type(params).__name__}")
+    errors = []
+    for section in params.keys() - schema.keys():
+        errors.append(f"unknown section '{section}' (allowed: {', '.join(schema)})")
+    for section, rules in schema.items():
+        values = params.get(section)
+        if not isinstance(values, dict):
+            errors.append(f"missing section '{section}'")
+            continue
+        for key in values.keys() - rules.keys():
+            errors.append(f"unknown key '{section}.{key}' (allowed: {', '.join(rules)})")
+        for key, (allowed, check) in rules.items():
+            if key not in values:
+                errors.append(f"missing key '{section}.{key}' ({allowed})")
+            elif not check(values[key]):
+                errors.append(f"'{section}.{key}' is {values[key]!r}; allowed: {allowed}")
+    if errors:
+        raise PipelineError(f"{source}: invalid params:\n  " + "\n  ".join(sorted(errors)))
+    return params
+
+
+def load_params(path: Path | None = None) -> dict:
+    """Read and validate params.yaml (the project's, or `path`)."""
+    path = Path(path or PARAMS_FILE)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read params ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise PipelineError(f"{path}: not valid YAML: {e}") from None
+    return validate(params, source=str(path))
