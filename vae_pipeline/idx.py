@@ -20,13 +20,15 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     except OSError as e:
         raise PipelineError(f"{path}: cannot read IDX file ({e.strerror})") from None
     header_size = 4 + 4 * ndim
-    if len(raw) < header_size:
+    if len(raw) < 4:
         raise PipelineError(f"{path}: truncated IDX file ({len(raw)} bytes, header needs {header_size})")
     if raw[0] != 0 or raw[1] != 0 or raw[2] != UBYTE or raw[3] != ndim:
         raise PipelineError(
             f"{path}: wrong magic number {raw[:4].hex()} "
             f"(expected 000008{ndim:02x}: unsigned bytes, {ndim} dimensions)"
         )
+    if len(raw) < header_size:
+        raise PipelineError(f"{path}: truncated IDX file ({len(raw)} bytes, header needs {header_size})")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     expected = header_size + int(np.prod(shape, dtype=np.int64))
     if len(raw) != expected:

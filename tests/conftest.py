@@ -1,0 +1,94 @@
+"""Shared fixtures: a tiny IDX data set and a throwaway copy of the project.
+
+Nothing here touches the network: the tiny data set is written by the test
+session and served to the download stage as a `file://` source.
+"""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from vae_pipeline.datasets import FILES
+from vae_pipeline.files import ROOT
+from vae_pipeline.idx import write_idx
+
+VENV_BIN = Path(sys.executable).parent
+# What a fresh clone holds: the tracked files and the ones git would track, nothing generated.
+COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports", "mlflow.db",
+                                     "mlartifacts", ".prefect", ".checkpoints", "__pycache__",
+                                     ".pytest_cache", ".hypothesis", "*.egg-info", ".numba_cache",
+                                     "cache", "tmp")
+
+
+def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n 28x28 uint8 images of 10 classes: a fixed blurry blob pattern per class plus noise."""
+    rng = np.random.default_rng(seed)
+    templates = np.random.default_rng(1234).random((10, 7, 7)) > 0.6
+    templates = np.kron(templates, np.ones((4, 4))) * 255.0        # 7x7 -> 28x28
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = templates[labels] * rng.uniform(0.6, 1.0, (n, 1, 1)) + rng.normal(0, 20, (n, 28, 28))
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+def write_dataset(folder: Path, n_train: int, n_test: int) -> dict[str, str]:
+    """Write the four IDX files of a tiny data set; return their SHA-256 checksums."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = make_digits(n_train, seed=1)
+    test_x, test_y = make_digits(n_test, seed=2)
+    arrays = dict(zip(FILES, [train_x, train_y, test_x, test_y]))
+    for name, array in arrays.items():
+        write_idx(folder / name, array)
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in FILES}
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory) -> tuple[Path, dict]:
+    """A local source of 2,000 training and 500 test images, and its checksums."""
+    folder = tmp_path_factory.mktemp("tiny-mnist")
+    return folder, write_dataset(folder, 2000, 500)
+
+
+def tiny_params(source: Path, checksums: dict, **overrides) -> dict:
+    """The project's params.yaml with the tiny source, 2 epochs, 1 thread; `overrides` as section={key: v}."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(sources=[f"file://{source}"], sha256=checksums)
+    params["train"].update(epochs=2, threads=1, batch_size=128)
+    for section, values in overrides.items():
+        params[section].update(values)
+    return params
+
+
+def pipeline_env() -> dict:
+    """The environment the Makefile sets: the venv first on PATH, telemetry off."""
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+            "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
+
+
+def run_in(project: Path, *cmd: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=project, env=pipeline_env(), capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n"
+                             f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture
+def project(tmp_path, tiny_source) -> Path:
+    """A fresh git repo holding a copy of the project, its params set to the tiny config."""
+    copy = tmp_path / "project"
+    shutil.copytree(ROOT, copy, ignore=COPY_IGNORE)
+    source, checksums = tiny_source
+    (copy / "params.yaml").write_text(yaml.safe_dump(tiny_params(source, checksums), sort_keys=False))
+    run_in(copy, "git", "init", "-q")
+    run_in(copy, "git", "add", "-A")
+    run_in(copy, "git", "-c", "user.name=test", "-c", "user.email=test@localhost",
+           "commit", "-qm", "tiny config")
+    return copy
