@@ -26,19 +26,23 @@ def run(params: dict) -> dict:
     device = setup_torch(t["device"], t["threads"])
     model, config = load_model(project_path(paths["model_dir"]), device)
     out_dir = project_path(paths["embeddings_dir"])
-    outputs = {}
+    # Both splits are encoded before either is written: bad data in the second
+    # split must not leave the first one's file behind.
+    tables = {}
     for split in ("train", "test"):
         x, labels = load_images(params, split, device)
         mu, logvar = encode(model, x, params["embed"]["batch_size"])
-        table = pd.DataFrame({
+        tables[split] = pd.DataFrame({
             **{f"mu_{j}": mu[:, j].numpy() for j in range(mu.shape[1])},
             **{f"logvar_{j}": logvar[:, j].numpy() for j in range(logvar.shape[1])},
             "label": labels,
         })
+    outputs = {}
+    for split, table in tables.items():
         path = out_dir / f"{split}.parquet"
         with atomic_path(path) as tmp:
             table.to_parquet(tmp, index=False)
-        log.info("%s: %d rows, latent dim %d", path, len(table), mu.shape[1])
+        log.info("%s: %d rows, latent dim %d", path, len(table), config["latent_dim"])
         outputs[split] = path
     return outputs
 

@@ -25,6 +25,11 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "train_recon", "train_kl",
                    "test_loss", "test_recon", "test_kl", "seconds"]
 
 
+# On a GPU, looking at a loss makes the host wait for the device, so a CUDA run
+# looks for a NaN or infinite loss every this many batches, not after each one.
+CUDA_CHECK_EVERY = 50
+
+
 def train_epoch(model, optimizer, x, t: dict, epoch: int) -> list[float]:
     """One pass over x in shuffled batches; returns per-sample loss, recon, KL."""
     model.train()
@@ -33,22 +38,37 @@ def train_epoch(model, optimizer, x, t: dict, epoch: int) -> list[float]:
     batch_losses = torch.zeros(math.ceil(n / t["batch_size"]), device=x.device)
     totals = torch.zeros(3, device=x.device)
     starts = range(0, n, t["batch_size"])
+    checked = 0  # batches whose loss has been looked at
     for i, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", disable=None, leave=False)):
         batch = x[order[start:start + t["batch_size"]]]
         logits, mu, logvar = model(batch)
         loss, recon, kl = vae_loss(logits, batch, mu, logvar, t["beta"], t["likelihood"])
+        # Kept on the device: no host sync per batch.
+        batch_losses[i] = loss.detach()
+        # On the CPU the check costs nothing: a bad loss stops training before its step
+        # touches the weights. On CUDA the few steps taken after it do no harm either:
+        # the weights of an epoch that fails are never saved.
+        if x.device.type == "cpu" or (i + 1) % CUDA_CHECK_EVERY == 0:
+            stop_if_not_finite(batch_losses, checked, i + 1, epoch)
+            checked = i + 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # Kept on the device: no host sync per batch.
-        batch_losses[i] = loss.detach()
         totals += torch.stack([loss.detach(), recon.detach(), kl.detach()])
-    bad = (~torch.isfinite(batch_losses)).nonzero()
-    if len(bad):
-        raise PipelineError(f"train: loss became {batch_losses[bad[0, 0]].item()} at epoch {epoch}, "
-                            f"batch {bad[0, 0].item() + 1}; lower train.lr or check the data. "
-                            "The last good checkpoint is kept.")
+    stop_if_not_finite(batch_losses, checked, len(batch_losses), epoch)
     return (totals / n).tolist()
+
+
+def stop_if_not_finite(batch_losses, start: int, stop: int, epoch: int) -> None:
+    """Raise, naming the epoch and batch, if a loss in batch_losses[start:stop] is NaN or infinite."""
+    bad = (~torch.isfinite(batch_losses[start:stop])).nonzero()
+    if len(bad):
+        i = start + bad[0, 0].item()
+        kept = (f"the checkpoint of epoch {epoch - 1} is kept, nothing of epoch {epoch} was saved"
+                if epoch > 1 else "nothing was saved")
+        raise PipelineError(f"train: loss became {batch_losses[i].item()} at epoch {epoch}, batch {i + 1} "
+                            f"of {len(batch_losses)}; training stopped there and {kept}. "
+                            "Lower train.lr or check the data.")
 
 
 @torch.no_grad()
@@ -73,6 +93,13 @@ def checkpoint_key(params: dict) -> str:
 
 
 def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list, key: str) -> None:
+    """Everything a resumed run needs to continue exactly as if never stopped.
+
+    Training draws random numbers only from torch's default generators (the
+    shuffle and z's noise; numpy and `random` are not used), so their states are
+    saved: the CPU one and, on a GPU, the CUDA ones. The test-loss evaluation
+    uses its own seeded generator and leaves these untouched.
+    """
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -96,18 +123,23 @@ def load_checkpoint(path: Path, model, optimizer, key: str) -> tuple[int, list]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise PipelineError(f"{path}: refused to load checkpoint ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0]}); delete it to start afresh") from None
-    if bytes(state["key"].tolist()).decode() != key:
-        log.info("%s: checkpoint is for other params; starting afresh", path)
-        return 0, []
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["cpu_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    epoch = int(state["epoch"])
+                            f"{str(e).strip().splitlines()[0]}); only tensors are accepted, never "
+                            "pickled objects. Delete it to start afresh") from None
+    try:
+        if bytes(state["key"].tolist()).decode() != key:
+            log.info("%s: checkpoint is for other params; starting afresh", path)
+            return 0, []
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["cpu_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        epoch, history = int(state["epoch"]), state["history"].tolist()
+    except Exception as e:
+        raise PipelineError(f"{path}: not a training checkpoint of this project ({type(e).__name__}: "
+                            f"{str(e).strip().splitlines()[0]}); delete it to start afresh") from None
     log.info("resuming from %s after epoch %d", path, epoch)
-    return epoch, state["history"].tolist()
+    return epoch, history
 
 
 def write_history(path: Path, history: list) -> None:
@@ -140,6 +172,9 @@ def run(params: dict) -> dict:
         started = time.perf_counter()
         train_figures = train_epoch(model, optimizer, x_train, t, epoch)
         test_figures = evaluate(model, x_test, t)
+        if not all(map(math.isfinite, test_figures)):
+            raise PipelineError(f"train: test loss became {test_figures[0]} after epoch {epoch}; "
+                                "nothing of this epoch was saved. Lower train.lr or check the data.")
         seconds = time.perf_counter() - started
         history.append([epoch, *train_figures, *test_figures, seconds])
         log.info("epoch %2d/%d  train %.2f  test %.2f (recon %.2f, KL %.2f)  %.1fs", epoch, t["epochs"],

@@ -3,6 +3,7 @@
 Layout: two zero bytes, a type byte (0x08 = unsigned byte), the number of
 dimensions, then one big-endian uint32 per dimension, then the data.
 """
+import math
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     if len(raw) < header_size:
         raise PipelineError(f"{path}: truncated IDX file ({len(raw)} bytes, header needs {header_size})")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header_size + int(np.prod(shape, dtype=np.int64))
+    # Python ints: a crafted header's dimensions must not overflow into a plausible size.
+    expected = header_size + math.prod(shape)
     if len(raw) != expected:
         kind = "truncated" if len(raw) < expected else "oversized"
         raise PipelineError(
@@ -51,10 +53,15 @@ def read_split(raw_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     prefix = "train" if split == "train" else "t10k"
     images_path = Path(raw_dir) / f"{prefix}-images-idx3-ubyte"
     labels_path = Path(raw_dir) / f"{prefix}-labels-idx1-ubyte"
+    for path in (images_path, labels_path):
+        if not path.exists():
+            raise PipelineError(f"{path}: missing; run the download stage first (dvc repro download)")
     images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1)
     if images.shape[1:] != (28, 28):
         raise PipelineError(f"{images_path}: images are {images.shape[1:]}, expected 28x28")
+    if len(images) == 0:
+        raise PipelineError(f"{images_path}: holds no images")
     if len(labels) != len(images):
         raise PipelineError(
             f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}"

@@ -97,11 +97,19 @@ def load_model(model_dir: Path, device: str | torch.device = "cpu") -> tuple[VAE
     for path in (weights, config_path):
         if not path.exists():
             raise PipelineError(f"{path}: missing; run the train stage first (dvc repro train)")
-    config = json.loads(config_path.read_text())
-    model = VAE(config["latent_dim"], config["hidden_dims"])
+    try:
+        config = json.loads(config_path.read_text())
+        model = VAE(config["latent_dim"], config["hidden_dims"])
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise PipelineError(f"{config_path}: not a model config ({type(e).__name__}: {e}); "
+                            "rerun the train stage (dvc repro train)") from None
     try:
         state = load_file(str(weights), device=str(device))
     except Exception as e:  # safetensors raises its own types for corrupt files
         raise PipelineError(f"{weights}: not a valid safetensors file ({e})") from None
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise PipelineError(f"{weights}: weights do not match {config_path.name} "
+                            f"({str(e).splitlines()[0]}); rerun the train stage (dvc repro train)") from None
     return model.to(device).eval(), config
