@@ -92,3 +92,6 @@ def project(tmp_path, tiny_source) -> Path:
     run_in(copy, "git", "-c", "user.name=test", "-c", "user.email=test@localhost",
            "commit", "-qm", "tiny config")
     return copy
+
+# The reliability report (`make reliability`) and its helpers.
+pytest_plugins = ["tests.reliability"]

@@ -45,6 +45,22 @@ def test_images_must_be_28_by_28(tmp_path):
         read_split(tmp_path, "test")
 
 
-def test_missing_file_is_named(tmp_path):
-    with pytest.raises(PipelineError, match="train-images-idx3-ubyte: cannot read"):
+def test_missing_file_is_named_with_the_stage_to_run(tmp_path):
+    with pytest.raises(PipelineError, match="train-images-idx3-ubyte: missing; run the download stage"):
         read_split(tmp_path, "train")
+    with pytest.raises(PipelineError, match="x: cannot read IDX file"):
+        read_idx(tmp_path / "x", 1)
+
+
+def test_empty_split_is_refused(tmp_path):
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    with pytest.raises(PipelineError, match="train-images-idx3-ubyte: holds no images"):
+        read_split(tmp_path, "train")
+
+
+def test_huge_dimensions_do_not_overflow(tmp_path):
+    # 3 x 2**32-1 dimensions: their product wraps around in int64 arithmetic.
+    (tmp_path / "x").write_bytes(bytes([0, 0, 8, 3]) + b"\xff\xff\xff\xff" * 3 + b"\0" * 10)
+    with pytest.raises(PipelineError, match="truncated IDX file"):
+        read_idx(tmp_path / "x", 3)
