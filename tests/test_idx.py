@@ -60,7 +60,9 @@ def test_empty_split_is_refused(tmp_path):
 
 
 def test_huge_dimensions_do_not_overflow(tmp_path):
-    # 3 x 2**32-1 dimensions: their product wraps around in int64 arithmetic.
-    (tmp_path / "x").write_bytes(bytes([0, 0, 8, 3]) + b"\xff\xff\xff\xff" * 3 + b"\0" * 10)
+    # 2**31 * 2**31 * 4 = 2**64: in int64 arithmetic that wraps to 0, which would make a
+    # bare 16-byte header look complete (and numpy's reshape fail with a ValueError).
+    dims = (2**31, 2**31, 4)
+    (tmp_path / "x").write_bytes(bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in dims))
     with pytest.raises(PipelineError, match="truncated IDX file"):
         read_idx(tmp_path / "x", 3)

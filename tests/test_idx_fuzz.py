@@ -1,0 +1,114 @@
+"""Property-based tests: whatever bytes the IDX reader gets, it returns valid data or raises PipelineError."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vae_pipeline.files import PipelineError
+from vae_pipeline.idx import read_idx, read_split, write_idx
+
+pytestmark = pytest.mark.reliability
+
+# The same file is rewritten for every example, so a function-scoped tmp_path is fine.
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def read_or_refuse(path, ndim: int):
+    """read_idx's result, checked to be well-formed data, or None when it raised PipelineError."""
+    try:
+        array = read_idx(path, ndim)
+    except PipelineError as e:
+        assert str(path) in str(e), "the error must name the file"
+        return None
+    raw = path.read_bytes()
+    assert array.dtype == np.uint8 and array.ndim == ndim
+    assert raw[:4] == bytes([0, 0, 8, ndim])
+    assert array.shape == tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    assert len(raw) == 4 + 4 * ndim + math.prod(array.shape)
+    assert array.tobytes() == raw[4 + 4 * ndim:]
+    return array
+
+
+@FUZZ
+@given(data=st.binary(max_size=200), ndim=st.integers(1, 3))
+def test_random_bytes(tmp_path, data, ndim):
+    (tmp_path / "x").write_bytes(data)
+    read_or_refuse(tmp_path / "x", ndim)
+
+
+@FUZZ
+@given(ndim=st.integers(1, 3),
+       header_dims=st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 6)
+                            | st.sampled_from([2**16, 2**31, 2**32 - 1]), min_size=3, max_size=3),
+       body=st.binary(max_size=300))
+def test_random_headers(tmp_path, ndim, header_dims, body):
+    """A valid magic number with any dimensions, then any body: huge dimensions included."""
+    header = bytes([0, 0, 8, ndim]) + b"".join(d.to_bytes(4, "big") for d in header_dims[:ndim])
+    (tmp_path / "x").write_bytes(header + body)
+    read_or_refuse(tmp_path / "x", ndim)
+
+
+def valid_file(ndim: int) -> bytes:
+    shape = {1: (7,), 2: (3, 5), 3: (2, 4, 3)}[ndim]
+    array = np.arange(math.prod(shape), dtype=np.uint8).reshape(shape)
+    header = bytes([0, 0, 8, ndim]) + b"".join(d.to_bytes(4, "big") for d in shape)
+    return header + array.tobytes()
+
+
+mutation = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 10_000), st.integers(1, 255)),
+    st.tuples(st.just("set"), st.integers(0, 10_000), st.integers(0, 255)),
+    st.tuples(st.just("truncate"), st.integers(0, 10_000), st.just(0)),
+    st.tuples(st.just("append"), st.integers(1, 50), st.integers(0, 255)),
+    st.tuples(st.just("delete"), st.integers(0, 10_000), st.just(0)),
+)
+
+
+def mutate(data: bytes, mutations) -> bytes:
+    data = bytearray(data)
+    for kind, position, value in mutations:
+        if kind == "append":
+            data += bytes([value]) * position
+        elif not data:
+            continue
+        elif kind == "flip":
+            data[position % len(data)] ^= value
+        elif kind == "set":
+            data[position % len(data)] = value
+        elif kind == "truncate":
+            del data[position % len(data):]
+        elif kind == "delete":
+            del data[position % len(data)]
+    return bytes(data)
+
+
+@FUZZ
+@given(ndim=st.integers(1, 3), mutations=st.lists(mutation, min_size=1, max_size=4))
+def test_mutated_valid_files(tmp_path, ndim, mutations):
+    (tmp_path / "x").write_bytes(mutate(valid_file(ndim), mutations))
+    read_or_refuse(tmp_path / "x", ndim)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n_images=st.integers(0, 4), n_labels=st.integers(0, 4), side=st.sampled_from([28, 27]),
+       image_mutations=st.lists(mutation, max_size=2), label_mutations=st.lists(mutation, max_size=2))
+def test_read_split_of_damaged_pairs(tmp_path, n_images, n_labels, side, image_mutations, label_mutations):
+    """A split is n 28x28 images and n labels, n > 0; anything else is a PipelineError."""
+    images, labels = tmp_path / "t10k-images-idx3-ubyte", tmp_path / "t10k-labels-idx1-ubyte"
+    write_idx(images, np.zeros((n_images, side, side), np.uint8))
+    write_idx(labels, np.zeros(n_labels, np.uint8))
+    images.write_bytes(mutate(images.read_bytes(), image_mutations))
+    labels.write_bytes(mutate(labels.read_bytes(), label_mutations))
+    try:
+        x, y = read_split(tmp_path, "test")
+    except PipelineError:
+        return
+    assert x.shape[1:] == (28, 28) and len(x) == len(y) > 0
+
+
+def test_fuzzing_found_valid_files_too(tmp_path):
+    """The properties are not vacuous: an unmutated file is read back exactly."""
+    (tmp_path / "x").write_bytes(valid_file(3))
+    assert read_or_refuse(tmp_path / "x", 3).shape == (2, 4, 3)
