@@ -34,3 +34,7 @@ test-fast: $(STAMP)  ## run the tests, skipping the slow end-to-end ones
 
 clean:  ## remove generated outputs (keeps .venv and the DVC cache)
 	rm -rf data/embeddings models reports .checkpoints
+
+.PHONY: reliability
+reliability: $(STAMP)  ## bad input, kills and attacks done for real; prints the reliability table
+	pytest -m reliability

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import run_in
 
 ROWS = pytest.StashKey[list]()
+KIND_ORDER = ["bad input", "fuzz", "fault", "attack", "secret", "concurrency"]
 failed_tests: set[str] = set()
 
 # Checks of issue 8 that land with other work; their rows show as pending until then.
@@ -52,6 +53,7 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_line(f"reliability: {len(rows)} checks, {bad} failed "
                                     "(`make reliability` prints the table)")
         return
+    rows = sorted(rows, key=lambda r: KIND_ORDER.index(r["kind"]) if r["kind"] in KIND_ORDER else 99)
     table = [(r["kind"], r["case"], short(r["outcome"], 90), r["exit"], r["stray"],
               "FAILED" if r["test"] in failed_tests else "ok") for r in rows]
     table += [(kind, case, outcome, "", "", "pending") for kind, case, outcome in PENDING]

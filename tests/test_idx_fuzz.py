@@ -1,9 +1,10 @@
 """Property-based tests: whatever bytes the IDX reader gets, it returns valid data or raises PipelineError."""
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vae_pipeline.files import PipelineError
@@ -11,12 +12,14 @@ from vae_pipeline.idx import read_idx, read_split, write_idx
 
 pytestmark = pytest.mark.reliability
 
-# The same file is rewritten for every example, so a function-scoped tmp_path is fine.
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=300, deadline=None)
 
 
 def read_or_refuse(path, ndim: int):
-    """read_idx's result, checked to be well-formed data, or None when it raised PipelineError."""
+    """read_idx's result, checked to be well-formed data, or None when it raised PipelineError.
+
+    Any other exception fails the test.
+    """
     try:
         array = read_idx(path, ndim)
     except PipelineError as e:
@@ -31,23 +34,39 @@ def read_or_refuse(path, ndim: int):
     return array
 
 
-@FUZZ
-@given(data=st.binary(max_size=200), ndim=st.integers(1, 3))
-def test_random_bytes(tmp_path, data, ndim):
-    (tmp_path / "x").write_bytes(data)
-    read_or_refuse(tmp_path / "x", ndim)
+def outcome_row(counts: Counter) -> str:
+    return f"{counts['read']} read as valid data, {counts['refused']} PipelineError, 0 other exceptions"
 
 
-@FUZZ
-@given(ndim=st.integers(1, 3),
-       header_dims=st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 6)
-                            | st.sampled_from([2**16, 2**31, 2**32 - 1]), min_size=3, max_size=3),
-       body=st.binary(max_size=300))
-def test_random_headers(tmp_path, ndim, header_dims, body):
+def test_random_bytes(tmp_path, reliability):
+    counts = Counter()
+
+    @FUZZ
+    @given(data=st.binary(max_size=200), ndim=st.integers(1, 3))
+    def check(data, ndim):
+        (tmp_path / "x").write_bytes(data)
+        counts["refused" if read_or_refuse(tmp_path / "x", ndim) is None else "read"] += 1
+
+    check()
+    reliability("fuzz", "read_idx on random bytes (hypothesis)", outcome_row(counts))
+
+
+def test_random_headers(tmp_path, reliability):
     """A valid magic number with any dimensions, then any body: huge dimensions included."""
-    header = bytes([0, 0, 8, ndim]) + b"".join(d.to_bytes(4, "big") for d in header_dims[:ndim])
-    (tmp_path / "x").write_bytes(header + body)
-    read_or_refuse(tmp_path / "x", ndim)
+    counts = Counter()
+
+    @FUZZ
+    @given(ndim=st.integers(1, 3),
+           header_dims=st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 6)
+                                | st.sampled_from([2**16, 2**31, 2**32 - 1]), min_size=3, max_size=3),
+           body=st.binary(max_size=300))
+    def check(ndim, header_dims, body):
+        header = bytes([0, 0, 8, ndim]) + b"".join(d.to_bytes(4, "big") for d in header_dims[:ndim])
+        (tmp_path / "x").write_bytes(header + body)
+        counts["refused" if read_or_refuse(tmp_path / "x", ndim) is None else "read"] += 1
+
+    check()
+    reliability("fuzz", "read_idx on random headers and bodies (hypothesis)", outcome_row(counts))
 
 
 def valid_file(ndim: int) -> bytes:
@@ -84,28 +103,42 @@ def mutate(data: bytes, mutations) -> bytes:
     return bytes(data)
 
 
-@FUZZ
-@given(ndim=st.integers(1, 3), mutations=st.lists(mutation, min_size=1, max_size=4))
-def test_mutated_valid_files(tmp_path, ndim, mutations):
-    (tmp_path / "x").write_bytes(mutate(valid_file(ndim), mutations))
-    read_or_refuse(tmp_path / "x", ndim)
+def test_mutated_valid_files(tmp_path, reliability):
+    counts = Counter()
+
+    @FUZZ
+    @given(ndim=st.integers(1, 3), mutations=st.lists(mutation, min_size=1, max_size=4))
+    def check(ndim, mutations):
+        (tmp_path / "x").write_bytes(mutate(valid_file(ndim), mutations))
+        counts["refused" if read_or_refuse(tmp_path / "x", ndim) is None else "read"] += 1
+
+    check()
+    reliability("fuzz", "read_idx on mutated valid files (hypothesis)", outcome_row(counts))
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(n_images=st.integers(0, 4), n_labels=st.integers(0, 4), side=st.sampled_from([28, 27]),
-       image_mutations=st.lists(mutation, max_size=2), label_mutations=st.lists(mutation, max_size=2))
-def test_read_split_of_damaged_pairs(tmp_path, n_images, n_labels, side, image_mutations, label_mutations):
+def test_read_split_of_damaged_pairs(tmp_path, reliability):
     """A split is n 28x28 images and n labels, n > 0; anything else is a PipelineError."""
     images, labels = tmp_path / "t10k-images-idx3-ubyte", tmp_path / "t10k-labels-idx1-ubyte"
-    write_idx(images, np.zeros((n_images, side, side), np.uint8))
-    write_idx(labels, np.zeros(n_labels, np.uint8))
-    images.write_bytes(mutate(images.read_bytes(), image_mutations))
-    labels.write_bytes(mutate(labels.read_bytes(), label_mutations))
-    try:
-        x, y = read_split(tmp_path, "test")
-    except PipelineError:
-        return
-    assert x.shape[1:] == (28, 28) and len(x) == len(y) > 0
+    counts = Counter()
+
+    @settings(max_examples=100, deadline=None)
+    @given(n_images=st.integers(0, 4), n_labels=st.integers(0, 4), side=st.sampled_from([28, 27]),
+           image_mutations=st.lists(mutation, max_size=2), label_mutations=st.lists(mutation, max_size=2))
+    def check(n_images, n_labels, side, image_mutations, label_mutations):
+        write_idx(images, np.zeros((n_images, side, side), np.uint8))
+        write_idx(labels, np.zeros(n_labels, np.uint8))
+        images.write_bytes(mutate(images.read_bytes(), image_mutations))
+        labels.write_bytes(mutate(labels.read_bytes(), label_mutations))
+        try:
+            x, y = read_split(tmp_path, "test")
+        except PipelineError:
+            counts["refused"] += 1
+            return
+        assert x.shape[1:] == (28, 28) and len(x) == len(y) > 0
+        counts["read"] += 1
+
+    check()
+    reliability("fuzz", "read_split on damaged image/label pairs (hypothesis)", outcome_row(counts))
 
 
 def test_fuzzing_found_valid_files_too(tmp_path):
