@@ -52,6 +52,9 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(project, tiny_sou
             break
     else:
         pytest.fail(f"training ended before epoch 1 finished (exit {process.wait()})")
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists() and time.monotonic() < deadline:  # written just after the log line
+        time.sleep(0.005)
     time.sleep(max(float(epoch_line[1]) / 2, 0.05))
     assert process.poll() is None, "training finished before it could be killed"
     kill(process)
