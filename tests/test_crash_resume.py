@@ -19,10 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from stages import train
 from tests.conftest import pipeline_env, run_in
 from tests.reliability import snapshot
 from tests.test_bad_input import put_data, set_params
 from vae_pipeline.datasets import FILES
+from vae_pipeline.model import VAE
 
 pytestmark = pytest.mark.reliability
 
@@ -85,6 +87,18 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(project, tiny_sou
     assert identical == list(weights)
     losses = [c for c in history.columns if c != "seconds"]
     pd.testing.assert_frame_equal(history[losses], resumed_history[losses], check_exact=True)
+
+
+def test_evaluation_leaves_the_training_random_state_alone():
+    """The per-epoch test loss samples z from its own generator, not the one training draws from."""
+    torch.manual_seed(0)
+    model, x = VAE(4, [16]), torch.rand(50, 784)
+    before = torch.get_rng_state()
+    figures = train.evaluate(model, x, {"seed": 0, "eval_batch_size": 20, "beta": 1.0, "likelihood": "bernoulli"})
+    assert torch.equal(torch.get_rng_state(), before)
+    # and it is itself repeatable: the same z every epoch
+    assert train.evaluate(model, x, {"seed": 0, "eval_batch_size": 20, "beta": 1.0,
+                                     "likelihood": "bernoulli"}) == figures
 
 
 class SlowGzipServer(http.server.ThreadingHTTPServer):
