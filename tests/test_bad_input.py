@@ -15,6 +15,7 @@ import yaml
 from stages import train
 from tests.reliability import run_stage
 from vae_pipeline.datasets import FILES
+from vae_pipeline.files import PipelineError
 from vae_pipeline.idx import write_idx
 from vae_pipeline.model import VAE
 
@@ -189,16 +190,30 @@ def test_loss_turning_nan_after_a_good_epoch_keeps_its_checkpoint(project, tiny_
     assert stray == []
 
 
-def test_training_stops_before_the_bad_batch_updates_the_weights(tiny_source):
-    """In process, on the CPU: the error comes at batch 2 and only batch 1's step was taken."""
+def diverging_epoch(tiny_source, device: str):
+    """One epoch at lr 1e30 on 6,400 images in batches of 64: returns (error, optimizer steps taken)."""
     folder, _ = tiny_source
     images = np.fromfile(folder / "train-images-idx3-ubyte", np.uint8, offset=16).reshape(-1, 784)
-    x = torch.from_numpy(images[:640]).float() / 255
+    x = (torch.from_numpy(np.tile(images, (4, 1))[:6400]).float() / 255).to(device)
     torch.manual_seed(0)
-    model = VAE(4, [32])
+    model = VAE(4, [32]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e30)
     t = {"batch_size": 64, "beta": 1.0, "likelihood": "bernoulli"}
-    with pytest.raises(Exception, match="loss became nan at epoch 3, batch 2 of 10"):
+    with pytest.raises(PipelineError) as error:
         train.train_epoch(model, optimizer, x, t, epoch=3)
-    steps = {int(state["step"]) for state in optimizer.state.values()}
+    return str(error.value), {int(state["step"]) for state in optimizer.state.values()}
+
+
+def test_training_stops_before_the_bad_batch_updates_the_weights(tiny_source):
+    """On the CPU: the error comes at batch 2 and only batch 1's step was taken."""
+    error, steps = diverging_epoch(tiny_source, "cpu")
+    assert "loss became nan at epoch 3, batch 2 of 100" in error
     assert steps == {1}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_training_stops_within_a_check_interval(tiny_source):
+    """On a GPU the loss is looked at every CUDA_CHECK_EVERY batches: same batch named, few steps wasted."""
+    error, steps = diverging_epoch(tiny_source, "cuda")
+    assert "loss became nan at epoch 3, batch 2 of 100" in error
+    assert steps == {train.CUDA_CHECK_EVERY - 1}  # the check comes before step 50
