@@ -15,9 +15,9 @@ import yaml
 from stages import train
 from tests.reliability import run_stage
 from vae_pipeline.datasets import FILES
-from vae_pipeline.files import PipelineError
+from vae_pipeline.files import PipelineError, write_json
 from vae_pipeline.idx import write_idx
-from vae_pipeline.model import VAE
+from vae_pipeline.model import VAE, load_model, save_model
 
 pytestmark = pytest.mark.reliability
 
@@ -217,3 +217,13 @@ def test_on_cuda_training_stops_within_a_check_interval(tiny_source):
     error, steps = diverging_epoch(tiny_source, "cuda")
     assert "loss became nan at epoch 3, batch 2 of 100" in error
     assert steps == {train.CUDA_CHECK_EVERY - 1}  # the check comes before step 50
+
+
+def test_damaged_model_config_or_mismatched_weights_are_clear_errors(tmp_path):
+    save_model(VAE(3, [16]), tmp_path)
+    (tmp_path / "vae.json").write_text("{not json")
+    with pytest.raises(PipelineError, match="vae.json: not a model config"):
+        load_model(tmp_path)
+    write_json(tmp_path / "vae.json", {"latent_dim": 4, "hidden_dims": [16]})
+    with pytest.raises(PipelineError, match="vae.safetensors: weights do not match vae.json"):
+        load_model(tmp_path)
