@@ -1,0 +1,147 @@
+"""MLflow tracking against a real store: the tiny pipeline through the embedded SQLite file."""
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.conftest import run_in
+from vae_pipeline import tracking
+from vae_pipeline.files import ROOT, PipelineError
+from vae_pipeline.params import load_params
+
+EPOCH_METRICS = ["train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl", "seconds"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def open_store(project):
+    """A client on the project's embedded store, and the run record train wrote."""
+    import mlflow
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    record = json.loads((project / "models" / tracking.RUN_FILE).read_text())
+    return mlflow.MlflowClient(uri), record
+
+
+def test_tracking_uri_env_then_params_then_embedded(monkeypatch):
+    params = load_params()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri(params) == f"sqlite:///{ROOT}/mlflow.db"
+    params["mlflow"]["tracking_uri"] = "sqlite:///other/runs.db"  # relative: anchored at the project
+    assert tracking.tracking_uri(params) == f"sqlite:///{ROOT}/other/runs.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.tracking_uri(params) == "http://127.0.0.1:5999"
+
+
+def test_credentials_never_appear_in_messages(monkeypatch):
+    assert tracking.masked("https://alice:s3cret@mlflow.example.com:443/x") == "https://***@mlflow.example.com:443/x"
+    assert tracking.masked("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    params = load_params()
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{port}")
+    with pytest.raises(PipelineError) as error:
+        tracking.connect(params)
+    assert f"http://***@127.0.0.1:{port} is unreachable" in str(error.value)
+    assert "s3cret" not in str(error.value)
+
+
+def test_unwritable_sqlite_folder_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/no/such/folder/mlflow.db")
+    with pytest.raises(PipelineError, match="folder .*no/such/folder is missing"):
+        tracking.connect(load_params())
+
+
+def test_run_tags_from_env(monkeypatch):
+    monkeypatch.setenv("VAE_RUN_TAGS", '{"prefect_flow_run_id": "abc", "sweep": 3}')
+    assert tracking.extra_tags() == {"prefect_flow_run_id": "abc", "sweep": "3"}
+    monkeypatch.setenv("VAE_RUN_TAGS", "[1, 2]")
+    with pytest.raises(PipelineError, match="VAE_RUN_TAGS: expected a JSON object"):
+        tracking.extra_tags()
+
+
+def test_flat_params_name_every_train_key():
+    flat = tracking.flat_params(load_params())
+    assert flat["data.dataset"] == "mnist" and flat["train.beta"] == "1.0"
+    assert flat["train.hidden_dims"] == "[400]"
+    assert {k for k in flat if k.startswith("train.")} == {f"train.{k}" for k in load_params()["train"]}
+
+
+@pytest.mark.slow
+def test_unreachable_server_fails_before_training(project, monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:pw@127.0.0.1:{port}")
+    result = run_in(project, "python", "-m", "stages.train", check=False)
+    assert result.returncode == 2
+    assert f"http://***@127.0.0.1:{port} is unreachable" in result.stderr
+    assert "pw@" not in result.stderr and "epoch" not in result.stderr
+    assert not (project / "models").exists()
+
+
+@pytest.mark.slow
+def test_pipeline_runs_are_tracked_registered_and_compared(project, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("VAE_RUN_TAGS", '{"sweep": "tiny"}')
+    run_in(project, "dvc", "repro")
+    client, record = open_store(project)
+    run = client.get_run(record["run_id"])
+    params = yaml.safe_load((project / "params.yaml").read_text())
+
+    # Params: every train key, flattened, and the data set.
+    assert run.data.params["train.beta"] == "1.0" and run.data.params["data.dataset"] == "mnist"
+    assert run.data.params["train.epochs"] == "2"
+    assert {k for k in run.data.params if k.startswith("train.")} == {f"train.{k}" for k in params["train"]}
+    # Tags: git, data checksums, device, torch, VAE_RUN_TAGS.
+    tags = run.data.tags
+    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
+    assert tags["data.sha256.train-images-idx3-ubyte"] == params["data"]["sha256"]["train-images-idx3-ubyte"]
+    assert tags["device"] == "cpu" and tags["torch.version"] == torch.__version__ and tags["sweep"] == "tiny"
+    # One point per epoch, step = epoch; final figures; the embed stage's statistics.
+    for name in EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], name
+    assert {"test_loss_mu", "best_test_loss", "train_seconds"} <= run.data.metrics.keys()
+    assert 1 <= run.data.metrics["embed_active_dims"] <= 4
+    assert run.info.status == "FINISHED" and run.info.experiment_id == record["experiment_id"]
+    # Artifacts: weights, config, params.yaml, metrics.
+    files = {f.path for f in client.list_artifacts(run.info.run_id)}
+    files |= {f.path for folder in ("model", "metrics") for f in client.list_artifacts(run.info.run_id, folder)}
+    assert {"params.yaml", "model/vae.safetensors", "model/vae.json", "metrics/train.csv"} <= files
+    assert (project / "mlartifacts").is_dir()
+
+    # The registered decoder turns latent vectors into 28x28 images, with no pickle allowed.
+    assert record["model_uri"] == "models:/vae-decoder/1"
+    version = client.get_model_version("vae-decoder", "1")
+    assert version.run_id == run.info.run_id
+    decoder = mlflow.pytorch.load_model(record["model_uri"])
+    images = decoder(torch.randn(5, 4))
+    assert images.shape == (5, 28, 28) and 0 <= images.min() and images.max() <= 1
+    pyfunc = mlflow.pyfunc.load_model(record["model_uri"])
+    assert pyfunc.predict(np.zeros((3, 4), np.float32)).shape == (3, 28, 28)
+
+    # Another beta: a second run and a second model version; rerunning train is never a conflict.
+    params["train"]["beta"] = 4.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_in(project, "dvc", "repro", "train")
+    run_in(project, "dvc", "repro", "--force", "--single-item", "train")
+    client, second = open_store(project)
+    assert second["run_id"] != record["run_id"] and second["model_version"] == "3"
+    runs = mlflow.search_runs(experiment_names=["vae-pipeline"])
+    assert len(runs) == 3 and set(runs["status"]) == {"FINISHED"}
+    assert sorted(runs["params.train.beta"]) == ["1.0", "4.0", "4.0"]
+    assert runs[[f"metrics.{m}" for m in EPOCH_METRICS]].notna().all().all()
+
+    run_in(project, "python", "-m", "stages.compare")
+    html = (project / "reports/compare.html").read_text()
+    for run_id in runs["run_id"]:
+        assert run_id[:8] in html
+    assert "train.beta" in html and "train.latent_dim" not in html  # only the params that differ
+    assert html.count("data:image/png;base64,") >= 4                # curves + one grid per run
+    assert "<script src" not in html and "http" not in html.replace("http://www.w3.org", "")
