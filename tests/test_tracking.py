@@ -1,13 +1,17 @@
-"""MLflow tracking against a real store: the tiny pipeline through the embedded SQLite file."""
+"""MLflow tracking against real stores: the embedded SQLite file, and `mlflow server` over HTTP."""
 import json
+import os
+import signal
 import socket
+import subprocess
+import time
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from tests.conftest import run_in
+from tests.conftest import VENV_BIN, pipeline_env, run_in
 from vae_pipeline import tracking
 from vae_pipeline.files import ROOT, PipelineError
 from vae_pipeline.params import load_params
@@ -145,3 +149,64 @@ def test_pipeline_runs_are_tracked_registered_and_compared(project, monkeypatch)
     assert "train.beta" in html and "train.latent_dim" not in html  # only the params that differ
     assert html.count("data:image/png;base64,") >= 4                # curves + one grid per run
     assert "<script src" not in html and "http" not in html.replace("http://www.w3.org", "")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (its own SQLite store and artifact folder); stopped afterwards."""
+    import requests
+
+    port, folder = free_port(), tmp_path / "server"
+    folder.mkdir()
+    env = {**pipeline_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(folder / "server.log", "w") as server_log:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+             "--artifacts-destination", str(folder / "artifacts")],
+            cwd=folder, env=env, stdout=server_log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # its own process group: the finalizer stops its workers too
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, folder
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.mark.slow
+def test_pipeline_logs_to_a_real_server_over_http(project, mlflow_server, monkeypatch):
+    import mlflow
+
+    url, folder = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    run_in(project, "dvc", "repro")
+    record = json.loads((project / "models" / tracking.RUN_FILE).read_text())
+    assert record["tracking_uri"] == url and record["model_uri"] == "models:/vae-decoder/1"
+    assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
+
+    mlflow.set_tracking_uri(url)
+    runs = mlflow.search_runs(experiment_names=["vae-pipeline"])
+    assert list(runs["run_id"]) == [record["run_id"]] and runs["status"][0] == "FINISHED"
+    assert runs[[f"metrics.{m}" for m in EPOCH_METRICS + ["embed_active_dims"]]].notna().all().all()
+    # The artifacts went through the server into its own folder.
+    assert list((folder / "artifacts").rglob("vae.safetensors"))
+
+    decoder = mlflow.pytorch.load_model(record["model_uri"])
+    image = decoder(torch.zeros(1, 4))
+    assert image.shape == (1, 28, 28) and 0 <= image.min() and image.max() <= 1
