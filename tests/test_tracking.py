@@ -105,13 +105,15 @@ def test_pipeline_runs_are_tracked_registered_and_compared(project, monkeypatch)
     assert {k for k in run.data.params if k.startswith("train.")} == {f"train.{k}" for k in params["train"]}
     # Tags: git, data checksums, device, torch, VAE_RUN_TAGS.
     tags = run.data.tags
-    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
+    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] == "false"  # dvc.lock changes don't count
     assert tags["data.sha256.train-images-idx3-ubyte"] == params["data"]["sha256"]["train-images-idx3-ubyte"]
-    assert tags["device"] == "cpu" and tags["torch.version"] == torch.__version__ and tags["sweep"] == "tiny"
+    assert tags["device"] == "cpu" and tags["threads"] == "1" and tags["torch.version"] == torch.__version__
+    assert tags["sweep"] == "tiny"
     # One point per epoch, step = epoch; final figures; the embed stage's statistics.
     for name in EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], name
     assert {"test_loss_mu", "best_test_loss", "train_seconds"} <= run.data.metrics.keys()
+    assert not {"epochs", "threads"} & run.data.metrics.keys()  # a param and a tag, not figures
     assert 1 <= run.data.metrics["embed_active_dims"] <= 4
     assert run.info.status == "FINISHED" and run.info.experiment_id == record["experiment_id"]
     # Artifacts: weights, config, params.yaml, metrics.
@@ -137,6 +139,7 @@ def test_pipeline_runs_are_tracked_registered_and_compared(project, monkeypatch)
     run_in(project, "dvc", "repro", "--force", "--single-item", "train")
     client, second = open_store(project)
     assert second["run_id"] != record["run_id"] and second["model_version"] == "3"
+    assert client.get_run(second["run_id"]).data.tags["git.dirty"] == "true"  # params.yaml edited
     runs = mlflow.search_runs(experiment_names=["vae-pipeline"])
     assert len(runs) == 3 and set(runs["status"]) == {"FINISHED"}
     assert sorted(runs["params.train.beta"]) == ["1.0", "4.0", "4.0"]

@@ -96,6 +96,7 @@ def connect(params: dict):
     uri = tracking_uri(params)
     check_reachable(uri, params["mlflow"]["connect_timeout"])
     mlflow.set_tracking_uri(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files, short logs
     client = mlflow.MlflowClient(uri)
     try:
         client.search_experiments(max_results=1)
@@ -144,15 +145,20 @@ def flat_params(params: dict) -> dict[str, str]:
     return flat
 
 
-def git_state() -> dict[str, str]:
-    """Commit of the project and whether tracked files differ from it ('unknown' outside git)."""
+def git_state(params: dict) -> dict[str, str]:
+    """Commit of the project, and whether a tracked input differs from it ('unknown' outside git).
+
+    dvc.lock and the pipeline's outputs (params.yaml `paths`) do not count:
+    `dvc repro` rewrites them while it runs.
+    """
+    outputs = [f":(exclude){p}" for p in ["dvc.lock", *params["paths"].values()]]
     def git(*args):
         result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
         return result.stdout.strip() if result.returncode == 0 else None
 
     try:
         commit = git("rev-parse", "HEAD")
-        status = git("status", "--porcelain", "--untracked-files=no")
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs)
     except (OSError, subprocess.TimeoutExpired):
         commit = status = None
     return {"git.commit": commit or "unknown",
@@ -178,8 +184,9 @@ def run_tags(params: dict, device: torch.device) -> dict[str, str]:
     tags = {
         "mlflow.source.name": "stages.train",
         "device": str(device),
+        "threads": str(torch.get_num_threads()),
         "torch.version": torch.__version__,
-        **git_state(),
+        **git_state(params),
         **{f"data.sha256.{f.name}": sha256_file(f) for f in sorted(data.iterdir()) if f.is_file()},
         **extra_tags(),
     }
@@ -278,8 +285,9 @@ def finish_training_run(client, run_id: str, params: dict, model, metrics: dict)
     """
     paths = params["paths"]
     model_dir = project_path(paths["model_dir"])
-    already = {"train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl", "seconds"}
-    log_metrics(client, run_id, {k: v for k, v in metrics.items() if k not in already},
+    # Not again what log_epoch logged, nor what is a param (epochs) or a tag (threads).
+    logged = client.get_run(run_id).data.metrics.keys() | params["train"].keys()
+    log_metrics(client, run_id, {k: v for k, v in metrics.items() if k not in logged},
                 step=params["train"]["epochs"])
     for path in sorted(model_dir.glob("vae.*")):
         client.log_artifact(run_id, str(path), "model")
