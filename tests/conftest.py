@@ -92,3 +92,10 @@ def project(tmp_path, tiny_source) -> Path:
     run_in(copy, "git", "-c", "user.name=test", "-c", "user.email=test@localhost",
            "commit", "-qm", "tiny config")
     return copy
+
+
+@pytest.fixture(autouse=True)
+def own_tracking_store(monkeypatch):
+    """Tests log to stores they make themselves, never to a server named in the caller's environment."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("VAE_RUN_TAGS", raising=False)

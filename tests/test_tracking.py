@@ -1,4 +1,5 @@
 """MLflow tracking against real stores: the embedded SQLite file, and `mlflow server` over HTTP."""
+import hashlib
 import json
 import os
 import signal
@@ -76,6 +77,27 @@ def test_flat_params_name_every_train_key():
     assert flat["data.dataset"] == "mnist" and flat["train.beta"] == "1.0"
     assert flat["train.hidden_dims"] == "[400]"
     assert {k for k in flat if k.startswith("train.")} == {f"train.{k}" for k in load_params()["train"]}
+
+
+def test_resumed_training_continues_its_run_other_unfinished_runs_fail(monkeypatch, tmp_path):
+    params = load_params()
+    params["paths"].update(raw_dir=str(tmp_path / "raw"), checkpoint_dir=str(tmp_path / "checkpoints"))
+    (tmp_path / "raw" / "mnist").mkdir(parents=True)
+    (tmp_path / "raw" / "mnist" / "train-images-idx3-ubyte").write_bytes(b"not really")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    client = tracking.connect(params)
+    row = dict(zip(["epoch"] + EPOCH_METRICS, [1, 5.0, 4.0, 1.0, 6.0, 5.0, 1.0, 0.5]))
+
+    first = tracking.start_training_run(client, params, torch.device("cpu"), "key-a", [])
+    tracking.log_epoch(client, first, row)
+    # Killed after epoch 1, resumed from its checkpoint: the same run goes on.
+    assert tracking.start_training_run(client, params, torch.device("cpu"), "key-a", [row]) == first
+    # Other params (another checkpoint key): a fresh run that logs the restored epochs; the old one failed.
+    second = tracking.start_training_run(client, params, torch.device("cpu"), "key-b", [row])
+    assert second != first and client.get_run(first).info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(second, "test_loss")] == [1]
+    assert client.get_run(second).data.tags["data.sha256.train-images-idx3-ubyte"] == \
+        hashlib.sha256(b"not really").hexdigest()
 
 
 @pytest.mark.slow
