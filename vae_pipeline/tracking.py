@@ -101,8 +101,8 @@ def connect(params: dict):
     try:
         client.search_experiments(max_results=1)
     except Exception as e:
-        raise PipelineError(f"MLflow tracking store {masked(uri)} is unusable: "
-                            f"{masked(str(e).splitlines()[0])}") from None
+        reason = (str(e).splitlines() or [type(e).__name__])[0].replace(uri, masked(uri))
+        raise PipelineError(f"MLflow tracking store {masked(uri)} is unusable: {reason}") from None
     return client
 
 
