@@ -2,12 +2,14 @@
 
 One parquet file per split, columns mu_0..mu_{d-1}, logvar_0..logvar_{d-1}, label.
 The later stages use z = mu, as the article does for its latent map.
+A few latent statistics of the test split go to the model's MLflow run.
 """
 import logging
 
 import pandas as pd
 import torch
 
+from vae_pipeline import tracking
 from vae_pipeline.data import load_images, setup_torch
 from vae_pipeline.files import atomic_path, project_path
 from vae_pipeline.model import load_model
@@ -44,7 +46,16 @@ def run(params: dict) -> dict:
             table.to_parquet(tmp, index=False)
         log.info("%s: %d rows, latent dim %d", path, len(table), config["latent_dim"])
         outputs[split] = path
+    tracking.attach_to_training_run(params, latent_stats(mu, logvar))  # mu, logvar: the test split
     return outputs
+
+
+def latent_stats(mu: torch.Tensor, logvar: torch.Tensor) -> dict:
+    """Active latent dimensions (variance of mu over images > 0.01) and the mean posterior variance."""
+    return {
+        "embed_active_dims": int((mu.var(dim=0) > 0.01).sum()),
+        "embed_mean_posterior_var": float(logvar.exp().mean()),
+    }
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from vae_pipeline import tracking
 from vae_pipeline.data import load_images, setup_torch
 from vae_pipeline.files import PipelineError, atomic_path, project_path, write_json
 from vae_pipeline.model import VAE, reparameterize, save_model, vae_loss
@@ -152,6 +153,7 @@ def write_history(path: Path, history: list) -> None:
 
 def run(params: dict) -> dict:
     t, paths = params["train"], params["paths"]
+    mlflow_client = tracking.connect(params)  # an unreachable tracking store fails here, before any work
     device = setup_torch(t["device"], t["threads"])
     torch.manual_seed(t["seed"])
     x_train, _ = load_images(params, "train", device)
@@ -167,6 +169,8 @@ def run(params: dict) -> dict:
     checkpoint = project_path(paths["checkpoint_dir"]) / "train.pt"
     key = checkpoint_key(params)
     done, history = load_checkpoint(checkpoint, model, optimizer, key)
+    run_id = tracking.start_training_run(mlflow_client, params, device, key,
+                                         [dict(zip(HISTORY_COLUMNS, row)) for row in history])
 
     for epoch in range(done + 1, t["epochs"] + 1):
         started = time.perf_counter()
@@ -180,6 +184,7 @@ def run(params: dict) -> dict:
         log.info("epoch %2d/%d  train %.2f  test %.2f (recon %.2f, KL %.2f)  %.1fs", epoch, t["epochs"],
                  train_figures[0], *test_figures, seconds)
         save_checkpoint(checkpoint, model, optimizer, epoch, history, key)
+        tracking.log_epoch(mlflow_client, run_id, dict(zip(HISTORY_COLUMNS, history[-1])))
 
     test_loss, test_recon, test_kl = history[-1][4:7]
     test_loss_mu, test_recon_mu, _ = evaluate(model, x_test, t, sample=False)
@@ -196,6 +201,7 @@ def run(params: dict) -> dict:
     save_model(model, project_path(paths["model_dir"]), {"likelihood": t["likelihood"]})
     write_history(project_path(paths["train_history"]), history)
     write_json(project_path(paths["train_metrics"]), metrics)
+    tracking.finish_training_run(mlflow_client, run_id, params, model, metrics)  # also writes mlflow_run.json
     checkpoint.unlink(missing_ok=True)
     log.info("test loss %.2f per sample (z = mu: %.2f) after %d epochs, %.0fs",
              test_loss, test_loss_mu, t["epochs"], metrics["train_seconds"])

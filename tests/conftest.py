@@ -95,3 +95,10 @@ def project(tmp_path, tiny_source) -> Path:
 
 # The reliability report (`make reliability`) and its helpers.
 pytest_plugins = ["tests.reliability"]
+
+
+@pytest.fixture(autouse=True)
+def own_tracking_store(monkeypatch):
+    """Tests log to stores they make themselves, never to a server named in the caller's environment."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("VAE_RUN_TAGS", raising=False)

@@ -113,3 +113,19 @@ def load_model(model_dir: Path, device: str | torch.device = "cpu") -> tuple[VAE
         raise PipelineError(f"{weights}: weights do not match {config_path.name} "
                             f"({str(e).splitlines()[0]}); rerun the train stage (dvc repro train)") from None
     return model.to(device).eval(), config
+
+
+class ImageDecoder(nn.Module):
+    """The decoder alone: latent vectors (N, latent_dim) -> images (N, 28, 28) in [0, 1].
+
+    This is what the MLflow model registry holds. One tensor in and one out is
+    what torch.export (MLflow's pickle-free `pt2` format) accepts; the VAE's own
+    forward returns a tuple.
+    """
+
+    def __init__(self, decoder: nn.Sequential):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z):
+        return torch.sigmoid(self.decoder(z)).reshape(-1, 28, 28)

@@ -63,6 +63,7 @@ SCHEMA = {
         "train_metrics": text(),
         "train_history": text(),
         "embeddings_dir": text(),     # train.parquet + test.parquet
+        "compare_report": text(),     # stages.compare: runs of the MLflow experiment side by side
     },
     "data": {
         "dataset": choice("mnist", "fashion-mnist"),
@@ -85,6 +86,13 @@ SCHEMA = {
     },
     "embed": {
         "batch_size": integer(1),
+    },
+    "mlflow": {
+        "tracking_uri": optional(text()),              # null: env MLFLOW_TRACKING_URI, else sqlite in the repo
+        "experiment_name": text(),
+        "model_name": text(),                          # the registered model (the decoder)
+        "connect_timeout": number(above=0),
+        "compare_max_runs": integer(1),
     },
 }
 

@@ -1,0 +1,237 @@
+"""MLflow tracking against real stores: the embedded SQLite file, and `mlflow server` over HTTP."""
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.conftest import VENV_BIN, pipeline_env, run_in
+from vae_pipeline import tracking
+from vae_pipeline.files import ROOT, PipelineError
+from vae_pipeline.params import load_params
+
+EPOCH_METRICS = ["train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl", "seconds"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def open_store(project):
+    """A client on the project's embedded store, and the run record train wrote."""
+    import mlflow
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    record = json.loads((project / "models" / tracking.RUN_FILE).read_text())
+    return mlflow.MlflowClient(uri), record
+
+
+def test_tracking_uri_env_then_params_then_embedded(monkeypatch):
+    params = load_params()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri(params) == f"sqlite:///{ROOT}/mlflow.db"
+    params["mlflow"]["tracking_uri"] = "sqlite:///other/runs.db"  # relative: anchored at the project
+    assert tracking.tracking_uri(params) == f"sqlite:///{ROOT}/other/runs.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.tracking_uri(params) == "http://127.0.0.1:5999"
+
+
+def test_credentials_never_appear_in_messages(monkeypatch):
+    assert tracking.masked("https://alice:s3cret@mlflow.example.com:443/x") == "https://***@mlflow.example.com:443/x"
+    assert tracking.masked("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    params = load_params()
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{port}")
+    with pytest.raises(PipelineError) as error:
+        tracking.connect(params)
+    assert f"http://***@127.0.0.1:{port} is unreachable" in str(error.value)
+    assert "s3cret" not in str(error.value)
+
+
+def test_unwritable_sqlite_folder_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/no/such/folder/mlflow.db")
+    with pytest.raises(PipelineError, match="folder .*no/such/folder is missing"):
+        tracking.connect(load_params())
+
+
+def test_run_tags_from_env(monkeypatch):
+    monkeypatch.setenv("VAE_RUN_TAGS", '{"prefect_flow_run_id": "abc", "sweep": 3}')
+    assert tracking.extra_tags() == {"prefect_flow_run_id": "abc", "sweep": "3"}
+    monkeypatch.setenv("VAE_RUN_TAGS", "[1, 2]")
+    with pytest.raises(PipelineError, match="VAE_RUN_TAGS: expected a JSON object"):
+        tracking.extra_tags()
+
+
+def test_flat_params_name_every_train_key():
+    flat = tracking.flat_params(load_params())
+    assert flat["data.dataset"] == "mnist" and flat["train.beta"] == "1.0"
+    assert flat["train.hidden_dims"] == "[400]"
+    assert {k for k in flat if k.startswith("train.")} == {f"train.{k}" for k in load_params()["train"]}
+
+
+def test_resumed_training_continues_its_run_other_unfinished_runs_fail(monkeypatch, tmp_path):
+    params = load_params()
+    params["paths"].update(raw_dir=str(tmp_path / "raw"), checkpoint_dir=str(tmp_path / "checkpoints"))
+    (tmp_path / "raw" / "mnist").mkdir(parents=True)
+    (tmp_path / "raw" / "mnist" / "train-images-idx3-ubyte").write_bytes(b"not really")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    client = tracking.connect(params)
+    row = dict(zip(["epoch"] + EPOCH_METRICS, [1, 5.0, 4.0, 1.0, 6.0, 5.0, 1.0, 0.5]))
+
+    first = tracking.start_training_run(client, params, torch.device("cpu"), "key-a", [])
+    tracking.log_epoch(client, first, row)
+    # Killed after epoch 1, resumed from its checkpoint: the same run goes on.
+    assert tracking.start_training_run(client, params, torch.device("cpu"), "key-a", [row]) == first
+    # Other params (another checkpoint key): a fresh run that logs the restored epochs; the old one failed.
+    second = tracking.start_training_run(client, params, torch.device("cpu"), "key-b", [row])
+    assert second != first and client.get_run(first).info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(second, "test_loss")] == [1]
+    assert client.get_run(second).data.tags["data.sha256.train-images-idx3-ubyte"] == \
+        hashlib.sha256(b"not really").hexdigest()
+
+
+@pytest.mark.slow
+def test_unreachable_server_fails_before_training(project, monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:pw@127.0.0.1:{port}")
+    result = run_in(project, "python", "-m", "stages.train", check=False)
+    assert result.returncode == 2
+    assert f"http://***@127.0.0.1:{port} is unreachable" in result.stderr
+    assert "pw@" not in result.stderr and "epoch" not in result.stderr
+    assert not (project / "models").exists()
+
+
+@pytest.mark.slow
+def test_pipeline_runs_are_tracked_registered_and_compared(project, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("VAE_RUN_TAGS", '{"sweep": "tiny"}')
+    run_in(project, "dvc", "repro")
+    client, record = open_store(project)
+    run = client.get_run(record["run_id"])
+    params = yaml.safe_load((project / "params.yaml").read_text())
+
+    # Params: every train key, flattened, and the data set.
+    assert run.data.params["train.beta"] == "1.0" and run.data.params["data.dataset"] == "mnist"
+    assert run.data.params["train.epochs"] == "2"
+    assert {k for k in run.data.params if k.startswith("train.")} == {f"train.{k}" for k in params["train"]}
+    # Tags: git, data checksums, device, torch, VAE_RUN_TAGS.
+    tags = run.data.tags
+    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] == "false"  # dvc.lock changes don't count
+    assert tags["data.sha256.train-images-idx3-ubyte"] == params["data"]["sha256"]["train-images-idx3-ubyte"]
+    assert tags["device"] == "cpu" and tags["threads"] == "1" and tags["torch.version"] == torch.__version__
+    assert tags["sweep"] == "tiny"
+    # One point per epoch, step = epoch; final figures; the embed stage's statistics.
+    for name in EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], name
+    assert {"test_loss_mu", "best_test_loss", "train_seconds"} <= run.data.metrics.keys()
+    assert not {"epochs", "threads"} & run.data.metrics.keys()  # a param and a tag, not figures
+    assert 1 <= run.data.metrics["embed_active_dims"] <= 4
+    assert run.info.status == "FINISHED" and run.info.experiment_id == record["experiment_id"]
+    # Artifacts: weights, config, params.yaml, metrics.
+    files = {f.path for f in client.list_artifacts(run.info.run_id)}
+    files |= {f.path for folder in ("model", "metrics") for f in client.list_artifacts(run.info.run_id, folder)}
+    assert {"params.yaml", "model/vae.safetensors", "model/vae.json", "metrics/train.csv"} <= files
+    assert (project / "mlartifacts").is_dir()
+
+    # The registered decoder turns latent vectors into 28x28 images, with no pickle allowed.
+    assert record["model_uri"] == "models:/vae-decoder/1"
+    version = client.get_model_version("vae-decoder", "1")
+    assert version.run_id == run.info.run_id
+    decoder = mlflow.pytorch.load_model(record["model_uri"])
+    images = decoder(torch.randn(5, 4))
+    assert images.shape == (5, 28, 28) and 0 <= images.min() and images.max() <= 1
+    pyfunc = mlflow.pyfunc.load_model(record["model_uri"])
+    assert pyfunc.predict(np.zeros((3, 4), np.float32)).shape == (3, 28, 28)
+
+    # Another beta: a second run and a second model version; rerunning train is never a conflict.
+    params["train"]["beta"] = 4.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_in(project, "dvc", "repro", "train")
+    run_in(project, "dvc", "repro", "--force", "--single-item", "train")
+    client, second = open_store(project)
+    assert second["run_id"] != record["run_id"] and second["model_version"] == "3"
+    assert client.get_run(second["run_id"]).data.tags["git.dirty"] == "true"  # params.yaml edited
+    runs = mlflow.search_runs(experiment_names=["vae-pipeline"])
+    assert len(runs) == 3 and set(runs["status"]) == {"FINISHED"}
+    assert sorted(runs["params.train.beta"]) == ["1.0", "4.0", "4.0"]
+    assert runs[[f"metrics.{m}" for m in EPOCH_METRICS]].notna().all().all()
+
+    run_in(project, "python", "-m", "stages.compare")
+    html = (project / "reports/compare.html").read_text()
+    for run_id in runs["run_id"]:
+        assert run_id[:8] in html
+    assert "train.beta" in html and "train.latent_dim" not in html  # only the params that differ
+    assert html.count("data:image/png;base64,") >= 4                # curves + one grid per run
+    assert "<script src" not in html and "http" not in html.replace("http://www.w3.org", "")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (its own SQLite store and artifact folder); stopped afterwards."""
+    import requests
+
+    port, folder = free_port(), tmp_path / "server"
+    folder.mkdir()
+    env = {**pipeline_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(folder / "server.log", "w") as server_log:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+             "--artifacts-destination", str(folder / "artifacts")],
+            cwd=folder, env=env, stdout=server_log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # its own process group: the finalizer stops its workers too
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, folder
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.mark.slow
+def test_pipeline_logs_to_a_real_server_over_http(project, mlflow_server, monkeypatch):
+    import mlflow
+
+    url, folder = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    run_in(project, "dvc", "repro")
+    record = json.loads((project / "models" / tracking.RUN_FILE).read_text())
+    assert record["tracking_uri"] == url and record["model_uri"] == "models:/vae-decoder/1"
+    assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
+
+    mlflow.set_tracking_uri(url)
+    runs = mlflow.search_runs(experiment_names=["vae-pipeline"])
+    assert list(runs["run_id"]) == [record["run_id"]] and runs["status"][0] == "FINISHED"
+    assert runs[[f"metrics.{m}" for m in EPOCH_METRICS + ["embed_active_dims"]]].notna().all().all()
+    # The artifacts went through the server into its own folder.
+    assert list((folder / "artifacts").rglob("vae.safetensors"))
+
+    decoder = mlflow.pytorch.load_model(record["model_uri"])
+    image = decoder(torch.zeros(1, 4))
+    assert image.shape == (1, 28, 28) and 0 <= image.min() and image.max() <= 1

@@ -1,0 +1,362 @@
+"""MLflow, in one place: one run per trained model; later stages attach to it.
+
+Where runs go, the first that is set:
+  1. env MLFLOW_TRACKING_URI          e.g. http://127.0.0.1:5000 (an `mlflow server`)
+  2. params.yaml mlflow.tracking_uri
+  3. sqlite:///<project>/mlflow.db, artifacts in <project>/mlartifacts/ (both git-ignored)
+
+Every call goes through an MlflowClient with an explicit run id, never the
+fluent `mlflow.start_run`: inside a Prefect task running in another thread the
+fluent "active run" is not there, and mlflow silently opens a second run.
+
+The train stage calls, in order:
+    client = connect(params)                                  # fails here if the URI is unreachable
+    run_id = start_training_run(client, params, device, key, history)
+    log_epoch(client, run_id, row)                            # once per epoch, one batched request
+    finish_training_run(client, run_id, params, model, metrics)
+and records the run in <model_dir>/mlflow_run.json. Later stages call
+attach_to_training_run(params, metrics=..., artifacts=[...]).
+
+Env VAE_RUN_TAGS (a JSON object) adds tags to the run, e.g. the Prefect flow run id.
+"""
+import copy
+import json
+import logging
+import os
+import re
+import subprocess
+import time
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+
+from vae_pipeline.data import raw_dir
+from vae_pipeline.files import ROOT, PipelineError, project_path, sha256_file, write_json
+from vae_pipeline.model import ImageDecoder
+from vae_pipeline.params import PARAMS_FILE
+
+log = logging.getLogger("tracking")
+
+RUN_FILE = "mlflow_run.json"          # in paths.model_dir: which run trained this model
+OPEN_RUN_FILE = "mlflow_run.json"     # in paths.checkpoint_dir: the run of an unfinished training
+RUN_TAGS_ENV = "VAE_RUN_TAGS"
+DECODER_NAME = "decoder"              # the MLflow model's name inside the run
+
+
+def tracking_uri(params: dict) -> str:
+    """The tracking URI: env MLFLOW_TRACKING_URI, else mlflow.tracking_uri, else the project's SQLite file."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"]
+    if not uri:
+        return f"sqlite:///{ROOT / 'mlflow.db'}"
+    # A relative SQLite path would depend on the current directory: anchor it at the project.
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{project_path(uri.removeprefix('sqlite:///'))}"
+    return uri
+
+
+def masked(uri: str) -> str:
+    """The URI with any user:password replaced by ***, safe to print."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def check_reachable(uri: str, timeout: float) -> None:
+    """Raise PipelineError (naming the URI, never its credentials) unless a store answers there."""
+    if uri.startswith(("http://", "https://")):
+        # The MLflow client retries a dead server for minutes; one plain request says it at once.
+        try:
+            answer = requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+        except requests.RequestException as e:
+            raise PipelineError(f"MLflow tracking server {masked(uri)} is unreachable "
+                                f"({type(e).__name__}); start it or set MLFLOW_TRACKING_URI / "
+                                "params.yaml mlflow.tracking_uri") from None
+        if answer.status_code != 200:
+            raise PipelineError(f"MLflow tracking server {masked(uri)}: /health answered "
+                                f"HTTP {answer.status_code}")
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise PipelineError(f"MLflow tracking store {masked(uri)}: folder {folder} is missing "
+                                "or not writable")
+
+
+def connect(params: dict):
+    """An MlflowClient for the tracking URI, after checking that the store answers.
+
+    Also makes the URI mlflow's process-wide default: `mlflow.pytorch.log_model`
+    and the model registry read it from there.
+    """
+    import mlflow  # imported here: importing mlflow takes seconds, and only tracking needs it
+
+    uri = tracking_uri(params)
+    check_reachable(uri, params["mlflow"]["connect_timeout"])
+    mlflow.set_tracking_uri(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files, short logs
+    client = mlflow.MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0].replace(uri, masked(uri))
+        raise PipelineError(f"MLflow tracking store {masked(uri)} is unusable: {reason}") from None
+    return client
+
+
+def experiment_id(client, params: dict) -> str:
+    """The experiment named in params (created on first use)."""
+    from mlflow.exceptions import MlflowException
+
+    name = params["mlflow"]["experiment_name"]
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # A SQLite store has no artifact root of its own (mlflow would use ./mlruns in the current
+    # directory): keep the artifacts beside the database file.
+    location = None
+    uri = client.tracking_uri
+    if uri.startswith("sqlite:///"):
+        slug = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / slug).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a parallel run
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def flat_params(params: dict) -> dict[str, str]:
+    """The params that shape the model, flattened: data.dataset and every train.* key."""
+    flat = {"data.dataset": params["data"]["dataset"]}
+
+    def add(prefix, value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                add(f"{prefix}.{key}", item)
+        else:
+            flat[prefix] = json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)
+
+    add("train", params["train"])
+    return flat
+
+
+def git_state(params: dict) -> dict[str, str]:
+    """Commit of the project, and whether a tracked input differs from it ('unknown' outside git).
+
+    dvc.lock and the pipeline's outputs (params.yaml `paths`) do not count:
+    `dvc repro` rewrites them while it runs.
+    """
+    outputs = [f":(exclude){p}" for p in ["dvc.lock", *params["paths"].values()]]
+    def git(*args):
+        result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs)
+    except (OSError, subprocess.TimeoutExpired):
+        commit = status = None
+    return {"git.commit": commit or "unknown",
+            "git.dirty": "unknown" if status is None else str(bool(status)).lower()}
+
+
+def extra_tags() -> dict[str, str]:
+    """Tags from env VAE_RUN_TAGS, a JSON object (set by the Prefect flows)."""
+    text = os.environ.get(RUN_TAGS_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        tags = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PipelineError(f"env {RUN_TAGS_ENV}: not valid JSON ({e})") from None
+    if not isinstance(tags, dict):
+        raise PipelineError(f"env {RUN_TAGS_ENV}: expected a JSON object of tags, got {type(tags).__name__}")
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in tags.items()}
+
+
+def run_tags(params: dict, device: torch.device) -> dict[str, str]:
+    data = raw_dir(params)
+    tags = {
+        "mlflow.source.name": "stages.train",
+        "device": str(device),
+        "threads": str(torch.get_num_threads()),
+        "torch.version": torch.__version__,
+        **git_state(params),
+        **{f"data.sha256.{f.name}": sha256_file(f) for f in sorted(data.iterdir()) if f.is_file()},
+        **extra_tags(),
+    }
+    if "git.commit" in tags and tags["git.commit"] != "unknown":
+        tags["mlflow.source.git.commit"] = tags["git.commit"]
+    return tags
+
+
+def log_metrics(client, run_id: str, metrics: dict, step: int = 0) -> None:
+    """Every numeric value of `metrics` at `step`, in one request."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, step) for key, value in metrics.items()
+             if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+
+
+def log_epoch(client, run_id: str, row: dict) -> None:
+    """One epoch's history row (train/test loss, recon, KL, seconds) with step = epoch."""
+    log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+
+def start_training_run(client, params: dict, device: torch.device, key: str, history: list[dict]) -> str:
+    """A run for this training: params, tags, and the epochs a resumed checkpoint already holds.
+
+    A training killed and resumed from its checkpoint (same `key`) carries on in
+    the same run; any other unfinished run is closed as FAILED. Every other
+    training gets a fresh run, so a rerun never changes a logged param.
+    """
+    from mlflow.entities import Param, RunTag
+
+    open_file = project_path(params["paths"]["checkpoint_dir"]) / OPEN_RUN_FILE
+    previous = json.loads(open_file.read_text()) if open_file.exists() else None
+    if previous and previous.get("tracking_uri") == masked(client.tracking_uri):
+        try:
+            if history and previous.get("key") == key:
+                client.update_run(previous["run_id"], status="RUNNING")
+                log.info("MLflow run %s resumed (%s)", previous["run_id"], masked(client.tracking_uri))
+                return previous["run_id"]
+            client.set_terminated(previous["run_id"], status="FAILED")
+        except Exception:  # the run was deleted meanwhile: start a fresh one
+            pass
+
+    t = params["train"]
+    run = client.create_run(experiment_id(client, params),
+                            run_name=f"{params['data']['dataset']}-z{t['latent_dim']}-beta{t['beta']}")
+    run_id = run.info.run_id
+    client.log_batch(run_id,
+                     params=[Param(k, v) for k, v in flat_params(params).items()],
+                     tags=[RunTag(k, v) for k, v in run_tags(params, device).items()])
+    for row in history:  # epochs done before a resume, when the old run is gone
+        log_epoch(client, run_id, row)
+    write_json(open_file, {"run_id": run_id, "key": key, "tracking_uri": masked(client.tracking_uri)})
+    log.info("MLflow run %s in experiment '%s' (%s)", run_id, params["mlflow"]["experiment_name"],
+             masked(client.tracking_uri))
+    return run_id
+
+
+def log_decoder(client, run_id: str, params: dict, model) -> tuple[str, str]:
+    """Log the decoder as an MLflow model (torch.export `pt2`) and register it.
+
+    Returns (registered model name, version). Saved with torch.export, the
+    model is a graph plus plain tensors: loading it runs no pickled code.
+    """
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    latent_dim = model.config["latent_dim"]
+    # A CPU copy: exported on the CPU, it loads on any machine; the trained model stays put.
+    decoder = ImageDecoder(copy.deepcopy(model.decoder).cpu()).eval()
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent_dim))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28, 28))]))
+    # Two rows: torch.export keeps a batch dimension of size 1 fixed, of size 2 it stays dynamic.
+    example = np.random.default_rng(0).standard_normal((2, latent_dim)).astype(np.float32)
+    # Created here, in the run's experiment: left to itself, log_model would use the default one.
+    logged = client.create_logged_model(experiment_id=client.get_run(run_id).info.experiment_id,
+                                        name=DECODER_NAME, source_run_id=run_id,
+                                        params=flat_params(params))
+    name = params["mlflow"]["model_name"]
+    info = mlflow.pytorch.log_model(
+        decoder, name=DECODER_NAME, run_id=run_id, model_id=logged.model_id,
+        serialization_format="pt2", signature=signature, input_example=example,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        registered_model_name=name, await_registration_for=60)
+    return name, str(info.registered_model_version)
+
+
+def finish_training_run(client, run_id: str, params: dict, model, metrics: dict) -> dict:
+    """Final figures, artifacts, the registered decoder; then record the run in the model dir.
+
+    Returns the record written to <model_dir>/mlflow_run.json.
+    """
+    paths = params["paths"]
+    model_dir = project_path(paths["model_dir"])
+    # Not again what log_epoch logged, nor what is a param (epochs) or a tag (threads).
+    logged = client.get_run(run_id).data.metrics.keys() | params["train"].keys()
+    log_metrics(client, run_id, {k: v for k, v in metrics.items() if k not in logged},
+                step=params["train"]["epochs"])
+    for path in sorted(model_dir.glob("vae.*")):
+        client.log_artifact(run_id, str(path), "model")
+    for path in (project_path(paths["train_metrics"]), project_path(paths["train_history"])):
+        client.log_artifact(run_id, str(path), "metrics")
+    for path in (PARAMS_FILE, ROOT / "dvc.lock"):
+        if path.exists():
+            client.log_artifact(run_id, str(path))
+    name, version = log_decoder(client, run_id, params, model)
+
+    run = client.get_run(run_id)
+    record = {
+        "run_id": run_id,
+        "experiment_id": run.info.experiment_id,
+        "experiment_name": params["mlflow"]["experiment_name"],
+        "tracking_uri": masked(client.tracking_uri),
+        "model_name": name,
+        "model_version": version,
+        "model_uri": f"models:/{name}/{version}",
+    }
+    write_json(model_dir / RUN_FILE, record)
+    client.set_terminated(run_id, status="FINISHED")
+    (project_path(paths["checkpoint_dir"]) / OPEN_RUN_FILE).unlink(missing_ok=True)
+    log.info("MLflow run %s finished; decoder registered as %s", run_id, record["model_uri"])
+    return record
+
+
+def training_run(params: dict) -> dict | None:
+    """The record the train stage wrote in <model_dir>/mlflow_run.json, or None if it has none."""
+    path = project_path(params["paths"]["model_dir"]) / RUN_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PipelineError(f"{path}: unreadable run record ({e})") from None
+
+
+def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts: list[Path] = (),
+                           artifact_dir: str | None = None, step: int = 0) -> str | None:
+    """Log a later stage's metrics and files to the run that trained the current model.
+
+    metrics: name -> number, logged at `step` in one request (a rerun adds a
+    point, it never conflicts). artifacts: files or folders, stored under
+    `artifact_dir` in the run. Params are never logged here: they belong to
+    the training. Returns the run id, or None (with a warning) when the model
+    has no run record (trained before tracking existed).
+    """
+    record = training_run(params)
+    if record is None:
+        log.warning("%s has no %s: nothing attached to MLflow",
+                    project_path(params["paths"]["model_dir"]), RUN_FILE)
+        return None
+    client = connect(params)
+    run_id = record["run_id"]
+    try:
+        client.get_run(run_id)
+    except Exception:
+        raise PipelineError(f"MLflow run {run_id} (from {RUN_FILE}, logged to {record['tracking_uri']}) "
+                            f"is not in {masked(client.tracking_uri)}; point MLFLOW_TRACKING_URI "
+                            "at the store the model was trained with, or retrain") from None
+    log_metrics(client, run_id, metrics or {}, step)
+    for path in map(Path, artifacts):
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_dir)
+        elif path.exists():
+            client.log_artifact(run_id, str(path), artifact_dir)
+        else:
+            raise PipelineError(f"{path}: missing, cannot attach it to MLflow run {run_id}")
+    log.info("attached %d metrics, %d artifacts to MLflow run %s",
+             len(metrics or {}), len(artifacts), run_id)
+    return run_id
