@@ -106,8 +106,12 @@ def hover_the_map(tools: DevTools) -> dict | None:
         for fx in [i / 24 for i in range(2, 23)]:
             x, y = left + fx * width, top + fy * height
             tools("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
-            tip = tools.js("(() => { const t = document.getElementById('map-tip');"
-                           " return t.hidden ? null : {text: t.innerText,"
+            # The tip's text, the row it names, and its 84 x 84 picture sampled back to 28 x 28.
+            tip = tools.js("(() => { const t = document.getElementById('map-tip'); if (t.hidden) return null;"
+                           " const d = t.querySelector('canvas').getContext('2d').getImageData(0, 0, 84, 84).data;"
+                           " const pixels = []; for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++)"
+                           " pixels.push(d[((3 * y + 1) * 84 + 3 * x + 1) * 4]);"
+                           " return {text: t.innerText, pixels: pixels,"
                            " hovered: document.getElementById('map-frame').dataset.hovered}; })()")
             if tip:
                 return {**tip, "x": x, "y": y}
@@ -176,4 +180,6 @@ def check_report(html: Path, screenshot_path: Path) -> dict:
 
 if __name__ == "__main__":
     result = check_report(Path(sys.argv[1]), Path(sys.argv[2]))
+    if result["hover"]:
+        result["hover"]["pixels"] = f"{len(result['hover']['pixels'])} values"
     print(json.dumps(result, indent=1))
