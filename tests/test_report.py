@@ -16,8 +16,9 @@ from PIL import Image
 from stages.report import class_means, map_data
 from tests.browser import check_report, chromium
 from tests.conftest import make_project, run_in
-from vae_pipeline.files import PipelineError
+from vae_pipeline.files import ROOT, PipelineError
 from vae_pipeline.idx import read_split
+from vae_pipeline.params import validate
 
 SECTIONS = ["summary", "latent-map", "prior-samples", "reconstructions", "latent-walk",
             "training-curves", "kl-per-dimension"]
@@ -79,6 +80,21 @@ def test_walk_through_a_class_with_no_image_names_the_param():
                                   [[2, 2], [1, 1]])
     with pytest.raises(PipelineError, match="report.walk_digits has 7"):
         class_means(mu, labels, [1, 7], [str(d) for d in range(10)], "train.parquet")
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("report", "walk_digits", [4], "'report.walk_digits' is [4]; allowed: a list of at least 2 items"),
+    ("report", "walk_digits", [4, 12], "each an integer >= 0 and <= 9"),
+    ("latent_map", "metric", "hamming", "'latent_map.metric' is 'hamming'; allowed: one of euclidean"),
+    ("latent_map", "split", "validation", "'latent_map.split' is 'validation'"),
+    ("latent_map", "random_state", -1, "allowed: null or an integer >= 0"),
+])
+def test_bad_map_and_report_params_are_refused(section, key, value, message):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params[section][key] = value
+    with pytest.raises(PipelineError) as error:
+        validate(params)
+    assert message in str(error.value)
 
 
 # ---- slow: the real pipeline on the tiny config ---------------------------------------------
