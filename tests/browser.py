@@ -2,9 +2,10 @@
 
 Used by tests/test_report.py, and by hand on a real report:
     python -m tests.browser reports/index.html /tmp/report.png
-The page is loaded with the network off (DevTools offline emulation, and every host name
-made unresolvable); every request, console message and exception is recorded, and the
-image sizes, the map's pixels and its hover tip are read from the browser itself.
+The page is loaded with the network off (DevTools offline emulation, and every request
+sent to a proxy at 127.0.0.1:9 where nothing listens); every request, console message
+and exception is recorded, and the image sizes, the map's pixels and its hover tip are
+read from the browser itself.
 """
 import base64
 import json
@@ -22,7 +23,7 @@ from websockets.sync.client import connect
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--host-resolver-rules=MAP * ~NOTFOUND", "--remote-debugging-port=0",
+                  "--proxy-server=http://127.0.0.1:9", "--remote-debugging-port=0",
                   "--window-size=1280,900"]
 
 
