@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 # dvc.yaml's `python` must be the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run repro test test-fast clean
+.PHONY: help install run repro test test-fast clean browser
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -26,7 +26,7 @@ install: $(STAMP)  ## create .venv and install the project (once)
 run: $(STAMP)  ## run the whole pipeline on params.yaml (dvc repro)
 	dvc repro
 
-test: $(STAMP)  ## run the test suite (slow end-to-end tests included)
+test: $(STAMP) browser  ## run the test suite (slow end-to-end tests included)
 	pytest
 
 test-fast: $(STAMP)  ## run the tests, skipping the slow end-to-end ones
@@ -48,3 +48,12 @@ compare: $(STAMP)  ## reports/compare.html: the experiment's MLflow runs side by
 mlflow-ui: $(STAMP)  ## MLflow's UI over the embedded store, on http://127.0.0.1:5000 (MLFLOW_PORT=...)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
 	  --workers 1 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --artifacts-destination $(CURDIR)/mlartifacts
+
+# The report's browser test runs Debian's chromium headless; install it when missing
+# (as root, with apt-get). Where it cannot be installed the test is skipped and says why.
+browser:  ## install headless Chromium for the report's browser test, when missing
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 chromium; } \
+	      || echo "chromium could not be installed: the browser test will be skipped"; \
+	  else echo "chromium is missing and this is not root with apt-get: the browser test will be skipped"; fi; }

@@ -80,10 +80,9 @@ def run_in(project: Path, *cmd: str, check: bool = True, timeout: int = 600) -> 
     return result
 
 
-@pytest.fixture
-def project(tmp_path, tiny_source) -> Path:
-    """A fresh git repo holding a copy of the project, its params set to the tiny config."""
-    copy = tmp_path / "project"
+def make_project(folder: Path, tiny_source) -> Path:
+    """A fresh git repo in folder/project holding a copy of the project, on the tiny config."""
+    copy = folder / "project"
     shutil.copytree(ROOT, copy, ignore=COPY_IGNORE)
     source, checksums = tiny_source
     (copy / "params.yaml").write_text(yaml.safe_dump(tiny_params(source, checksums), sort_keys=False))
@@ -102,3 +101,9 @@ def own_tracking_store(monkeypatch):
     """Tests log to stores they make themselves, never to a server named in the caller's environment."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("VAE_RUN_TAGS", raising=False)
+
+
+@pytest.fixture
+def project(tmp_path, tiny_source) -> Path:
+    """A fresh git repo holding a copy of the project, its params set to the tiny config."""
+    return make_project(tmp_path, tiny_source)

@@ -64,6 +64,10 @@ SCHEMA = {
         "train_history": text(),
         "embeddings_dir": text(),     # train.parquet + test.parquet
         "compare_report": text(),     # stages.compare: runs of the MLflow experiment side by side
+
+        "latent_map": text(),         # UMAP of mu: x, y, label, index
+        "report": text(),             # the self-contained HTML report
+        "figures_dir": text(),        # the report's figures as PNG files
     },
     "data": {
         "dataset": choice("mnist", "fashion-mnist"),
@@ -93,6 +97,23 @@ SCHEMA = {
         "model_name": text(),                          # the registered model (the decoder)
         "connect_timeout": number(above=0),
         "compare_max_runs": integer(1),
+    },
+    "latent_map": {
+        "split": choice("train", "test"),
+        "subsample": optional(integer(2)),             # null: every row of the split
+        "n_neighbors": integer(2),
+        "min_dist": number(lo=0),
+        "metric": choice("euclidean", "manhattan", "chebyshev", "cosine", "correlation"),
+        "random_state": optional(integer(0)),         # null: not reproducible, uses every core
+    },
+    "report": {
+        "seed": integer(0),
+        "samples_grid": integer(1, 40),                # prior samples: an N x N grid
+        "reconstructions": integer(1, 100),
+        "walk_digits": list_of(integer(0, 9), min_len=2),
+        "walk_steps": integer(1, 100),                 # images per leg, from one class mean to the next
+        "walk_frame_ms": integer(10, 10_000),          # GIF frame time
+        "hover_points": integer(0, 20_000),            # map points that show their image on hover
     },
 }
 

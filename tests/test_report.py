@@ -1,0 +1,199 @@
+"""The latent map and the report: `dvc repro` on the tiny config, then the page itself.
+
+One tiny project is built per module (download, train, embed, latent_map, report);
+the tests read it in order and the last ones change its params.
+"""
+import base64
+import io
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from stages.report import class_means, map_data
+from tests.browser import check_report, chromium
+from tests.conftest import make_project, run_in
+from vae_pipeline.files import ROOT, PipelineError
+from vae_pipeline.idx import read_split
+from vae_pipeline.params import validate
+
+SECTIONS = ["summary", "latent-map", "prior-samples", "reconstructions", "latent-walk",
+            "training-curves", "kl-per-dimension"]
+FIGURES = {"latent_map.png", "prior_samples.png", "reconstructions.png", "latent_walk.png",
+           "latent_walk.gif", "training_curves.png", "kl_per_dimension.png"}
+
+
+def embedded_images(html: str) -> list[bytes]:
+    return [base64.b64decode(b) for b in re.findall(r'src="data:image/(?:png|gif);base64,([^"]+)"', html)]
+
+
+def stages_run(stdout: str) -> list[str]:
+    return sorted(line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage"))
+
+
+def set_params(project, section: str, **values) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_source):
+    """A tiny project after a full `dvc repro`, and that run's output."""
+    project = make_project(tmp_path_factory.mktemp("report"), tiny_source)
+    result = run_in(project, "dvc", "repro")
+    return project, result.stdout + result.stderr
+
+
+# ---- fast: the pieces ----------------------------------------------------------------------
+
+def test_map_data_keeps_positions_and_pairs_each_hover_point_with_its_image():
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"x": rng.normal(size=300) * 5, "y": rng.normal(size=300), "label": rng.integers(0, 10, 300),
+                          "index": rng.permutation(1000)[:300]})
+    images = rng.integers(0, 256, (1000, 28, 28)).astype(np.uint8)
+    data, sprite = map_data(table, images, [str(d) for d in range(10)], hover_points=120, seed=3)
+    q = np.frombuffer(base64.b64decode(data["xy"]), "<u2").reshape(-1, 2) / 65535
+    labels = np.frombuffer(base64.b64decode(data["labels"]), np.uint8)
+    rows = np.frombuffer(base64.b64decode(data["rows"]), "<u4")
+    assert data["n"] == 300 and data["hover"] == 120 and len(rows) == 120
+    # Every point keeps its label and its place, one scale for both axes (the aspect kept).
+    order = [np.flatnonzero(table["index"].to_numpy() == r)[0] for r in rows]
+    np.testing.assert_array_equal(labels[:120], table["label"].to_numpy()[order])
+    xy = table[["x", "y"]].to_numpy()
+    span = (xy.max(0) - xy.min(0)).max()
+    np.testing.assert_allclose(q[:120], (xy[order] - xy.min(0)) / span, atol=1 / 65535)
+    assert data["extent"][0] == 1.0 and 0 < data["extent"][1] < 1
+    # Sprite tile k is the image of hover point k.
+    sheet = np.asarray(Image.open(io.BytesIO(sprite)))
+    for k in (0, 57, 119):
+        r, c = divmod(k, data["spriteColumns"])
+        np.testing.assert_array_equal(sheet[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28], images[rows[k]])
+
+
+def test_walk_through_a_class_with_no_image_names_the_param():
+    mu, labels = np.zeros((4, 2), np.float32), np.array([1, 1, 2, 2])
+    np.testing.assert_array_equal(class_means(mu + labels[:, None], labels, [2, 1], [str(d) for d in range(10)], "x"),
+                                  [[2, 2], [1, 1]])
+    with pytest.raises(PipelineError, match="report.walk_digits has 7"):
+        class_means(mu, labels, [1, 7], [str(d) for d in range(10)], "train.parquet")
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("report", "walk_digits", [4], "'report.walk_digits' is [4]; allowed: a list of at least 2 items"),
+    ("report", "walk_digits", [4, 12], "each an integer >= 0 and <= 9"),
+    ("latent_map", "metric", "hamming", "'latent_map.metric' is 'hamming'; allowed: one of euclidean"),
+    ("latent_map", "split", "validation", "'latent_map.split' is 'validation'"),
+    ("latent_map", "random_state", -1, "allowed: null or an integer >= 0"),
+])
+def test_bad_map_and_report_params_are_refused(section, key, value, message):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params[section][key] = value
+    with pytest.raises(PipelineError) as error:
+        validate(params)
+    assert message in str(error.value)
+
+
+# ---- slow: the real pipeline on the tiny config ---------------------------------------------
+
+@pytest.mark.slow
+def test_repro_writes_the_latent_map(built):
+    project, output = built
+    assert stages_run(output) == ["download", "embed", "latent_map", "report", "train"]
+    latent_map = pd.read_parquet(project / "data/latent_map.parquet")
+    assert list(latent_map.columns) == ["x", "y", "label", "index"]
+    assert len(latent_map) == 2000 and np.isfinite(latent_map[["x", "y"]]).all().all()
+    _, labels = read_split(project / "data/raw/mnist", "train")
+    np.testing.assert_array_equal(latent_map["label"], labels[latent_map["index"]])
+    assert (project / ".numba_cache").is_dir() and any((project / ".numba_cache").rglob("*.nbi"))
+
+
+@pytest.mark.slow
+def test_report_has_every_section_and_every_image_decodes(built):
+    project, _ = built
+    html = (project / "reports/index.html").read_text()
+    assert re.findall(r'<section id="([^"]+)"', html) == SECTIONS
+    # Self-contained: no stylesheet, script or image from anywhere else.
+    assert not re.findall(r'(?:src|href)="(?!data:|#)', html)
+    assert "<link rel=\"stylesheet\"" not in html and "<script src" not in html
+    images = embedded_images(html)
+    assert len(images) == len(FIGURES) + 1          # and the map's sprite sheet
+    for data in images:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        assert image.width > 0 and image.height > 0
+    # The same figures as files.
+    figures = {p.name: p.read_bytes() for p in (project / "reports/figures").iterdir()}
+    assert set(figures) == FIGURES
+    assert all(data in images for data in figures.values())
+    walk = Image.open(project / "reports/figures/latent_walk.gif")
+    assert walk.n_frames == 2 * 10 + 1                  # 4 -> 7 -> 9, 10 steps each
+    prior = Image.open(project / "reports/figures/prior_samples.png")
+    assert prior.size == ((10 * 30 + 2) * 2,) * 2       # a 10 x 10 grid of 28-pixel images, 2 apart, x2
+    # The summary's figures come from the run: its metrics and its commit.
+    metrics = yaml.safe_load((project / "reports/metrics/train.json").read_text())
+    assert f"{metrics['test_loss']:.1f}" in html and f"{metrics['test_kl']:.2f}" in html
+    commit = run_in(project, "git", "rev-parse", "HEAD").stdout.strip()
+    assert commit[:12] in html
+    assert html.count('class="badge ok">pinned') == 4
+
+
+@pytest.mark.slow
+def test_report_in_headless_chromium(built, request):
+    if chromium() is None:
+        pytest.skip("Debian's chromium is not installed and could not be (`make test` installs it as root "
+                    "with apt-get install -y chromium)")
+    project, _ = built
+    screenshot = request.config.cache.mkdir("report-browser") / "report.png"
+    seen = check_report(project / "reports/index.html", screenshot)
+    assert seen["console_errors"] == []
+    assert seen["sections"] == SECTIONS
+    html = (project / "reports/index.html").read_text()
+    assert len(seen["images"]) == html.count("<img")
+    for image in seen["images"]:
+        assert image["complete"] and image["width"] > 0 and image["height"] > 0, image
+    # Nothing but the file itself and its data: URIs was requested.
+    assert seen["requests"] and all(url.startswith(("file:", "data:")) for url in seen["requests"])
+    assert seen["map_pixels"] > 2000                    # the canvas drew the points
+    assert seen["zoom_after_wheel"] > 1.2               # the wheel zoomed in
+    # Hovering a point shows its class and its own image, as stored in the data set.
+    hover = seen["hover"]
+    assert hover is not None, "no point showed its tip under the mouse"
+    images, labels = read_split(project / "data/raw/mnist", "train")
+    row = int(hover["hovered"])
+    assert hover["text"].splitlines()[0] == str(labels[row])
+    np.testing.assert_array_equal(np.array(hover["pixels"]).reshape(28, 28), images[row])
+    assert Image.open(screenshot).height > 2000
+    print(f"screenshot: {screenshot}")
+
+
+@pytest.mark.slow
+def test_a_report_param_reruns_only_the_report(built):
+    project, _ = built
+    set_params(project, "latent_map", min_dist=0.2)
+    stale = run_in(project, "dvc", "status").stdout
+    assert re.findall(r"^(\w+):", stale, re.M) == ["latent_map", "report"]
+    set_params(project, "latent_map", min_dist=0.1)
+
+    set_params(project, "report", samples_grid=4)
+    assert re.findall(r"^(\w+):", run_in(project, "dvc", "status").stdout, re.M) == ["report"]
+    assert stages_run(run_in(project, "dvc", "repro").stdout) == ["report"]
+    assert Image.open(project / "reports/figures/prior_samples.png").size == ((4 * 30 + 2) * 2,) * 2
+
+
+@pytest.mark.slow
+def test_a_2d_latent_space_shows_the_raw_plane(built):
+    project, _ = built
+    set_params(project, "train", latent_dim=2)
+    assert stages_run(run_in(project, "dvc", "repro").stdout) == ["embed", "latent_map", "report", "train"]
+    html = (project / "reports/index.html").read_text()
+    assert "No projection needed" in html and "only its UMAP projection is shown" not in html
+    figures = {p.name for p in (project / "reports/figures").iterdir()}
+    assert figures == FIGURES | {"latent_plane.png", "latent_manifold.png"}
+    assert len(embedded_images(html)) == len(FIGURES) + 3
+    # The decoder grid: 15 x 15 images of the 2-D plane.
+    manifold = Image.open(project / "reports/figures/latent_manifold.png")
+    assert manifold.size == ((15 * 30 + 2) * 2,) * 2
