@@ -153,7 +153,6 @@ def write_history(path: Path, history: list) -> None:
 
 def run(params: dict) -> dict:
     t, paths = params["train"], params["paths"]
-    mlflow_client = tracking.connect(params)  # an unreachable tracking store fails here, before any work
     device = setup_torch(t["device"], t["threads"])
     torch.manual_seed(t["seed"])
     x_train, _ = load_images(params, "train", device)
@@ -163,6 +162,7 @@ def run(params: dict) -> dict:
                             f"{len(x_train)} training images")
     log.info("%d train / %d test images on %s (%d threads)", len(x_train), len(x_test), device,
              torch.get_num_threads())
+    mlflow_client = tracking.connect(params)  # an unreachable tracking store fails here, before training
 
     model = VAE(t["latent_dim"], t["hidden_dims"]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t["lr"])

@@ -75,7 +75,9 @@ def short(text: str, width: int) -> str:
 # --- helpers for the tests -------------------------------------------------------------------
 
 # Files a run may create without them being outputs of the pipeline.
-NOT_OUTPUTS = ("__pycache__", ".hypothesis", ".pytest_cache")
+NOT_OUTPUTS = ("__pycache__", ".hypothesis", ".pytest_cache", "mlartifacts")
+# The MLflow store records a failed run too, on purpose: that is the run record, not an output.
+TRACKING_RECORDS = {"mlflow.db", ".checkpoints/mlflow_run.json"}
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -92,7 +94,8 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 def changed_files(root: Path, before: dict) -> list[str]:
     """Files under root that are new or changed since `before` (a snapshot), sorted."""
     after = snapshot(root)
-    return sorted(name for name, stat in after.items() if before.get(name) != stat)
+    return sorted(name for name, stat in after.items()
+                  if before.get(name) != stat and name not in TRACKING_RECORDS)
 
 
 def run_stage(project: Path, stage: str, timeout: int = 300) -> tuple[int, str, list[str]]:
