@@ -63,6 +63,8 @@ SCHEMA = {
         "train_metrics": text(),
         "train_history": text(),
         "embeddings_dir": text(),     # train.parquet + test.parquet
+        "sweep_report": text(),
+        "sweep_results": text(),
     },
     "data": {
         "dataset": choice("mnist", "fashion-mnist"),
@@ -85,6 +87,20 @@ SCHEMA = {
     },
     "embed": {
         "batch_size": integer(1),
+    },
+    "prefect": {
+        "download_retries": integer(0, 10),
+        "retry_delay_seconds": number(lo=0),
+        "lock_wait_seconds": number(lo=0),
+    },
+    "sweep": {
+        "beta": list_of(number(lo=0)),
+        "latent_dim": list_of(integer(1, 1024)),
+        "epochs": integer(1),
+        "threads": integer(0),
+        "stage": text(),
+        "scheduler": optional(text()),                 # null: a local Dask cluster
+        "n_workers": integer(1),
     },
 }
 
