@@ -12,7 +12,9 @@ With PREFECT_API_URL set (`prefect server start`, see the README) that server is
 used and nothing is started.
 """
 import contextlib
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +44,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def die_with_parent() -> None:
+    """In the server's process, before it starts: on Linux, have the kernel send it SIGTERM when
+    the process that started it ends, however that ends (a kill, a crash), so none is left behind."""
+    if sys.platform == "linux":
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start_server(home: Path, log_file: Path) -> tuple[subprocess.Popen, str]:
     """Start Prefect's API app as Prefect's ephemeral mode does; return the process and its API URL."""
     port = free_port()
@@ -57,7 +67,10 @@ def start_server(home: Path, log_file: Path) -> tuple[subprocess.Popen, str]:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
              "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # Its own session: Ctrl-C on `make run` stops the flow, which then still reports to
+            # the server how it ended before the server is stopped (else the flow would hang).
+            start_new_session=True, preexec_fn=die_with_parent)
     return process, f"http://127.0.0.1:{port}/api"
 
 

@@ -85,7 +85,10 @@ def run_stage(stage: str, project: str, run_tags: dict) -> dict:
     if code != 0:
         raise failure(f"stage '{stage}'", code, lines)
     ran = any(line.startswith(f"Running stage '{stage}'") for line in lines)
-    return {"stage": stage, "ran": ran, "seconds": round(time.perf_counter() - started, 1)}
+    # DVC's run cache: the same stage with the same deps and params ran before; outputs restored.
+    restored = any(line.startswith(f"Stage '{stage}' is cached") for line in lines)
+    return {"stage": stage, "ran": ran, "restored": restored,
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def stage_order(project: Path) -> list[str]:
@@ -157,8 +160,9 @@ def mlflow_run_id(project: Path, params: dict) -> str | None:
 def summary(project: Path, params: dict, results: list[dict]) -> str:
     """The markdown of the run's artifact."""
     lines = [f"# vae-pipeline in `{project}`", "", "| stage | result | seconds |", "| --- | --- | ---: |"]
-    lines += [f"| {r['stage']} | {'ran' if r['ran'] else 'skipped: up to date'} | {r['seconds']} |"
-              for r in results]
+    outcome = {(True, False): "ran", (False, True): "restored from DVC's run cache",
+               (False, False): "skipped: up to date"}
+    lines += [f"| {r['stage']} | {outcome[r['ran'], r['restored']]} | {r['seconds']} |" for r in results]
     lines += ["", "## Metrics", "", "| metric | value |", "| --- | ---: |"]
     for name, values in read_metrics(project, params).items():
         lines += [f"| {name}.{key} | {value:.6g} |" for key, value in values.items()
@@ -175,7 +179,7 @@ def pipeline(project: str | None = None, run_tags: dict | None = None) -> list[d
     """Run dvc.yaml's stages in `project` (default: this project), one task each.
 
     `run_tags` are added to the MLflow runs the stages start (with this flow run's id).
-    Returns, per stage in the order run: {"stage", "ran", "seconds"}.
+    Returns, per stage in the order run: {"stage", "ran", "restored" (from DVC's run cache), "seconds"}.
     """
     logger = get_run_logger()
     root = Path(project) if project else ROOT
@@ -193,8 +197,8 @@ def pipeline(project: str | None = None, run_tags: dict | None = None) -> list[d
                 options.update(retries=settings["download_retries"],
                                retry_delay_seconds=settings["retry_delay_seconds"])
             results.append(run_stage.with_options(**options)(stage, str(root), tags))
-    ran = [r["stage"] for r in results if r["ran"]]
-    logger.info("stages run: %s", ", ".join(ran) if ran else "none, every stage is up to date")
+    ran = [r["stage"] for r in results if r["ran"] or r["restored"]]
+    logger.info("stages run or restored: %s", ", ".join(ran) if ran else "none, every stage is up to date")
     create_markdown_artifact(key="vae-pipeline", markdown=summary(root, params, results),
                              description="What ran, the metrics, the report and the MLflow run")
     return results

@@ -111,7 +111,7 @@ def test_pipeline_flow_runs_the_stages_in_order_then_skips_them_all(project, pre
     second = pipeline(project=str(project), return_state=True)
     assert second.is_completed(), second.message
     assert [r["stage"] for r in second.result()] == stages
-    assert not any(r["ran"] for r in second.result())
+    assert not any(r["ran"] or r["restored"] for r in second.result())
     assert [r.name for r in task_runs(second.state_details.flow_run_id)] == stages
     assert outputs_mtimes(project) == before and before
     assert (project / "dvc.lock").read_text() == lock_before
