@@ -9,10 +9,12 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
+# Prefect's runs, logs and local API database stay in the project (git-ignored).
+export PREFECT_HOME ?= $(CURDIR)/.prefect
 # dvc.yaml's `python` must be the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run repro test test-fast clean browser
+.PHONY: help install run repro sweep test test-fast clean browser
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -23,8 +25,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the project (once)
 
-run: $(STAMP)  ## run the whole pipeline on params.yaml (dvc repro)
+run: $(STAMP)  ## run the whole pipeline on params.yaml: the Prefect flow, one task per DVC stage
+	python -m flows.pipeline
+
+repro: $(STAMP)  ## the same pipeline through plain `dvc repro` (no Prefect)
 	dvc repro
+
+sweep: $(STAMP)  ## train the grid of params.yaml `sweep` on Dask; writes reports/sweep.html
+	python -m flows.sweep
 
 test: $(STAMP) browser  ## run the test suite (slow end-to-end tests included)
 	pytest

@@ -68,6 +68,9 @@ SCHEMA = {
         "latent_map": text(),         # UMAP of mu: x, y, label, index
         "report": text(),             # the self-contained HTML report
         "figures_dir": text(),        # the report's figures as PNG files
+
+        "sweep_report": text(),
+        "sweep_results": text(),
     },
     "data": {
         "dataset": choice("mnist", "fashion-mnist"),
@@ -114,6 +117,20 @@ SCHEMA = {
         "walk_steps": integer(1, 100),                 # images per leg, from one class mean to the next
         "walk_frame_ms": integer(10, 10_000),          # GIF frame time
         "hover_points": integer(0, 20_000),            # map points that show their image on hover
+    },
+    "prefect": {
+        "download_retries": integer(0, 10),
+        "retry_delay_seconds": number(lo=0),
+        "lock_wait_seconds": number(lo=0),
+    },
+    "sweep": {
+        "beta": list_of(number(lo=0)),
+        "latent_dim": list_of(integer(1, 1024)),
+        "epochs": integer(1),
+        "threads": integer(0),
+        "stage": text(),
+        "scheduler": optional(text()),                 # null: a local Dask cluster
+        "n_workers": integer(1),
     },
 }
 

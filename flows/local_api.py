@@ -1,0 +1,137 @@
+"""Prefect's local API for one command, so `make run` needs no server started by hand.
+
+Without PREFECT_API_URL, Prefect would start a temporary API server by itself on
+first use. We start that same server (Prefect's app in its ephemeral mode, on
+127.0.0.1 and a free port, its database in PREFECT_HOME) ourselves and put its
+address into the settings, because:
+  - the flow process then never imports Prefect's server code: about 3 s of CPU
+    less per run on this machine;
+  - the address travels with the settings to the Dask workers of a sweep, which
+    then report to this server instead of each starting one of their own.
+With PREFECT_API_URL set (`prefect server start`, see the README) that server is
+used and nothing is started.
+"""
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, get_current_settings,
+                              temporary_settings)
+
+from vae_pipeline.files import ROOT
+
+# A loaded 2-core machine took 25 s to bring the server up; Prefect's own default wait is 20 s.
+STARTUP_TIMEOUT = 90
+
+
+def prefect_home() -> Path:
+    """PREFECT_HOME from the environment, else the project's own `.prefect/` (git-ignored)."""
+    return Path(os.environ.get("PREFECT_HOME") or ROOT / ".prefect")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """In the server's process, before it starts: on Linux, have the kernel send it SIGTERM when
+    the process that started it ends, however that ends (a kill, a crash), so none is left behind."""
+    if sys.platform == "linux":
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_server(home: Path, log_file: Path) -> tuple[subprocess.Popen, str]:
+    """Start Prefect's API app as Prefect's ephemeral mode does; return the process and its API URL."""
+    port = free_port()
+    env = {**os.environ,
+           **get_current_settings().to_environment_variables(exclude_unset=True),
+           "PREFECT_HOME": str(home),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false",   # the only switch that stops its heartbeat
+           "PREFECT_UI_ENABLED": "0",
+           "PREFECT__SERVER_EPHEMERAL": "1",              # no UI, only the services a run needs
+           "PREFECT__SERVER_FINAL": "1"}
+    env.pop("PREFECT_API_URL", None)
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+             "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # Its own session: Ctrl-C on `make run` stops the flow, which then still reports to
+            # the server how it ended before the server is stopped (else the flow would hang).
+            start_new_session=True, preexec_fn=die_with_parent)
+    return process, f"http://127.0.0.1:{port}/api"
+
+
+def wait_until_healthy(process: subprocess.Popen, api_url: str, timeout: float) -> bool:
+    """True once the server answers /health; False if it exited first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"Prefect's local API did not answer within {timeout:.0f} s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def local_api(home: Path | None = None, timeout: float = STARTUP_TIMEOUT):
+    """Run the body against PREFECT_API_URL if set, else against a local API started here.
+
+    Yields the API URL. PREFECT_HOME (`home`, else prefect_home()) holds the local
+    API's database, so runs stay listed after the command ends.
+    """
+    home = Path(home or prefect_home())
+    home.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("PREFECT_API_URL"):
+        with temporary_settings({PREFECT_HOME: str(home)}):
+            yield os.environ["PREFECT_API_URL"]
+        return
+    log_file = home / "local-api.log"
+    for attempt in range(2):            # a second try if another process took the port first
+        process, api_url = start_server(home, log_file)
+        try:
+            if wait_until_healthy(process, api_url, timeout):
+                break
+        except BaseException:
+            stop_server(process)
+            raise
+    else:
+        tail = log_file.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"Prefect's local API exited with code {process.returncode}; "
+                           f"the end of {log_file}:\n{tail}")
+    try:
+        with temporary_settings({PREFECT_HOME: str(home), PREFECT_API_URL: api_url}):
+            try:
+                yield api_url
+            finally:
+                # Send the last logs and events while the server is still there to take them.
+                APILogWorker.drain_all(timeout=10)
+                EventsWorker.drain_all(timeout=10)
+    finally:
+        stop_server(process)

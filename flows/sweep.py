@@ -1,0 +1,230 @@
+"""The `sweep` flow: train the VAE over a grid of beta x latent_dim, the points fanned out on Dask.
+
+`make sweep` (`python -m flows.sweep`) reads the grid from params.yaml's `sweep`
+section. Each point is a Prefect task on a Dask worker (prefect-dask): a local
+cluster by default, or the Dask scheduler at `sweep.scheduler` to spread the
+points over more machines (their workers must see the project at the same path).
+
+DVC allows one `dvc repro` per workspace at a time, so every point works in its
+own copy of the project (what a clone holds, plus the downloaded data), with
+params.yaml set for the point, and runs `dvc repro <sweep.stage>` there; the copy
+is removed afterwards. Each point records the `dvc exp run -S ...` that
+reproduces it in the project, logs to the project's MLflow store with a `sweep`
+tag, and the sweep writes reports/sweep.html: the rate-distortion picture (KL
+against reconstruction, one point per run) and a table.
+"""
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from jinja2 import Environment
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect_dask import DaskTaskRunner
+
+from flows.pipeline import failure, mlflow_run_id, read_metrics, run_logged, stage_env
+from vae_pipeline.files import ROOT, PipelineError, atomic_path, write_json
+from vae_pipeline.params import load_params
+
+
+def copy_project(project: Path, dest: Path, params: dict) -> None:
+    """Copy what a clone of `project` holds (git's tracked and not-ignored files) into `dest`,
+    plus the downloaded data set if there is one, so the point does not download it again."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=project, capture_output=True)
+    if listed.returncode != 0:
+        raise PipelineError(f"{project}: the sweep copies the project's git files, but git ls-files "
+                            f"failed: {listed.stderr.decode(errors='replace').strip()}")
+    for name in filter(None, listed.stdout.split(b"\0")):
+        source = project / os.fsdecode(name)
+        if source.is_file():
+            (dest / os.fsdecode(name)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / os.fsdecode(name))
+    raw = Path(params["paths"]["raw_dir"]) / params["data"]["dataset"]
+    if (project / raw).is_dir():
+        shutil.copytree(project / raw, dest / raw)
+    # DVC needs a git repository (or core.no_scm); an empty one is enough for `dvc repro`.
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+
+
+def reproduce_command(point: dict) -> str:
+    """The `dvc exp run` that trains this point in the project (train.threads changes speed only)."""
+    return "dvc exp run " + " ".join(f"-S {key}={value}" for key, value in point.items()
+                                     if key != "train.threads")
+
+
+# Every point trains: Prefect must never skip one from a cache of its own.
+@task(cache_policy=NO_CACHE)
+def run_point(project: str, point: dict, stage: str, run_tags: dict, tracking_uri: str) -> dict:
+    """Train and evaluate one grid point in a fresh copy of the project; return its figures."""
+    logger = get_run_logger()
+    started = time.time()
+    project = Path(project)
+    params = load_params(project / "params.yaml")
+    workdir = Path(tempfile.mkdtemp(prefix="vae-sweep-"))
+    logger.info("point %s in %s", point, workdir)
+    copy_project(project, workdir, params)
+
+    point_params = yaml.safe_load((workdir / "params.yaml").read_text())
+    for key, value in point.items():
+        section, name = key.split(".")
+        point_params[section][name] = value
+    (workdir / "params.yaml").write_text(yaml.safe_dump(point_params, sort_keys=False))
+
+    env = {**stage_env({**run_tags, "sweep_point": json.dumps(point)}), "MLFLOW_TRACKING_URI": tracking_uri}
+    code, lines = run_logged([sys.executable, "-m", "dvc", "repro", stage], workdir, env, logger)
+    if code != 0:
+        raise failure(f"point {point} (kept in {workdir})", code, lines)
+    result = {
+        "beta": point["train.beta"], "latent_dim": point["train.latent_dim"],
+        "epochs": point["train.epochs"],
+        "metrics": read_metrics(workdir, point_params),
+        "mlflow_run_id": mlflow_run_id(workdir, point_params),
+        "command": reproduce_command(point),
+        "workdir": str(workdir), "started": started, "seconds": round(time.time() - started, 1),
+    }
+    shutil.rmtree(workdir)
+    return result
+
+
+def tracking_uri(project: Path, params: dict) -> str:
+    """Where the points log: the project's MLflow store, so all sweeps land in one place."""
+    return (os.environ.get("MLFLOW_TRACKING_URI") or params.get("mlflow", {}).get("tracking_uri")
+            or f"sqlite:///{project / 'mlflow.db'}")
+
+
+def rate_distortion_svg(results: list[dict]) -> str:
+    """KL (rate) against reconstruction loss (distortion), one line per latent size, points by beta."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
+    for latent_dim in sorted({r["latent_dim"] for r in results}):
+        runs = sorted((r for r in results if r["latent_dim"] == latent_dim), key=lambda r: r["beta"])
+        kl = [r["metrics"]["train"]["test_kl"] for r in runs]
+        recon = [r["metrics"]["train"]["test_recon"] for r in runs]
+        ax.plot(kl, recon, "o-", label=f"latent {latent_dim}")
+        for r, x, y in zip(runs, kl, recon):
+            ax.annotate(f"β={r['beta']:g}, z={latent_dim}", (x, y), textcoords="offset points",
+                        xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("rate: KL(q(z|x) ‖ p(z)) per test image (nats)")
+    ax.set_ylabel("distortion: reconstruction loss per test image")
+    ax.set_title("Rate–distortion of the sweep (test set)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    svg = io.StringIO()
+    fig.savefig(svg, format="svg", bbox_inches="tight")
+    return svg.getvalue()[svg.getvalue().index("<svg"):]     # drop the XML prologue: inline SVG
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>VAE sweep {{ name }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; } th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; } code { font-size: 0.85em; }
+</style></head><body>
+<h1>VAE sweep {{ name }}</h1>
+<p>{{ results|length }} runs of {{ epochs }} epochs over β × latent size, trained with Prefect on Dask
+({{ finished }}). Lower right is a sharper model that uses more of its latent code; upper left a smoother one.</p>
+{% if failed %}<p><strong>Failed points:</strong></p><ul>{% for f in failed %}<li><code>{{ f }}</code></li>{% endfor %}</ul>{% endif %}
+{{ svg|safe }}
+<table>
+<tr><th>β</th><th>latent</th><th>epochs</th><th>test KL</th><th>test recon</th><th>test loss</th>
+<th>test loss (z = μ)</th><th>seconds</th><th>MLflow run</th><th>reproduce in the project</th></tr>
+{% for r in results %}<tr><td class="n">{{ "%g"|format(r.beta) }}</td><td class="n">{{ r.latent_dim }}</td>
+<td class="n">{{ r.epochs }}</td><td class="n">{{ "%.2f"|format(r.metrics.train.test_kl) }}</td>
+<td class="n">{{ "%.2f"|format(r.metrics.train.test_recon) }}</td>
+<td class="n">{{ "%.2f"|format(r.metrics.train.test_loss) }}</td>
+<td class="n">{{ "%.2f"|format(r.metrics.train.test_loss_mu) }}</td><td class="n">{{ r.seconds }}</td>
+<td><code>{{ r.mlflow_run_id or "—" }}</code></td><td><code>{{ r.command }}</code></td></tr>
+{% endfor %}</table>
+</body></html>
+"""
+
+
+def write_report(project: Path, params: dict, name: str, results: list[dict], failed: list[str]) -> Path:
+    """reports/sweep.json (every point's figures) and reports/sweep.html (one self-contained page)."""
+    results = sorted(results, key=lambda r: (r["latent_dim"], r["beta"]))
+    write_json(project / params["paths"]["sweep_results"], {"sweep": name, "points": results, "failed": failed})
+    page = Environment(autoescape=True).from_string(PAGE).render(
+        name=name, results=results, failed=failed, epochs=params["sweep"]["epochs"],
+        finished=time.strftime("%Y-%m-%d %H:%M"), svg=rate_distortion_svg(results) if results else "")
+    path = project / params["paths"]["sweep_report"]
+    with atomic_path(path) as tmp:
+        tmp.write_text(page)
+    return path
+
+
+def grid(settings: dict) -> list[dict]:
+    """The points of the sweep: every beta with every latent size, as params.yaml overrides."""
+    return [{"train.beta": beta, "train.latent_dim": latent_dim, "train.epochs": settings["epochs"],
+             "train.threads": settings["threads"]}
+            for latent_dim in settings["latent_dim"] for beta in settings["beta"]]
+
+
+def dask_runner(settings: dict) -> DaskTaskRunner:
+    """The sweep's task runner: the Dask scheduler at sweep.scheduler, else a local cluster of
+    sweep.n_workers processes running one point at a time each."""
+    if settings["scheduler"]:
+        return DaskTaskRunner(address=settings["scheduler"])
+    return DaskTaskRunner(cluster_kwargs={"n_workers": settings["n_workers"], "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
+
+
+@flow(name="sweep", task_runner=DaskTaskRunner(cluster_kwargs={"dashboard_address": None}))
+def sweep(project: str | None = None) -> list[dict]:
+    """Train every point of params.yaml's sweep grid in `project` (default: this project).
+
+    Run it with the task runner its params ask for: `sweep.with_options(task_runner=dask_runner(...))`.
+    Returns the points' results; writes reports/sweep.html and reports/sweep.json.
+    """
+    logger = get_run_logger()
+    root = Path(project) if project else ROOT
+    params = load_params(root / "params.yaml")
+    settings = params["sweep"]
+    tags = {"sweep": flow_run.name, "prefect_flow_run_id": str(flow_run.id)}
+    uri = tracking_uri(root, params)
+    points = grid(settings)
+    logger.info("%d points, %d epochs each, stage '%s'; MLflow: %s", len(points), settings["epochs"],
+                settings["stage"], uri.split("@")[-1])
+    futures = [run_point.with_options(task_run_name=f"beta={p['train.beta']:g} latent={p['train.latent_dim']}")
+               .submit(str(root), p, settings["stage"], tags, uri) for p in points]
+    results, failed = [], []
+    for point, future in zip(points, futures):
+        try:
+            results.append(future.result())
+        except Exception as e:
+            failed.append(f"{reproduce_command(point)}: {e}")
+    path = write_report(root, params, flow_run.name, results, failed)
+    logger.info("%d of %d points done; %s", len(results), len(points), path)
+    if failed:
+        raise PipelineError(f"{len(failed)} of {len(points)} sweep points failed:\n  " + "\n  ".join(failed))
+    return results
+
+
+def main() -> None:
+    from flows.local_api import local_api
+
+    try:
+        settings = load_params()["sweep"]
+        with local_api():
+            sweep.with_options(task_runner=dask_runner(settings))()
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The Prefect flows with real Prefect (a local API, PREFECT_HOME in a temp folder) and real DVC."""
+import fcntl
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+import yaml
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import TaskRunSort
+
+from flows.local_api import local_api
+from flows.pipeline import LOCK_FILE, pipeline, workspace_lock
+from flows.sweep import dask_runner, sweep
+from tests.conftest import VENV_BIN, pipeline_env, run_in
+from vae_pipeline.files import PipelineError
+
+
+@pytest.fixture
+def prefect_api(tmp_path):
+    """Prefect's local API on a database of its own, for one test."""
+    with local_api(tmp_path / "prefect-home") as url:
+        yield url
+
+
+def set_params(project, **sections) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def task_runs(flow_run_id) -> list:
+    """The flow run's task runs as the API lists them, oldest first."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                     sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+    return sorted(runs, key=lambda r: r.start_time or r.expected_start_time)
+
+
+def artifact_markdown(flow_run_id) -> str:
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["vae-pipeline"])),
+                                          flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    assert len(artifacts) == 1
+    return artifacts[0].data
+
+
+def outputs_mtimes(project) -> dict:
+    return {p: p.stat().st_mtime_ns for folder in ("data/raw", "models", "data/embeddings")
+            for p in (project / folder).rglob("*") if p.is_file()}
+
+
+# ---- the lock: no Prefect needed -------------------------------------------------------------
+
+def test_a_second_pipeline_waits_for_the_first_then_gets_the_lock(tmp_path, caplog):
+    log = logging.getLogger("test-lock")
+    with workspace_lock(tmp_path, 5, log):
+        assert (tmp_path / LOCK_FILE).read_text().strip() == str(os.getpid())
+        # A flock belongs to an open file, so a second open in this process contends like another process.
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(_hold_briefly(tmp_path, log)))
+        waiter.start()
+        time.sleep(1.0)
+        assert got == []                     # still waiting
+    waiter.join(10)
+    assert got == ["held"]
+    assert "another pipeline" in caplog.text and "waiting up to 5 s" in caplog.text
+
+
+def _hold_briefly(project, log) -> str:
+    with workspace_lock(project, 5, log):
+        return "held"
+
+
+def test_a_second_pipeline_fails_clearly_when_the_first_holds_on(tmp_path):
+    log = logging.getLogger("test-lock")
+    with workspace_lock(tmp_path, 5, log):
+        started = time.monotonic()
+        with pytest.raises(PipelineError, match=rf"another pipeline \(pid {os.getpid()}\) is running"):
+            with workspace_lock(tmp_path, 0.5, log):
+                pass
+        assert time.monotonic() - started < 3
+
+
+# ---- the pipeline flow -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_pipeline_flow_runs_the_stages_in_order_then_skips_them_all(project, prefect_api):
+    stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
+    first = pipeline(project=str(project), return_state=True)
+    assert first.is_completed(), first.message
+    assert [r["stage"] for r in first.result()] == stages
+    assert all(r["ran"] for r in first.result())
+    runs = task_runs(first.state_details.flow_run_id)
+    assert [r.name for r in runs] == stages
+    assert all(r.state.is_completed() for r in runs)
+    # dvc.lock records what ran: DVC agrees that nothing is stale.
+    assert run_in(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+    markdown = artifact_markdown(first.state_details.flow_run_id)
+    metrics = json.loads((project / "reports/metrics/train.json").read_text())
+    assert "| train | ran |" in markdown and f"| train.test_loss | {metrics['test_loss']:.6g} |" in markdown
+    assert "**MLflow run:** not recorded" in markdown or "**MLflow run:** `" in markdown
+
+    before = outputs_mtimes(project)
+    lock_before = (project / "dvc.lock").read_text()
+    second = pipeline(project=str(project), return_state=True)
+    assert second.is_completed(), second.message
+    assert [r["stage"] for r in second.result()] == stages
+    assert not any(r["ran"] or r["restored"] for r in second.result())
+    assert [r.name for r in task_runs(second.state_details.flow_run_id)] == stages
+    assert outputs_mtimes(project) == before and before
+    assert (project / "dvc.lock").read_text() == lock_before
+    assert "| train | skipped: up to date |" in artifact_markdown(second.state_details.flow_run_id)
+
+
+@pytest.mark.slow
+def test_only_the_download_retries_and_deterministic_failures_fail_at_once(project, prefect_api, tmp_path):
+    # Bad params: the flow stops before any stage.
+    set_params(project, train={"epochs": 0})
+    state = pipeline(project=str(project), return_state=True)
+    assert state.is_failed() and "train.epochs" in state.message
+    assert task_runs(state.state_details.flow_run_id) == []
+
+    # An unreachable source: the download runs 1 + download_retries times, nothing after it.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    good_sources = params["data"]["sources"]
+    set_params(project, train={"epochs": 2}, data={"sources": [f"file://{tmp_path}/nowhere"]},
+               prefect={"download_retries": 1, "retry_delay_seconds": 0})
+    state = pipeline(project=str(project), return_state=True)
+    assert state.is_failed() and "every source failed" in state.message
+    runs = task_runs(state.state_details.flow_run_id)
+    assert [(r.name, r.run_count) for r in runs] == [("download", 2)]
+
+    # A stage that exits 2 (batch larger than the data set): no retry, later stages never start.
+    set_params(project, data={"sources": good_sources}, train={"batch_size": 100_000})
+    state = pipeline(project=str(project), return_state=True)
+    assert state.is_failed() and "stage 'train' failed" in state.message and "stage exit code 2" in state.message
+    runs = task_runs(state.state_details.flow_run_id)
+    assert [(r.name, r.run_count, r.state.type.value) for r in runs] == [
+        ("download", 1, "COMPLETED"), ("train", 1, "FAILED")]
+
+
+@pytest.mark.slow
+def test_make_run_entry_point_keeps_prefect_home_in_the_project_and_respects_the_lock(project):
+    # `python -m flows.pipeline` as `make run` calls it; PREFECT_HOME unset: the project's .prefect/.
+    set_params(project, prefect={"lock_wait_seconds": 1})
+    env = {k: v for k, v in pipeline_env().items() if k not in ("PREFECT_HOME", "PREFECT_API_URL")}
+    lock = project / LOCK_FILE
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as held:
+        held.write("4242\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = subprocess.run([str(VENV_BIN / "python"), "-m", "flows.pipeline"], cwd=project, env=env,
+                                capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: another pipeline (pid 4242) is running" in result.stderr
+    assert (project / ".prefect" / "prefect.db").exists()
+    assert not (project / "models").exists()        # no stage ran
+
+
+# ---- the sweep -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sweep_of_two_points_on_two_dask_workers(project, prefect_api):
+    run_in(project, "dvc", "repro", "download")      # the points copy the data instead of downloading
+    lock_before = (project / "dvc.lock").read_text()
+    set_params(project, sweep={"beta": [1, 4], "latent_dim": [2], "epochs": 1, "n_workers": 2})
+    settings = yaml.safe_load((project / "params.yaml").read_text())["sweep"]
+    state = sweep.with_options(task_runner=dask_runner(settings))(project=str(project), return_state=True)
+    assert state.is_completed(), state.message
+    results = sorted(state.result(), key=lambda r: r["beta"])
+    assert [(r["beta"], r["latent_dim"]) for r in results] == [(1, 2), (4, 2)]
+    assert results[0]["command"] == "dvc exp run -S train.beta=1 -S train.latent_dim=2 -S train.epochs=1"
+    # Each point trained in a workspace of its own, and both at once on the two workers.
+    assert results[0]["workdir"] != results[1]["workdir"]
+    assert max(r["started"] for r in results) < min(r["started"] + r["seconds"] for r in results)
+    # A larger beta buys a smaller KL.
+    assert results[1]["metrics"]["train"]["test_kl"] < results[0]["metrics"]["train"]["test_kl"]
+    runs = task_runs(state.state_details.flow_run_id)
+    assert sorted(r.name for r in runs) == ["beta=1 latent=2", "beta=4 latent=2"]
+    assert all(r.state.is_completed() for r in runs)
+
+    page = (project / "reports/sweep.html").read_text()
+    assert "<svg" in page and "β=1, z=2" in page and "β=4, z=2" in page
+    assert "dvc exp run -S train.beta=4 -S train.latent_dim=2 -S train.epochs=1" in page
+    saved = json.loads((project / "reports/sweep.json").read_text())
+    assert len(saved["points"]) == 2 and saved["failed"] == []
+    # The project's own workspace was left alone: no model trained there, dvc.lock untouched.
+    assert not (project / "models").exists()
+    assert (project / "dvc.lock").read_text() == lock_before
