@@ -71,6 +71,7 @@ SCHEMA = {
 
         "sweep_report": text(),
         "sweep_results": text(),
+        "champion": text(),           # flows/retrain.py: the champion gate's decision
     },
     "data": {
         "dataset": choice("mnist", "fashion-mnist"),
@@ -131,6 +132,12 @@ SCHEMA = {
         "stage": text(),
         "scheduler": optional(text()),                 # null: a local Dask cluster
         "n_workers": integer(1),
+    },
+    "retrain": {
+        "schedule_cron": text(),                       # checked by Prefect when the deployment is served
+        "deployment": text(),
+        "margin": number(lo=0),
+        "seed": optional(integer(0)),                  # the served deployment's default seed
     },
 }
 
