@@ -64,3 +64,89 @@ def test_the_first_version_becomes_champion_then_only_a_better_one_moves_the_ali
     assert result["promoted"] and champion(client) == better
     markdown = gate_markdown(result)
     assert "promoted" in markdown and "| 98 |" in markdown and "| 100 |" in markdown
+
+
+# ---- the served deployment on a real Prefect server ------------------------------------------
+
+def start(cmd: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:   # its own session: the finalizer stops it and its children
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_for(check, timeout: float, what: str, log: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (result := check()):
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not ready after {timeout:.0f} s; log:\n{log.read_text()[-3000:]}")
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def prefect_server(tmp_path, request):
+    """`prefect server start` on 127.0.0.1 and a free port, PREFECT_HOME in tmp; yields its env."""
+    port = free_port()
+    env = {**pipeline_env(), "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    log = tmp_path / "server.log"
+    server = start([str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                   tmp_path, env, log)
+    request.addfinalizer(lambda: stop(server))
+    wait_for(lambda: healthy(env["PREFECT_API_URL"]), 120, "prefect server", log)
+    return env
+
+
+@pytest.mark.slow
+def test_the_served_retrain_deployment_runs_on_a_prefect_server_and_names_a_champion(
+        project, prefect_server, tmp_path, request):
+    import mlflow
+
+    env = prefect_server
+    log = tmp_path / "serve.log"
+    runner = start([sys.executable, "-m", "flows.serve"], project, env, log)
+    request.addfinalizer(lambda: stop(runner))
+
+    def deployed():
+        result = subprocess.run([str(VENV_BIN / "prefect"), "deployment", "inspect", "retrain/scheduled"],
+                                env=env, capture_output=True, text=True, timeout=60)
+        return result.returncode == 0 and result.stdout
+    inspected = wait_for(deployed, 120, "the served deployment", log)
+    assert "0 3 * * 1" in inspected                # the cron schedule from params.yaml
+
+    started = time.monotonic()
+    run = subprocess.run([str(VENV_BIN / "prefect"), "deployment", "run", "retrain/scheduled",
+                          "--watch", "--watch-interval", "1", "--watch-timeout", "400"],
+                         env=env, capture_output=True, text=True, timeout=450)
+    seconds = time.monotonic() - started
+    assert run.returncode == 0 and "COMPLETED" in run.stdout.upper(), \
+        f"{run.stdout[-2000:]}\n{run.stderr[-2000:]}\nserve log:\n{log.read_text()[-4000:]}"
+    print(f"served retrain: triggered to completed in {seconds:.1f} s")
+
+    record = json.loads((project / "models/mlflow_run.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias(record["model_name"], ALIAS).version) == record["model_version"]
+    decision = json.loads((project / "reports/champion.json").read_text())
+    assert decision["promoted"] and decision["champion"] is None
+    assert decision["challenger"]["version"] == record["model_version"]
+    # dvc.lock is still the record: nothing is stale after the retrain.
+    assert "up to date" in run_in(project, sys.executable, "-m", "dvc", "status").stdout
