@@ -150,3 +150,43 @@ def test_the_served_retrain_deployment_runs_on_a_prefect_server_and_names_a_cham
     assert decision["challenger"]["version"] == record["model_version"]
     # dvc.lock is still the record: nothing is stale after the retrain.
     assert "up to date" in run_in(project, sys.executable, "-m", "dvc", "status").stdout
+
+
+# ---- a crashed task: the flow run is retried from the stage that failed ----------------------
+
+CRASH_ONCE = '''import os as _os, signal as _signal
+if _os.path.exists(_os.environ.get("CRASH_ONCE_FILE", "/nonexistent")):
+    _os.remove(_os.environ["CRASH_ONCE_FILE"])
+    _os.kill(_os.getpid(), _signal.SIGKILL)    # the embed stage dies, once
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_a_flow_run_whose_task_crashed_is_retried_from_the_failed_stage(project, tmp_path, monkeypatch,
+                                                                       reliability):
+    import mlflow
+    from flows.local_api import local_api
+    from flows.pipeline import pipeline
+
+    embed = project / "stages/embed.py"
+    embed.write_text(CRASH_ONCE + embed.read_text())
+    marker = tmp_path / "crash-once"
+    marker.touch()
+    monkeypatch.setenv("CRASH_ONCE_FILE", str(marker))
+
+    with local_api(tmp_path / "prefect-home"):
+        # One flow run; Prefect retries it once after the embed task fails.
+        results = pipeline.with_options(retries=1, retry_delay_seconds=0)(project=str(project))
+
+    assert not marker.exists()                          # the crash did happen
+    ran = {r["stage"]: r["ran"] for r in results}       # the retry's stages
+    assert ran == {"download": False, "train": False, "embed": True, "latent_map": True, "report": True}
+    # The train stage ran once in all: one registered version, not two.
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    versions = client.search_model_versions("name='vae-decoder'")
+    assert len(versions) == 1
+    assert "up to date" in run_in(project, sys.executable, "-m", "dvc", "status").stdout
+    reliability("fault", "Prefect task crashes (embed stage SIGKILLed): flow run retried",
+                "retry skipped download, train (DVC up to date); reran embed, latent_map, report; "
+                f"{len(versions)} model version registered", exit_code="SIGKILL, then 0")
