@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from vae_pipeline.data import load_images, setup_torch
+from vae_pipeline.data import load_images, setup_torch, uses_bf16
 from vae_pipeline.files import PipelineError, atomic_path, project_path, write_json
 from vae_pipeline.model import VAE, reparameterize, save_model, vae_loss
 
@@ -26,34 +26,43 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "train_recon", "train_kl",
 
 
 def train_epoch(model, optimizer, x, t: dict, epoch: int) -> list[float]:
-    """One pass over x in shuffled batches; returns per-sample loss, recon, KL."""
+    """One pass over x in shuffled batches; returns per-sample loss, recon, KL.
+
+    Kept close to the hardware's limit (see BENCHMARKS.md): x is already a tensor on
+    the device, a batch is one index_select, and nothing waits for the device until
+    the epoch ends (no .item() per batch). With train.precision bf16 the model's
+    matmuls run in bfloat16 (autocast); the weights, the Adam state and the loss stay
+    float32.
+    """
     model.train()
-    n = len(x)
+    n, batch_size = len(x), t["batch_size"]
+    bf16 = uses_bf16(x.device, t["precision"])
     order = torch.randperm(n, device=x.device)
-    batch_losses = torch.zeros(math.ceil(n / t["batch_size"]), device=x.device)
-    totals = torch.zeros(3, device=x.device)
-    starts = range(0, n, t["batch_size"])
+    figures = torch.zeros(math.ceil(n / batch_size), 3, device=x.device)  # loss, recon, KL per batch
+    starts = range(0, n, batch_size)
     for i, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", disable=None, leave=False)):
-        batch = x[order[start:start + t["batch_size"]]]
-        logits, mu, logvar = model(batch)
+        batch = x.index_select(0, order[start:start + batch_size])
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits, mu, logvar = model(batch)
         loss, recon, kl = vae_loss(logits, batch, mu, logvar, t["beta"], t["likelihood"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # Kept on the device: no host sync per batch.
-        batch_losses[i] = loss.detach()
-        totals += torch.stack([loss.detach(), recon.detach(), kl.detach()])
-    bad = (~torch.isfinite(batch_losses)).nonzero()
+        figures[i] = torch.stack([loss, recon, kl]).detach()  # stays on the device: no sync
+    bad = (~torch.isfinite(figures[:, 0])).nonzero()
     if len(bad):
-        raise PipelineError(f"train: loss became {batch_losses[bad[0, 0]].item()} at epoch {epoch}, "
+        raise PipelineError(f"train: loss became {figures[bad[0, 0], 0].item()} at epoch {epoch}, "
                             f"batch {bad[0, 0].item() + 1}; lower train.lr or check the data. "
                             "The last good checkpoint is kept.")
-    return (totals / n).tolist()
+    return (figures.sum(0) / n).tolist()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model, x, t: dict, sample: bool = True) -> list[float]:
-    """Per-sample loss, recon, KL on x; z is sampled with a fixed seed (or z = mu)."""
+    """Per-sample loss, recon, KL on x; z is sampled with a fixed seed (or z = mu).
+
+    Always float32, whatever train.precision: the reported test loss is the model's own.
+    """
     model.eval()
     generator = torch.Generator(device=x.device).manual_seed(t["seed"])
     totals = torch.zeros(3, device=x.device)
@@ -131,7 +140,7 @@ def run(params: dict) -> dict:
              torch.get_num_threads())
 
     model = VAE(t["latent_dim"], t["hidden_dims"]).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t["lr"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=t["lr"], fused=True)  # one kernel for all tensors
     checkpoint = project_path(paths["checkpoint_dir"]) / "train.pt"
     key = checkpoint_key(params)
     done, history = load_checkpoint(checkpoint, model, optimizer, key)

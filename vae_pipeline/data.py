@@ -27,6 +27,22 @@ def setup_torch(device: str, threads: int) -> torch.device:
     return torch.device(device)
 
 
+def uses_bf16(device: torch.device, precision: str) -> bool:
+    """Whether training runs its matmuls in bfloat16 (train.precision).
+
+    auto: yes where the hardware multiplies bf16 natively: CUDA GPUs from Ampere on,
+    and CPUs with AVX512-BF16 or AMX (torch's own checks; private, hence the guard).
+    """
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except AttributeError:
+        return False
+
+
 def raw_dir(params: dict) -> Path:
     return project_path(params["paths"]["raw_dir"]) / params["data"]["dataset"]
 

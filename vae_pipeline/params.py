@@ -82,6 +82,7 @@ SCHEMA = {
         "device": choice("auto", "cpu", "cuda"),
         "threads": integer(0),                         # 0: the cores this process may use
         "eval_batch_size": integer(1),
+        "precision": choice("fp32", "bf16", "auto"),   # matmuls in training; auto: bf16 where native
     },
     "embed": {
         "batch_size": integer(1),
