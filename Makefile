@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 # dvc.yaml's `python` must be the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run repro test test-fast clean
+.PHONY: help install run repro test test-fast clean bench
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -34,3 +34,10 @@ test-fast: $(STAMP)  ## run the tests, skipping the slow end-to-end ones
 
 clean:  ## remove generated outputs (keeps .venv and the DVC cache)
 	rm -rf data/embeddings models reports .checkpoints
+
+bench: $(STAMP)  ## benchmarks: training vs the article's loop, UMAP, the pipeline (see BENCHMARKS.md)
+	python -m stages.download
+	python -m benchmarks.train
+	dvc repro embed
+	python -m benchmarks.umap
+	python -m benchmarks.pipeline
