@@ -4,11 +4,14 @@ train_epoch is tuned for speed (fused Adam, a hand-written BCE, index_select,
 optional bf16): these tests pin its maths to a straightforward reference, so
 speed work cannot silently change the results. No timings here: see benchmarks/.
 """
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from stages.train import evaluate, train_epoch
+from vae_pipeline.data import idle_cores, setup_torch
 from vae_pipeline.model import VAE, SummedBCEWithLogits
 
 T = {"batch_size": 32, "beta": 1.5, "likelihood": "bernoulli", "precision": "fp32", "seed": 0,
@@ -90,3 +93,16 @@ def test_bf16_epoch_stays_close_and_keeps_float32_weights():
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.01)
     assert all(p.dtype == torch.float32 for p in bf16.parameters())
     assert evaluate(bf16, x, T)[0] == pytest.approx(evaluate(fp32, x, T)[0], rel=0.01)
+
+
+def test_thread_count_zero_means_the_idle_cores():
+    assert 1 <= idle_cores(2, seconds=0.05) <= 2
+    assert idle_cores(1, seconds=0.05) == 1
+    before = torch.get_num_threads()
+    try:
+        setup_torch("cpu", 3)
+        assert torch.get_num_threads() == 3
+        setup_torch("cpu", 0)
+        assert 1 <= torch.get_num_threads() <= len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
