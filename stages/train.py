@@ -60,7 +60,7 @@ def train_epoch(model, optimizer, x, t: dict, epoch: int) -> list[float]:
     return (totals / n).tolist()
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def evaluate(model, x, t: dict, sample: bool = True) -> list[float]:
     """Per-sample loss, recon, KL on x; z is sampled with a fixed seed (or z = mu).
 
