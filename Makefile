@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 # dvc.yaml's `python` must be the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run repro sweep test test-fast clean browser
+.PHONY: help install run repro sweep test test-fast clean browser bench
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -65,3 +65,10 @@ browser:  ## install headless Chromium for the report's browser test, when missi
 	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 chromium; } \
 	      || echo "chromium could not be installed: the browser test will be skipped"; \
 	  else echo "chromium is missing and this is not root with apt-get: the browser test will be skipped"; fi; }
+
+bench: $(STAMP)  ## benchmarks: training vs the article's loop, UMAP, the pipeline (see BENCHMARKS.md)
+	python -m stages.download
+	python -m benchmarks.train
+	dvc repro embed
+	python -m benchmarks.umap
+	python -m benchmarks.pipeline

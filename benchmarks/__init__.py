@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench`, or `python -m benchmarks.train|umap|pipeline`. Figures go in BENCHMARKS.md."""

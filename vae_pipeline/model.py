@@ -66,18 +66,41 @@ def kl_divergence(mu, logvar):
     return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)
 
 
+class SummedBCEWithLogits(torch.autograd.Function):
+    """F.binary_cross_entropy_with_logits(logits, x, reduction="sum"), twice as fast on the CPU.
+
+    BCE with logits is softplus(l) - x*l, and softplus(l) = relu(l) - log(sigmoid(|l|)).
+    torch computes softplus with log1p, which its CPU kernels do not vectorise: it took
+    a third of a training step. sigmoid and log are vectorised. The value is the same
+    up to float rounding (below 1e-7 per pixel); the gradient is the exact one,
+    sigmoid(l) - x, written out so the backward pass is one sigmoid.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, x):
+        ctx.save_for_backward(logits, x)
+        return (F.relu(logits) - x * logits - torch.log(torch.sigmoid(logits.abs()))).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, x = ctx.saved_tensors
+        grad_x = -grad * logits if ctx.needs_input_grad[1] else None
+        return grad * (torch.sigmoid(logits) - x), grad_x
+
+
 def reconstruction_loss(logits, x, likelihood: str):
-    """Summed over pixels and batch: BCE (bernoulli) or squared error (gaussian)."""
+    """Summed over pixels and batch: BCE (bernoulli) or squared error (gaussian), in float32."""
     x = x.view(-1, IMAGE_PIXELS)
+    logits = logits.float()  # under bf16 autocast the decoder's logits are bf16: sum in float32
     if likelihood == "bernoulli":
-        return F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        return SummedBCEWithLogits.apply(logits, x)
     return F.mse_loss(torch.sigmoid(logits), x, reduction="sum")
 
 
 def vae_loss(logits, x, mu, logvar, beta: float, likelihood: str):
     """(loss, reconstruction, kl), each summed over the batch: loss = recon + beta * KL."""
     recon = reconstruction_loss(logits, x, likelihood)
-    kl = kl_divergence(mu, logvar).sum()
+    kl = kl_divergence(mu.float(), logvar.float()).sum()
     return recon + beta * kl, recon, kl
 
 

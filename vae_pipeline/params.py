@@ -89,8 +89,9 @@ SCHEMA = {
         "likelihood": choice("bernoulli", "gaussian"),
         "seed": integer(0),
         "device": choice("auto", "cpu", "cuda"),
-        "threads": integer(0),                         # 0: the cores this process may use
+        "threads": integer(0),                         # 0: the idle cores, at least 1
         "eval_batch_size": integer(1),
+        "precision": choice("fp32", "bf16", "auto"),   # matmuls in training; auto: bf16 where native
     },
     "embed": {
         "batch_size": integer(1),
