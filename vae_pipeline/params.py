@@ -63,12 +63,16 @@ SCHEMA = {
         "train_metrics": text(),
         "train_history": text(),
         "embeddings_dir": text(),     # train.parquet + test.parquet
+        "eval_metrics": text(),
+        "literature": text(),
     },
     "data": {
         "dataset": choice("mnist", "fashion-mnist"),
         "sources": optional(list_of(text())),          # null: the dataset's own list
         "sha256": optional(mapping_of(text())),        # null: the pinned checksums
         "connect_timeout": number(above=0),
+        "binarize": choice("none", "static", "dynamic"),
+        "binarize_seed": integer(0),
     },
     "train": {
         "latent_dim": integer(1, 1024),
@@ -82,9 +86,19 @@ SCHEMA = {
         "device": choice("auto", "cpu", "cuda"),
         "threads": integer(0),                         # 0: the cores this process may use
         "eval_batch_size": integer(1),
+        "kl_warmup_epochs": integer(0),
     },
     "embed": {
         "batch_size": integer(1),
+    },
+    "evaluate": {
+        "iwae_samples": integer(1),
+        "batch_size": integer(1),
+        "seed": integer(0),
+        "active_threshold": number(lo=0),
+        "knn_neighbors": integer(1),
+        "trustworthiness_samples": integer(0),
+        "trustworthiness_neighbors": integer(1),
     },
 }
 
