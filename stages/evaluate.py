@@ -3,7 +3,8 @@
 Writes <paths.eval_metrics> (DVC metrics, nats per test image unless named otherwise):
   neg_elbo, recon, kl            the negative ELBO and its two parts, z drawn from q with evaluate.seed
   neg_elbo_mu, recon_mu          the same with z = mu (the KL does not depend on z)
-  iwae_nll                       the IWAE estimate of -log p(x) with evaluate.iwae_samples draws (<= neg_elbo)
+  iwae_nll                       the IWAE estimate of -log p(x) with evaluate.iwae_samples draws (<= neg_elbo),
+                                 iwae_nll_se its standard error over the test images
   kl_per_dim, mu_variance        per latent dimension; active_units counts Var(mu_j) > evaluate.active_threshold
   knn_accuracy(_per_class)       class of each test mu from its nearest train mu (the embed stage's)
   trustworthiness                how well a UMAP map of a subsample of the test mu keeps its neighbours
@@ -94,6 +95,8 @@ def run(params: dict) -> dict:
         "recon": recon.mean().item(), "kl": kl.sum(1).mean().item(),
         "neg_elbo_mu": (recon_mu.mean() + kl.sum(1).mean()).item(), "recon_mu": recon_mu.mean().item(),
         "iwae_nll": nll.mean().item(), "iwae_samples": e["iwae_samples"],
+        # Standard error of the mean over test images: how far another test set could move it.
+        "iwae_nll_se": (nll.std() / len(nll) ** 0.5).item(),
         "kl_per_dim": {str(j): float(v) for j, v in enumerate(kl_per_dim)},
         "mu_variance": {str(j): float(v) for j, v in enumerate(variance)},
         "active_units": n_active, "latent_dim": len(variance),
