@@ -64,3 +64,19 @@ def test_training_sees_a_fresh_draw_each_epoch_and_the_warmup_beta(dynamic_param
     assert set(test_a.unique().tolist()) == {0.0, 1.0} and torch.equal(test_a, test_b)
     grey, _ = load_images(dynamic_params, "test", torch.device("cpu"), fixed_draw=False)
     assert len(grey.unique()) > 2
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("data", "binarize", "always", "'data.binarize' is 'always'; allowed: one of none, static, dynamic"),
+    ("train", "kl_warmup_epochs", -1, "'train.kl_warmup_epochs' is -1; allowed: an integer >= 0"),
+    ("evaluate", "iwae_samples", 0, "'evaluate.iwae_samples' is 0; allowed: an integer >= 1"),
+])
+def test_new_options_are_validated(tmp_path, section, key, value, message):
+    from vae_pipeline.files import PipelineError
+    from vae_pipeline.params import validate
+
+    params = tiny_params(tmp_path, {})
+    assert params["data"]["binarize"] == "none" and params["train"]["kl_warmup_epochs"] == 0  # defaults unchanged
+    params[section][key] = value
+    with pytest.raises(PipelineError, match=message.replace("(", r"\(")):
+        validate(params)
