@@ -114,7 +114,7 @@ def test_literature_rows_compare_only_matching_setups(tmp_path):
     assert "architecture: 784-400-4, relu here, 784-400-20, relu there" in pytorch["differences"]
     assert not burda_vae["comparable"] and burda_vae["this_run"] is None
     assert "binarize: none here, dynamic there" in burda_vae["differences"]
-    assert "iwae_samples: 50 here, 5000 there" in burda_vae["differences"]
+    assert "iwae_samples: 10 here, 5000 there" in burda_vae["differences"]
 
     params["train"].update(latent_dim=20, epochs=10)
     assert compare(params, metrics)[0]["same_recipe"]
