@@ -95,12 +95,17 @@ def fetch_apt(spec: str, names: list[str], workdir: Path, apt_dir: str) -> None:
     debs = list(workdir.glob("*.deb"))
     if result.returncode != 0 or not debs:
         raise RuntimeError(f"apt-get download failed: {result.stderr.strip().splitlines()[-1:]}")
+    extract_deb(debs[0], names, workdir, apt_dir)
+    debs[0].unlink()
+
+
+def extract_deb(deb: Path, names: list[str], workdir: Path, apt_dir: str) -> None:
+    """Take <apt_dir>/<name>.gz out of a .deb and gunzip each into workdir/<name>."""
     # dpkg-deb turns the .deb into a plain tar stream of the files it would install.
-    tar_stream = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(debs[0])],
+    tar_stream = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)],
                                 capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(tar_stream)) as archive:
         extract_members(archive, {f"{apt_dir}/{n}.gz": workdir / f"{n}.gz" for n in names})
-    debs[0].unlink()
     for n in names:
         gunzip(workdir / f"{n}.gz", workdir / n)
 

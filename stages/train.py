@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from vae_pipeline import tracking
-from vae_pipeline.data import load_images, setup_torch, uses_bf16
+from vae_pipeline.data import SPLIT_STREAM, binarize, load_images, setup_torch, uses_bf16
 from vae_pipeline.files import PipelineError, atomic_path, project_path, write_json
 from vae_pipeline.model import VAE, reparameterize, save_model, vae_loss
 
@@ -99,6 +99,20 @@ def evaluate(model, x, t: dict, sample: bool = True) -> list[float]:
     return (totals / len(x)).tolist()
 
 
+def epoch_beta(t: dict, epoch: int) -> float:
+    """KL warm-up: beta is 0 in epoch 1 and rises linearly to train.beta after kl_warmup_epochs epochs."""
+    if epoch > t["kl_warmup_epochs"]:
+        return t["beta"]
+    return t["beta"] * (epoch - 1) / t["kl_warmup_epochs"]
+
+
+def epoch_images(x_train, data: dict, epoch: int):
+    """The training images of an epoch: a fresh Bernoulli draw with dynamic binarization, else x_train."""
+    if data["binarize"] != "dynamic":
+        return x_train
+    return binarize(x_train, data["binarize_seed"], SPLIT_STREAM["train"], epoch)
+
+
 def checkpoint_key(params: dict) -> str:
     """Identifies the params a checkpoint belongs to; a checkpoint of other params is ignored."""
     shaping = {"data": params["data"], "train": params["train"]}
@@ -167,7 +181,8 @@ def run(params: dict) -> dict:
     t, paths = params["train"], params["paths"]
     device = setup_torch(t["device"], t["threads"])
     torch.manual_seed(t["seed"])
-    x_train, _ = load_images(params, "train", device)
+    # Dynamic binarization keeps the grey training images: epoch_images draws from them.
+    x_train, _ = load_images(params, "train", device, fixed_draw=params["data"]["binarize"] != "dynamic")
     x_test, _ = load_images(params, "test", device)
     if t["batch_size"] > len(x_train):
         raise PipelineError(f"params.yaml: train.batch_size is {t['batch_size']}, larger than the "
@@ -186,7 +201,8 @@ def run(params: dict) -> dict:
 
     for epoch in range(done + 1, t["epochs"] + 1):
         started = time.perf_counter()
-        train_figures = train_epoch(model, optimizer, x_train, t, epoch)
+        x_epoch = epoch_images(x_train, params["data"], epoch)
+        train_figures = train_epoch(model, optimizer, x_epoch, {**t, "beta": epoch_beta(t, epoch)}, epoch)
         test_figures = evaluate(model, x_test, t)
         if not all(map(math.isfinite, test_figures)):
             raise PipelineError(f"train: test loss became {test_figures[0]} after epoch {epoch}; "

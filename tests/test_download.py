@@ -80,3 +80,39 @@ def test_archive_extraction_takes_only_the_named_regular_files(tmp_path):
     with tarfile.open(fileobj=buffer, mode="r:gz") as archive, pytest.raises(FileNotFoundError):
         download.extract_members(archive, {"package/data/link": target / "link"})
     assert not (target / "link").exists()
+
+
+def test_deb_extraction_takes_the_gzipped_idx_files(tmp_path, tiny_source):
+    """The apt source's unpacking, on a tiny .deb built here the way Debian's dataset-fashion-mnist is laid out."""
+    import gzip
+    import shutil
+    import subprocess
+
+    from vae_pipeline.datasets import DATASETS
+
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not installed (the apt: source needs it too)")
+    folder, checksums = tiny_source
+    apt_dir = DATASETS["fashion-mnist"]["apt_dir"]
+    package = tmp_path / "pkg"
+    (package / "DEBIAN").mkdir(parents=True)
+    (package / "DEBIAN/control").write_text(
+        "Package: dataset-fashion-mnist\nVersion: 0.0-1\nArchitecture: all\n"
+        "Maintainer: test <test@localhost>\nDescription: tiny fixture\n")
+    (package / apt_dir).mkdir(parents=True)
+    for name in FILES:
+        (package / apt_dir / f"{name}.gz").write_bytes(gzip.compress((folder / name).read_bytes()))
+    (package / "usr/share/doc").mkdir(parents=True)
+    (package / "usr/share/doc/README").write_text("not wanted")
+    deb = tmp_path / "dataset-fashion-mnist_0.0-1_all.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(package), str(deb)],
+                   check=True, capture_output=True)
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    download.extract_deb(deb, FILES, workdir, apt_dir)
+    assert sorted(p.name for p in workdir.iterdir()) == sorted(FILES)
+    for name in FILES:
+        assert download.sha256_file(workdir / name) == checksums[name]
+    with pytest.raises(FileNotFoundError, match="archive lacks"):
+        download.extract_deb(deb, ["not-in-the-package"], workdir, apt_dir)

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def test_dvc_repro_runs_every_stage_then_nothing(project):
     first = run_in(project, "dvc", "repro")
-    for stage in ("download", "train", "embed"):
+    for stage in ("download", "train", "embed", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
 
     metrics = json.loads((project / "reports/metrics/train.json").read_text())
@@ -30,13 +30,16 @@ def test_dvc_repro_runs_every_stage_then_nothing(project):
     assert "Data and pipelines are up to date" in second.stdout
     assert run_in(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
 
-    # Changing beta makes train and embed stale, and nothing else.
+    evaluation = json.loads((project / "reports/metrics/eval.json").read_text())
+    assert evaluation["iwae_nll"] <= evaluation["neg_elbo"] and 0 <= evaluation["knn_accuracy"] <= 1
+
+    # Changing beta makes train, embed and evaluate stale, and nothing else.
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["beta"] = 4.0
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run_in(project, "dvc", "repro")
     ran = sorted(line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage"))
-    assert ran == ["embed", "train"]
+    assert ran == ["embed", "evaluate", "train"]
 
 
 def test_same_params_and_seed_give_the_same_metrics(project):

@@ -72,12 +72,17 @@ SCHEMA = {
         "sweep_report": text(),
         "sweep_results": text(),
         "champion": text(),           # flows/retrain.py: the champion gate's decision
+
+        "eval_metrics": text(),
+        "literature": text(),
     },
     "data": {
         "dataset": choice("mnist", "fashion-mnist"),
         "sources": optional(list_of(text())),          # null: the dataset's own list
         "sha256": optional(mapping_of(text())),        # null: the pinned checksums
         "connect_timeout": number(above=0),
+        "binarize": choice("none", "static", "dynamic"),
+        "binarize_seed": integer(0),
     },
     "train": {
         "latent_dim": integer(1, 1024),
@@ -92,6 +97,8 @@ SCHEMA = {
         "threads": integer(0),                         # 0: the idle cores, at least 1
         "eval_batch_size": integer(1),
         "precision": choice("fp32", "bf16", "auto"),   # matmuls in training; auto: bf16 where native
+
+        "kl_warmup_epochs": integer(0),
     },
     "embed": {
         "batch_size": integer(1),
@@ -139,6 +146,15 @@ SCHEMA = {
         "deployment": text(),
         "margin": number(lo=0),
         "seed": optional(integer(0)),                  # the served deployment's default seed
+    },
+    "evaluate": {
+        "iwae_samples": integer(1),
+        "batch_size": integer(1),
+        "seed": integer(0),
+        "active_threshold": number(lo=0),
+        "knn_neighbors": integer(1),
+        "trustworthiness_samples": integer(0),
+        "trustworthiness_neighbors": integer(1),
     },
 }
 

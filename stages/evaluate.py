@@ -1,0 +1,146 @@
+"""Stage evaluate: figures on the test set that mean the same thing in every run.
+
+Writes <paths.eval_metrics> (DVC metrics, nats per test image unless named otherwise):
+  neg_elbo, recon, kl            the negative ELBO and its two parts, z drawn from q with evaluate.seed
+  neg_elbo_mu, recon_mu          the same with z = mu (the KL does not depend on z)
+  iwae_nll                       the IWAE estimate of -log p(x) with evaluate.iwae_samples draws (<= neg_elbo),
+                                 iwae_nll_se its standard error over the test images
+  kl_per_dim, mu_variance        per latent dimension; active_units counts Var(mu_j) > evaluate.active_threshold
+  knn_accuracy(_per_class)       class of each test mu from its nearest train mu (the embed stage's)
+  trustworthiness                how well a UMAP map of a subsample of the test mu keeps its neighbours
+and <paths.literature>: this run beside published figures (vae_pipeline/literature.py).
+
+The ELBO uses beta = 1 whatever train.beta was: it is the bound on log p(x), not the
+training objective. See vae_pipeline/model.py log_likelihood for what "nats" means per likelihood.
+
+Trustworthiness: the stage maps its own subsample with UMAP rather than reading the
+latent map stage's output. That keeps the DAG to train -> embed -> evaluate, and the
+measure needs a subsample anyway (sklearn's trustworthiness holds all pairwise distances).
+"""
+import logging
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vae_pipeline.data import load_images, setup_torch
+from vae_pipeline.datasets import DATASETS
+from vae_pipeline.evaluation import active_units, elbo_parts, iwae_nll
+from vae_pipeline.files import PipelineError, project_path, write_json
+from vae_pipeline.literature import compare
+from vae_pipeline.model import load_model
+
+log = logging.getLogger("evaluate")
+
+
+def read_mu(path) -> tuple[np.ndarray, np.ndarray]:
+    """The mu columns and labels of an embed stage parquet file."""
+    if not path.exists():
+        raise PipelineError(f"{path}: missing; run the embed stage first (dvc repro embed)")
+    table = pd.read_parquet(path)
+    return table.filter(regex=r"^mu_\d+$").to_numpy(np.float32), table["label"].to_numpy()
+
+
+def knn_accuracy(train_mu, train_labels, test_mu, test_labels, neighbours: int, classes: list[str]):
+    from sklearn.neighbors import KNeighborsClassifier  # imported here: slow, and only this stage needs it
+    predicted = KNeighborsClassifier(n_neighbors=neighbours).fit(train_mu, train_labels).predict(test_mu)
+    correct = predicted == test_labels
+    per_class = {name: float(correct[test_labels == c].mean())
+                 for c, name in enumerate(classes) if (test_labels == c).any()}
+    return float(correct.mean()), per_class
+
+
+def umap_trustworthiness(mu: np.ndarray, samples: int, neighbours: int, seed: int) -> float:
+    """Trustworthiness (sklearn) of a 2-D UMAP map of `samples` test mu picked with `seed`."""
+    import umap  # imported here: takes seconds, and only this stage needs it
+    from sklearn.manifold import trustworthiness
+    picked = np.random.default_rng(seed).choice(len(mu), size=min(samples, len(mu)), replace=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="n_jobs value")  # a fixed seed makes UMAP single-threaded
+        mapped = umap.UMAP(n_components=2, random_state=seed).fit_transform(mu[picked])
+    return float(trustworthiness(mu[picked], mapped, n_neighbors=neighbours))
+
+
+def run(params: dict) -> dict:
+    t, e, paths = params["train"], params["evaluate"], params["paths"]
+    device = setup_torch(t["device"], t["threads"])
+    model, config = load_model(project_path(paths["model_dir"]), device)
+    likelihood = config["likelihood"]
+    x, _ = load_images(params, "test", device)
+    seconds = {}
+
+    started = time.perf_counter()
+    generator = torch.Generator(device=device).manual_seed(e["seed"])
+    recon, kl, mu = elbo_parts(model, x, likelihood, t["eval_batch_size"], generator)
+    recon_mu, _, _ = elbo_parts(model, x, likelihood, t["eval_batch_size"])
+    kl_per_dim = kl.mean(0).cpu().numpy()
+    n_active, variance = active_units(mu.cpu().numpy(), e["active_threshold"])
+    seconds["elbo"] = time.perf_counter() - started
+    log.info("negative ELBO %.2f (recon %.2f + KL %.2f), z = mu: %.2f; %d of %d latent units active",
+             recon.mean() + kl.sum(1).mean(), recon.mean(), kl.sum(1).mean(),
+             recon_mu.mean() + kl.sum(1).mean(), n_active, len(variance))
+
+    started = time.perf_counter()
+    log.info("IWAE estimate with k = %d on %d images ...", e["iwae_samples"], len(x))
+    generator = torch.Generator(device=device).manual_seed(e["seed"])
+    nll = iwae_nll(model, x, likelihood, e["iwae_samples"], e["batch_size"], generator, progress=True)
+    seconds["iwae"] = time.perf_counter() - started
+
+    metrics = {
+        "dataset": params["data"]["dataset"], "binarize": params["data"]["binarize"],
+        "likelihood": likelihood, "test_images": len(x),
+        "neg_elbo": (recon.mean() + kl.sum(1).mean()).item(),
+        "recon": recon.mean().item(), "kl": kl.sum(1).mean().item(),
+        "neg_elbo_mu": (recon_mu.mean() + kl.sum(1).mean()).item(), "recon_mu": recon_mu.mean().item(),
+        "iwae_nll": nll.mean().item(), "iwae_samples": e["iwae_samples"],
+        # Standard error of the mean over test images: how far another test set could move it.
+        "iwae_nll_se": (nll.std() / len(nll) ** 0.5).item(),
+        "kl_per_dim": {str(j): float(v) for j, v in enumerate(kl_per_dim)},
+        "mu_variance": {str(j): float(v) for j, v in enumerate(variance)},
+        "active_units": n_active, "latent_dim": len(variance),
+    }
+    log.info("IWAE -log p(x) %.2f (k = %d), %.2f below the negative ELBO, %.0fs", metrics["iwae_nll"],
+             e["iwae_samples"], metrics["neg_elbo"] - metrics["iwae_nll"], seconds["iwae"])
+    if metrics["iwae_nll"] > metrics["neg_elbo"]:
+        log.warning("the IWAE estimate is above the negative ELBO: the bound is tight here and the "
+                    "difference is sampling noise; raise evaluate.iwae_samples")
+
+    started = time.perf_counter()
+    embeddings = project_path(paths["embeddings_dir"])
+    train_mu, train_labels = read_mu(embeddings / "train.parquet")
+    test_mu, test_labels = read_mu(embeddings / "test.parquet")
+    classes = DATASETS[params["data"]["dataset"]]["classes"]
+    metrics["knn_accuracy"], metrics["knn_accuracy_per_class"] = knn_accuracy(
+        train_mu, train_labels, test_mu, test_labels, e["knn_neighbors"], classes)
+    metrics["knn_neighbors"] = e["knn_neighbors"]
+    seconds["knn"] = time.perf_counter() - started
+    log.info("kNN (k = %d) class accuracy of test mu against train mu: %.4f",
+             e["knn_neighbors"], metrics["knn_accuracy"])
+
+    metrics["trustworthiness"] = None
+    if e["trustworthiness_samples"]:
+        started = time.perf_counter()
+        log.info("UMAP of %d test mu for trustworthiness ...", min(e["trustworthiness_samples"], len(test_mu)))
+        metrics["trustworthiness"] = umap_trustworthiness(
+            test_mu, e["trustworthiness_samples"], e["trustworthiness_neighbors"], e["seed"])
+        seconds["umap"] = time.perf_counter() - started
+        log.info("trustworthiness %.4f (%d neighbours)", metrics["trustworthiness"],
+                 e["trustworthiness_neighbors"])
+    metrics["trustworthiness_neighbors"] = e["trustworthiness_neighbors"]
+    metrics["seconds"] = seconds
+
+    write_json(project_path(paths["eval_metrics"]), metrics)
+    rows = compare(params, metrics)
+    write_json(project_path(paths["literature"]), rows)
+    for row in rows:
+        log.info("%s: %s", row["reference"],
+                 f"{row['this_run']:.2f} here, {row['reference_value']} there" if row["comparable"]
+                 else "not comparable (" + "; ".join(row["differences"][:2]) + ")")
+    return metrics
+
+
+if __name__ == "__main__":
+    from vae_pipeline.cli import main
+    main(run)
