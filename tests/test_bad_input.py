@@ -198,7 +198,7 @@ def diverging_epoch(tiny_source, device: str):
     torch.manual_seed(0)
     model = VAE(4, [32]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e30)
-    t = {"batch_size": 64, "beta": 1.0, "likelihood": "bernoulli"}
+    t = {"batch_size": 64, "beta": 1.0, "likelihood": "bernoulli", "precision": "fp32"}
     with pytest.raises(PipelineError) as error:
         train.train_epoch(model, optimizer, x, t, epoch=3)
     return str(error.value), {int(state["step"]) for state in optimizer.state.values()}
