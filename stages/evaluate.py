@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vae_pipeline import tracking
 from vae_pipeline.data import load_images, setup_torch
 from vae_pipeline.datasets import DATASETS
 from vae_pipeline.evaluation import active_units, elbo_parts, iwae_nll
@@ -138,6 +139,13 @@ def run(params: dict) -> dict:
         log.info("%s: %s", row["reference"],
                  f"{row['this_run']:.2f} here, {row['reference_value']} there" if row["comparable"]
                  else "not comparable (" + "; ".join(row["differences"][:2]) + ")")
+    # The same figures on the run that trained the model, so MLflow can compare them across runs.
+    numbers = {f"eval_{k}": v for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tracking.attach_to_training_run(params, metrics=numbers,
+                                    artifacts=[project_path(paths["eval_metrics"]),
+                                               project_path(paths["literature"])],
+                                    artifact_dir="metrics")
     return metrics
 
 
