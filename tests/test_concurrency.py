@@ -38,8 +38,6 @@ def writer_params(uri: str, folder, index: int) -> dict:
 
 def log_like_a_training(uri: str, folder, index: int, start, results) -> None:
     """One writer (runs in its own process): what the train stage logs, as fast as it can."""
-    import mlflow  # noqa: F401  (imported before the start: importing takes seconds)
-
     params = writer_params(uri, folder, index)
     try:
         start.wait(timeout=300)  # every writer is ready: go
@@ -64,7 +62,9 @@ def eight_writers_at_once(uri: str, folder) -> dict:
 
     (folder / "raw" / "mnist").mkdir(parents=True)
     (folder / "raw" / "mnist" / "train-images-idx3-ubyte").write_bytes(b"tags hash the data files")
-    context = multiprocessing.get_context("spawn")  # fresh interpreters, like separate trainings
+    # Forked after torch and mlflow are imported (seconds each), before anything opened the store:
+    # each writer opens its own connections, as a separate training would.
+    context = multiprocessing.get_context("fork")
     start, results = context.Barrier(WRITERS), context.Queue()
     processes = [context.Process(target=log_like_a_training, args=(uri, folder, i, start, results))
                  for i in range(WRITERS)]
@@ -97,11 +97,11 @@ def eight_writers_at_once(uri: str, folder) -> dict:
 
 def check_nothing_lost(found: dict, store: str, reliability) -> None:
     finished = sum(status == "FINISHED" for status in found["statuses"].values())
-    reliability("concurrency", f"{WRITERS} runs logging at once, {EPOCHS} epochs x {len(EPOCH_METRICS)} "
-                f"metrics each, to {store}",
-                f"{found['points']}/{found['expected']} metric points stored, {finished}/{WRITERS} runs "
-                f"FINISHED, {len(found['errors'])} writers failed; slowest writer: open "
-                f"{found['open_seconds']:.1f}s, log {found['log_seconds']:.1f}s" + (f"; {found['errors'][0]}" if found["errors"] else ""))
+    reliability("concurrency", f"{WRITERS} runs logging at once ({EPOCHS} epochs x {len(EPOCH_METRICS)} "
+                f"metrics) to {store}",
+                f"{found['points']}/{found['expected']} points stored, {finished}/{WRITERS} runs FINISHED, "
+                f"{len(found['errors'])} failed; open {found['open_seconds']:.0f}s, log "
+                f"{found['log_seconds']:.0f}s" + (f"; {found['errors'][0]}" if found["errors"] else ""))
     assert found["errors"] == [] and found["exit_codes"] == [0] * WRITERS
     assert len(found["runs"]) == WRITERS and set(found["statuses"]) == found["runs"]
     assert set(found["statuses"].values()) == {"FINISHED"}
@@ -114,10 +114,10 @@ def check_nothing_lost(found: dict, store: str, reliability) -> None:
 
 def test_eight_runs_log_at_once_to_the_sqlite_store(tmp_path, reliability):
     found = eight_writers_at_once(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
-    check_nothing_lost(found, "the embedded SQLite store", reliability)
+    check_nothing_lost(found, "one SQLite store", reliability)
 
 
 def test_eight_runs_log_at_once_to_an_mlflow_server(tmp_path, mlflow_server, reliability):
     url, _ = mlflow_server
     found = eight_writers_at_once(url, tmp_path)
-    check_nothing_lost(found, "an mlflow server (--workers 1) on 127.0.0.1", reliability)
+    check_nothing_lost(found, "an mlflow server", reliability)

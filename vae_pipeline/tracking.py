@@ -123,6 +123,8 @@ def sqlite_open_lock(uri: str):
     if not uri.startswith("sqlite:///"):
         yield
         return
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (seconds of imports: not under the lock)
+
     with open(uri.removeprefix("sqlite:///") + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
         yield
