@@ -24,7 +24,7 @@ from vae_pipeline.idx import write_idx
 VENV_BIN = Path(sys.executable).parent
 # What a fresh clone holds: the tracked files and the ones git would track, nothing generated.
 COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports", "mlflow.db",
-                                     "mlflow.db.lock", "mlartifacts", ".prefect", ".checkpoints", "__pycache__",
+                                     "mlartifacts", ".prefect", ".checkpoints", "__pycache__",
                                      ".pytest_cache", ".hypothesis", "*.egg-info", ".numba_cache",
                                      "cache", "tmp")
 

@@ -111,23 +111,28 @@ def connect(params: dict):
 
 @contextlib.contextmanager
 def sqlite_open_lock(uri: str):
-    """For a SQLite store, hold an exclusive lock on the file `<database>.lock` beside it.
+    """For a SQLite store, hold an exclusive lock on the folder of the database file.
 
-    Opening a new SQLite store makes mlflow create its tables (an older one, upgrade
-    them). Several trainings starting at once would all do it together and all but
-    one fail ("table ... already exists", "duplicate column name"). Under this lock
-    one process creates the tables and the others find them. Later writes need no
-    lock: mlflow has SQLite wait up to 20 s for a busy database
-    (tests/test_concurrency.py: eight writers at once lose nothing). Other stores: no lock.
+    Opening a new SQLite store makes mlflow create its tables. Several trainings
+    starting at once would all do it together, and all but one fail ("table ...
+    already exists", "duplicate column name"), sometimes leaving the file
+    half-built. Under this lock one process creates the tables and the others find
+    them. Later writes need no lock: mlflow has SQLite wait up to 20 s for a busy
+    database (tests/test_concurrency.py: eight writers at once lose nothing).
+    The folder is locked, not a lock file, so nothing is left beside the database.
+    Other stores: no lock.
     """
     if not uri.startswith("sqlite:///"):
         yield
         return
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (seconds of imports: not under the lock)
 
-    with open(uri.removeprefix("sqlite:///") + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+    folder = os.open(Path(uri.removeprefix("sqlite:///")).parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released on close, or when the process dies
         yield
+    finally:
+        os.close(folder)
 
 
 def experiment_id(client, params: dict) -> str:
