@@ -89,7 +89,8 @@ def eight_writers_at_once(uri: str, folder) -> dict:
         "runs": {run_id for _, run_id, _, _ in outcomes if run_id},
         "exit_codes": [process.exitcode for process in processes],
         "statuses": {run.info.run_id: run.info.status for run in stored},
-        "params": {run.info.run_id: len(run.data.params) for run in stored},
+        "params": {run.info.run_id: run.data.params for run in stored},
+        "latest": {run.info.run_id: run.data.metrics for run in stored},
         "logged": logged,
         "points": sum(sum(counts.values()) for counts in logged.values()),
         "expected": WRITERS * (EPOCHS * len(EPOCH_METRICS) + len(FINAL_METRICS)),
@@ -110,9 +111,14 @@ def check_nothing_lost(found: dict, store: str, reliability) -> None:
     assert len(found["runs"]) == WRITERS and set(found["statuses"]) == found["runs"]
     assert set(found["statuses"].values()) == {"FINISHED"}
     expected_params = len(tracking.flat_params(load_params()))
+    assert sorted(int(float(p["train.beta"])) for p in found["params"].values()) == list(range(WRITERS))
     for run_id, counts in found["logged"].items():
         assert counts == {**{m: EPOCHS for m in EPOCH_METRICS}, **{m: 1 for m in FINAL_METRICS}}, run_id
-        assert found["params"][run_id] == expected_params, run_id
+        params = found["params"][run_id]
+        assert len(params) == expected_params, run_id
+        # Each writer's own figures, in its own run (writer i logs beta = i, last test_loss = 100 i + 15.3).
+        index = int(float(params["train.beta"]))
+        assert found["latest"][run_id]["test_loss"] == pytest.approx(100 * index + EPOCHS + 0.3), run_id
     assert found["points"] == found["expected"]
 
 

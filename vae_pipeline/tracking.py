@@ -101,7 +101,7 @@ def connect(params: dict):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files, short logs
     try:
         with sqlite_open_lock(uri):
-            client = mlflow.MlflowClient(uri)  # opens the store: creates or upgrades a SQLite file's tables
+            client = mlflow.MlflowClient(uri)  # opens the store: a new SQLite file gets its tables
             client.search_experiments(max_results=1)
     except Exception as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0].replace(uri, masked(uri))
