@@ -6,8 +6,11 @@ session and served to the download stage as a `file://` source.
 import hashlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +112,48 @@ def own_tracking_store(monkeypatch):
 def project(tmp_path, tiny_source) -> Path:
     """A fresh git repo holding a copy of the project, its params set to the tiny config."""
     return make_project(tmp_path, tiny_source)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (at the time of asking)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (its own SQLite store and artifact folder); stopped afterwards."""
+    import requests
+
+    port, folder = free_port(), tmp_path / "server"
+    folder.mkdir()
+    env = {**pipeline_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(folder / "server.log", "w") as server_log:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+             "--artifacts-destination", str(folder / "artifacts")],
+            cwd=folder, env=env, stdout=server_log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # its own process group: the finalizer stops its workers too
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, folder
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -20,9 +20,6 @@ failed_tests: set[str] = set()
 
 # Checks of issue 8 that land with other work; their rows show as pending until then.
 PENDING = [
-    ("bad input", "unreachable MLflow tracking URI", "pending: comes with the MLflow follow-up"),
-    ("concurrency", "8 runs logging at once to one MLflow store (SQLite, server)",
-     "pending: MLflow follow-up fills in points logged / expected"),
 ]
 
 

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from stages import train
+from tests.conftest import free_port
 from tests.reliability import run_stage
 from vae_pipeline.datasets import FILES
 from vae_pipeline.files import PipelineError, write_json
@@ -150,6 +151,20 @@ def test_embed_without_a_model_says_which_stage_to_run(project, tiny_source, rel
     reliability("bad input", "embed before train (no model)", error, code, stray)
     assert code == 2
     assert error == "models/vae.safetensors: missing; run the train stage first (dvc repro train)"
+    assert stray == []
+
+
+def test_unreachable_tracking_uri_stops_train_before_any_work(project, tiny_source, monkeypatch, reliability):
+    """A tracking server that is not there, with credentials in its URI: train stops at once, masking them."""
+    put_data(project, tiny_source)
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{port}")
+    code, error, stray = run_stage(project, "train")
+    reliability("bad input", "unreachable MLflow tracking URI (user:password in it)",
+                error.replace(str(port), "<port>"), code, stray)
+    assert code == 2
+    assert error.startswith(f"MLflow tracking server http://***@127.0.0.1:{port} is unreachable")
+    assert "s3cret" not in error and "alice" not in error
     assert stray == []
 
 

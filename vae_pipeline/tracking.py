@@ -19,7 +19,9 @@ attach_to_training_run(params, metrics=..., artifacts=[...]).
 
 Env VAE_RUN_TAGS (a JSON object) adds tags to the run, e.g. the Prefect flow run id.
 """
+import contextlib
 import copy
+import fcntl
 import json
 import logging
 import os
@@ -97,13 +99,40 @@ def connect(params: dict):
     check_reachable(uri, params["mlflow"]["connect_timeout"])
     mlflow.set_tracking_uri(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files, short logs
-    client = mlflow.MlflowClient(uri)
     try:
-        client.search_experiments(max_results=1)
+        with sqlite_open_lock(uri):
+            client = mlflow.MlflowClient(uri)  # opens the store: a new SQLite file gets its tables
+            client.search_experiments(max_results=1)
     except Exception as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0].replace(uri, masked(uri))
         raise PipelineError(f"MLflow tracking store {masked(uri)} is unusable: {reason}") from None
     return client
+
+
+@contextlib.contextmanager
+def sqlite_open_lock(uri: str):
+    """For a SQLite store, hold an exclusive lock on the folder of the database file.
+
+    Opening a new SQLite store makes mlflow create its tables. Several trainings
+    starting at once would all do it together, and all but one fail ("table ...
+    already exists", "duplicate column name"), sometimes leaving the file
+    half-built. Under this lock one process creates the tables and the others find
+    them. Later writes need no lock: mlflow has SQLite wait up to 20 s for a busy
+    database (tests/test_concurrency.py: eight writers at once lose nothing).
+    The folder is locked, not a lock file, so nothing is left beside the database.
+    Other stores: no lock.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (seconds of imports: not under the lock)
+
+    folder = os.open(Path(uri.removeprefix("sqlite:///")).parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released on close, or when the process dies
+        yield
+    finally:
+        os.close(folder)
 
 
 def experiment_id(client, params: dict) -> str:
