@@ -164,7 +164,7 @@ def test_malicious_tarball_through_the_download_stage(project, tiny_source, tmp_
 
 # --- servers bind 127.0.0.1 ------------------------------------------------------------------
 
-HOST_FLAG = re.compile(r"--host\b[\"']?\s*[,=]?\s*[\"']?([^\s\"',\])]+)")
+HOST_FLAG = re.compile(r"--host\b[\"']?\s*[,=]?\s*[\"']?([^\s\"'`,\])]+)")
 HOST_VARIABLE = re.compile(r"^\s*(?:export\s+)?(\w*HOST\w*)\s*[:?+]?=\s*(\S+)", re.MULTILINE)
 LOOPBACK = ("127.0.0.1", "localhost")
 
