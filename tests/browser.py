@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ import urllib.request
 from pathlib import Path
 
 from websockets.sync.client import connect
+
+from tests.conftest import stop_process_group
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -170,12 +171,7 @@ def check_report(html: Path, screenshot_path: Path) -> dict:
         tools.socket.close()
         return seen
     finally:
-        os.killpg(browser.pid, signal.SIGTERM)
-        try:
-            browser.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(browser.pid, signal.SIGKILL)
-            browser.wait()
+        stop_process_group(browser, timeout=10)
         shutil.rmtree(user_data_dir, ignore_errors=True)
 
 

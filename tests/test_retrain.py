@@ -3,7 +3,6 @@ Prefect server, and a pipeline flow run retried from the stage that crashed."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import yaml
 
 from flows.local_api import free_port
 from flows.retrain import ALIAS, champion_gate, gate_markdown
-from tests.conftest import VENV_BIN, pipeline_env, run_in
+from tests.conftest import VENV_BIN, pipeline_env, run_in, stop_process_group
 
 
 # ---- the gate, on two real registered versions (no training needed) -------------------------
@@ -74,16 +73,6 @@ def start(cmd: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def wait_for(check, timeout: float, what: str, log: Path):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -111,7 +100,7 @@ def prefect_server(tmp_path, request):
     log = tmp_path / "server.log"
     server = start([str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                    tmp_path, env, log)
-    request.addfinalizer(lambda: stop(server))
+    request.addfinalizer(lambda: stop_process_group(server))
     wait_for(lambda: healthy(env["PREFECT_API_URL"]), 120, "prefect server", log)
     return env
 
@@ -124,7 +113,7 @@ def test_the_served_retrain_deployment_runs_on_a_prefect_server_and_names_a_cham
     env = prefect_server
     log = tmp_path / "serve.log"
     runner = start([sys.executable, "-m", "flows.serve"], project, env, log)
-    request.addfinalizer(lambda: stop(runner))
+    request.addfinalizer(lambda: stop_process_group(runner))
 
     def deployed():
         result = subprocess.run([str(VENV_BIN / "prefect"), "deployment", "inspect", "retrain/scheduled"],
