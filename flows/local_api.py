@@ -24,7 +24,7 @@ from pathlib import Path
 
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
-from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, get_current_settings,
+from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, get_current_settings,
                               temporary_settings)
 
 from vae_pipeline.files import ROOT
@@ -126,7 +126,8 @@ def local_api(home: Path | None = None, timeout: float = STARTUP_TIMEOUT):
         raise RuntimeError(f"Prefect's local API exited with code {process.returncode}; "
                            f"the end of {log_file}:\n{tail}")
     try:
-        with temporary_settings({PREFECT_HOME: str(home), PREFECT_API_URL: api_url}):
+        # No UI URL: this server has no UI and ends with the command, so no "View at" link to it.
+        with temporary_settings({PREFECT_HOME: str(home), PREFECT_API_URL: api_url, PREFECT_UI_URL: ""}):
             try:
                 yield api_url
             finally:

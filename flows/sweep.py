@@ -6,15 +6,16 @@ cluster by default, or the Dask scheduler at `sweep.scheduler` to spread the
 points over more machines (their workers must see the project at the same path).
 
 DVC allows one `dvc repro` per workspace at a time, so every point works in its
-own copy of the project (what a clone holds, plus the downloaded data), with
-params.yaml set for the point, and runs `dvc repro <sweep.stage>` there; the copy
-is removed afterwards. Each point records the `dvc exp run -S ...` that
+own copy of the project (what a clone holds, sharing the project's DVC cache),
+with params.yaml set for the point, and runs `dvc repro <sweep.stage>` there; the
+copy is removed afterwards. Each point records the `dvc exp run -S ...` that
 reproduces it in the project, logs to the project's MLflow store with a `sweep`
 tag, and the sweep writes reports/sweep.html: the rate-distortion picture (KL
 against reconstruction, one point per run) and a table.
 """
 import io
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -35,9 +36,19 @@ from vae_pipeline.files import ROOT, PipelineError, atomic_path, write_json
 from vae_pipeline.params import load_params
 
 
-def copy_project(project: Path, dest: Path, params: dict) -> None:
+def dvc_cache_dir(project: Path) -> str:
+    """The project's DVC cache: the points share it, so none downloads the data again and a point
+    trained before with the same code, data and params is restored from DVC's run cache."""
+    found = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=project,
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        raise PipelineError(f"{project}: `dvc cache dir` failed: {found.stderr.strip()}")
+    return found.stdout.strip()
+
+
+def copy_project(project: Path, dest: Path, cache_dir: str) -> None:
     """Copy what a clone of `project` holds (git's tracked and not-ignored files) into `dest`,
-    plus the downloaded data set if there is one, so the point does not download it again."""
+    its DVC cache set to `cache_dir`."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                             cwd=project, capture_output=True)
     if listed.returncode != 0:
@@ -48,11 +59,9 @@ def copy_project(project: Path, dest: Path, params: dict) -> None:
         if source.is_file():
             (dest / os.fsdecode(name)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / os.fsdecode(name))
-    raw = Path(params["paths"]["raw_dir"]) / params["data"]["dataset"]
-    if (project / raw).is_dir():
-        shutil.copytree(project / raw, dest / raw)
     # DVC needs a git repository (or core.no_scm); an empty one is enough for `dvc repro`.
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    (dest / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {cache_dir}\n")
 
 
 def reproduce_command(point: dict) -> str:
@@ -63,15 +72,13 @@ def reproduce_command(point: dict) -> str:
 
 # Every point trains: Prefect must never skip one from a cache of its own.
 @task(cache_policy=NO_CACHE)
-def run_point(project: str, point: dict, stage: str, run_tags: dict, tracking_uri: str) -> dict:
+def run_point(project: str, point: dict, stage: str, run_tags: dict, tracking_uri: str, cache_dir: str) -> dict:
     """Train and evaluate one grid point in a fresh copy of the project; return its figures."""
     logger = get_run_logger()
     started = time.time()
-    project = Path(project)
-    params = load_params(project / "params.yaml")
     workdir = Path(tempfile.mkdtemp(prefix="vae-sweep-"))
     logger.info("point %s in %s", point, workdir)
-    copy_project(project, workdir, params)
+    copy_project(Path(project), workdir, cache_dir)
 
     point_params = yaml.safe_load((workdir / "params.yaml").read_text())
     for key, value in point.items():
@@ -89,6 +96,7 @@ def run_point(project: str, point: dict, stage: str, run_tags: dict, tracking_ur
         "metrics": read_metrics(workdir, point_params),
         "mlflow_run_id": mlflow_run_id(workdir, point_params),
         "command": reproduce_command(point),
+        "restored": any(line.startswith(f"Stage '{stage}' is cached") for line in lines),
         "workdir": str(workdir), "started": started, "seconds": round(time.time() - started, 1),
     }
     shutil.rmtree(workdir)
@@ -134,7 +142,8 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; } code { font-size
 </style></head><body>
 <h1>VAE sweep {{ name }}</h1>
 <p>{{ results|length }} runs of {{ epochs }} epochs over β × latent size, trained with Prefect on Dask
-({{ finished }}). Lower right is a sharper model that uses more of its latent code; upper left a smoother one.</p>
+({{ finished }}). Right and down: more information in the code (KL, the rate) buys sharper reconstructions (the
+distortion); left and up: closer to the prior, blurrier. Test loss = reconstruction + β · KL.</p>
 {% if failed %}<p><strong>Failed points:</strong></p><ul>{% for f in failed %}<li><code>{{ f }}</code></li>{% endfor %}</ul>{% endif %}
 {{ svg|safe }}
 <table>
@@ -144,7 +153,8 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; } code { font-size
 <td class="n">{{ r.epochs }}</td><td class="n">{{ "%.2f"|format(r.metrics.train.test_kl) }}</td>
 <td class="n">{{ "%.2f"|format(r.metrics.train.test_recon) }}</td>
 <td class="n">{{ "%.2f"|format(r.metrics.train.test_loss) }}</td>
-<td class="n">{{ "%.2f"|format(r.metrics.train.test_loss_mu) }}</td><td class="n">{{ r.seconds }}</td>
+<td class="n">{{ "%.2f"|format(r.metrics.train.test_loss_mu) }}</td>
+<td class="n">{{ r.seconds }}{% if r.restored %} (restored from DVC's run cache){% endif %}</td>
 <td><code>{{ r.mlflow_run_id or "—" }}</code></td><td><code>{{ r.command }}</code></td></tr>
 {% endfor %}</table>
 </body></html>
@@ -171,16 +181,20 @@ def grid(settings: dict) -> list[dict]:
             for latent_dim in settings["latent_dim"] for beta in settings["beta"]]
 
 
+# Dask serves its status page even without bokeh: a free port, so two sweeps never collide on 8787.
+DASHBOARD = "127.0.0.1:0"
+
+
 def dask_runner(settings: dict) -> DaskTaskRunner:
     """The sweep's task runner: the Dask scheduler at sweep.scheduler, else a local cluster of
     sweep.n_workers processes running one point at a time each."""
     if settings["scheduler"]:
         return DaskTaskRunner(address=settings["scheduler"])
     return DaskTaskRunner(cluster_kwargs={"n_workers": settings["n_workers"], "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": None})
+                                          "processes": True, "dashboard_address": DASHBOARD})
 
 
-@flow(name="sweep", task_runner=DaskTaskRunner(cluster_kwargs={"dashboard_address": None}))
+@flow(name="sweep", task_runner=DaskTaskRunner(cluster_kwargs={"dashboard_address": DASHBOARD}))
 def sweep(project: str | None = None) -> list[dict]:
     """Train every point of params.yaml's sweep grid in `project` (default: this project).
 
@@ -193,11 +207,12 @@ def sweep(project: str | None = None) -> list[dict]:
     settings = params["sweep"]
     tags = {"sweep": flow_run.name, "prefect_flow_run_id": str(flow_run.id)}
     uri = tracking_uri(root, params)
+    cache_dir = dvc_cache_dir(root)
     points = grid(settings)
     logger.info("%d points, %d epochs each, stage '%s'; MLflow: %s", len(points), settings["epochs"],
                 settings["stage"], uri.split("@")[-1])
     futures = [run_point.with_options(task_run_name=f"beta={p['train.beta']:g} latent={p['train.latent_dim']}")
-               .submit(str(root), p, settings["stage"], tags, uri) for p in points]
+               .submit(str(root), p, settings["stage"], tags, uri, cache_dir) for p in points]
     results, failed = [], []
     for point, future in zip(points, futures):
         try:
@@ -214,6 +229,9 @@ def sweep(project: str | None = None) -> list[dict]:
 def main() -> None:
     from flows.local_api import local_api
 
+    # Dask's start-up and shutdown chatter at INFO drowns the points' logs (workers read the env).
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         settings = load_params()["sweep"]
         with local_api():

@@ -177,6 +177,7 @@ def test_sweep_of_two_points_on_two_dask_workers(project, prefect_api):
     results = sorted(state.result(), key=lambda r: r["beta"])
     assert [(r["beta"], r["latent_dim"]) for r in results] == [(1, 2), (4, 2)]
     assert results[0]["command"] == "dvc exp run -S train.beta=1 -S train.latent_dim=2 -S train.epochs=1"
+    assert not any(r["restored"] for r in results)
     # Each point trained in a workspace of its own, and both at once on the two workers.
     assert results[0]["workdir"] != results[1]["workdir"]
     assert max(r["started"] for r in results) < min(r["started"] + r["seconds"] for r in results)
