@@ -72,7 +72,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(project, tiny_sou
     resumed_weights = load_file(model_dir / "vae.safetensors")
     resumed_history = pd.read_csv(project / params["paths"]["train_history"])
     assert not checkpoint.exists() and list(checkpoint.parent.iterdir()) == []
-    assert sorted(p.name for p in model_dir.iterdir()) == ["vae.json", "vae.safetensors"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["mlflow_run.json", "vae.json", "vae.safetensors"]
 
     # The same params run from scratch without interruption.
     shutil.rmtree(model_dir)

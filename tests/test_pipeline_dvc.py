@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def test_dvc_repro_runs_every_stage_then_nothing(project):
     first = run_in(project, "dvc", "repro")
-    for stage in ("download", "train", "embed", "evaluate"):
+    for stage in ("download", "train", "embed", "latent_map", "report", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
 
     metrics = json.loads((project / "reports/metrics/train.json").read_text())
@@ -33,13 +33,13 @@ def test_dvc_repro_runs_every_stage_then_nothing(project):
     evaluation = json.loads((project / "reports/metrics/eval.json").read_text())
     assert evaluation["iwae_nll"] <= evaluation["neg_elbo"] and 0 <= evaluation["knn_accuracy"] <= 1
 
-    # Changing beta makes train, embed and evaluate stale, and nothing else.
+    # Changing beta makes the model and everything made from it stale; download stays.
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["beta"] = 4.0
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run_in(project, "dvc", "repro")
     ran = sorted(line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage"))
-    assert ran == ["embed", "evaluate", "train"]
+    assert ran == ["embed", "evaluate", "latent_map", "report", "train"]
 
 
 def test_same_params_and_seed_give_the_same_metrics(project):
