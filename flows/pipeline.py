@@ -148,7 +148,8 @@ def workspace_lock(project: Path, wait_seconds: float, logger):
 def read_metrics(project: Path, params: dict) -> dict:
     """Every JSON in the metrics folder (reports/metrics/*.json): {file stem: {name: value}}."""
     folder = (project / params["paths"]["train_metrics"]).parent
-    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+    metrics = {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+    return {name: values for name, values in metrics.items() if isinstance(values, dict)}  # not tables
 
 
 def mlflow_run_id(project: Path, params: dict) -> str | None:
@@ -167,7 +168,7 @@ def summary(project: Path, params: dict, results: list[dict]) -> str:
     for name, values in read_metrics(project, params).items():
         lines += [f"| {name}.{key} | {value:.6g} |" for key, value in values.items()
                   if isinstance(value, (int, float)) and not isinstance(value, bool)]
-    report = project / params["paths"].get("report", "reports/index.html")
+    report = project / params["paths"]["report"]
     run_id = mlflow_run_id(project, params)
     lines += ["", f"**Report:** `{report}`" + ("" if report.exists() else " (not built)"),
               "", f"**MLflow run:** `{run_id}`" if run_id else "**MLflow run:** not recorded"]
