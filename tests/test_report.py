@@ -188,7 +188,7 @@ def test_a_report_param_reruns_only_the_report(built):
 def test_a_2d_latent_space_shows_the_raw_plane(built):
     project, _ = built
     set_params(project, "train", latent_dim=2)
-    assert stages_run(run_in(project, "dvc", "repro").stdout) == ["embed", "latent_map", "report", "train"]
+    assert stages_run(run_in(project, "dvc", "repro").stdout) == ["embed", "evaluate", "latent_map", "report", "train"]
     html = (project / "reports/index.html").read_text()
     assert "No projection needed" in html and "only its UMAP projection is shown" not in html
     figures = {p.name for p in (project / "reports/figures").iterdir()}
