@@ -102,7 +102,7 @@ def test_bad_map_and_report_params_are_refused(section, key, value, message):
 @pytest.mark.slow
 def test_repro_writes_the_latent_map(built):
     project, output = built
-    assert stages_run(output) == ["download", "embed", "latent_map", "report", "train"]
+    assert stages_run(output) == ["download", "embed", "evaluate", "latent_map", "report", "train"]
     latent_map = pd.read_parquet(project / "data/latent_map.parquet")
     assert list(latent_map.columns) == ["x", "y", "label", "index"]
     assert len(latent_map) == 2000 and np.isfinite(latent_map[["x", "y"]]).all().all()
