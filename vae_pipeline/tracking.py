@@ -97,7 +97,14 @@ def connect(params: dict):
 
     uri = tracking_uri(params)
     check_reachable(uri, params["mlflow"]["connect_timeout"])
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # mlflow also exports the URI to os.environ; keep the caller's environment as it was, so a
+    # process that trains in-process (a flow, a test) does not pass this store to its children.
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files, short logs
     try:
         with sqlite_open_lock(uri):
