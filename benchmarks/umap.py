@@ -2,14 +2,19 @@
 
     python -m benchmarks.umap [--subsample N]
 
-For random_state 42 (the article's: reproducible, but UMAP then runs on one core)
-and null (not reproducible, every core), three timings:
+Ways, each timed in fresh processes (numba's cache only matters to a new one):
+  random_state 42     the article's: reproducible, but UMAP then runs on one core;
+  random_state null   not reproducible, UMAP's parallel code on every core;
+  42 + exact kNN      the neighbours from scikit-learn's KD-tree, handed to UMAP as
+                      `precomputed_knn`: no pynndescent, whose search numba compiles
+                      afresh in every process (its functions cannot be cached).
+Timings per way:
   first call   a fresh Python with an empty numba cache: numba compiles UMAP's code;
   cached call  a second fresh Python with that cache filled (what the stage's
                NUMBA_CACHE_DIR in the project buys every later run);
-  warm refit   a second fit in that same process: UMAP's own work, nothing compiled or loaded.
-Each call runs in its own process (numba's cache only matters to a new one).
-Needs data/embeddings/train.parquet: run the pipeline (`dvc repro embed`) first.
+  warm refit   a second fit in that same process: nothing left to compile or load.
+Wall seconds, and CPU seconds (all threads) in brackets: on a busy machine the CPU
+seconds are the fairer figure. Needs data/embeddings/train.parquet (`dvc repro embed`).
 """
 import argparse
 import json
@@ -23,55 +28,72 @@ from benchmarks.common import machine
 from vae_pipeline.files import ROOT, PipelineError, project_path
 from vae_pipeline.params import load_params
 
-# TODO(lead): once stages/latent_map.py (issue 3) is merged, build the reducer with the stage's own
-# code instead of repeating its arguments here; until then these are its params.yaml defaults.
+# TODO(lead): stages/latent_map.py (issue 3) is not on this branch: once merged, build the reducer
+# with the stage's own code instead of repeating its arguments; until then, its params.yaml defaults.
 DEFAULTS = {"n_neighbors": 15, "min_dist": 0.1, "metric": "euclidean", "random_state": 42}
+WAYS = {"random_state 42": (42, False), "random_state null (parallel)": (None, False),
+        "random_state 42, exact kNN (KD-tree)": (42, True)}
 
 
 def map_params(params: dict) -> dict:
     return {**DEFAULTS, **params.get("latent_map", {})}
 
 
-def child(random_state: int | None, subsample: int | None, refit: bool) -> None:
+def clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> list[float]:
+    """[wall, CPU] seconds since `start`."""
+    return [time.perf_counter() - start[0], time.process_time() - start[1]]
+
+
+def child(random_state: int | None, exact_knn: bool, subsample: int | None, refit: bool) -> None:
     """One measured process: import umap, fit (and fit again); prints a JSON line of seconds."""
-    started = time.perf_counter()
+    start = clock()
     import numpy as np
     import pandas as pd
     import umap
-    imported = time.perf_counter() - started
+    figures = {"import": since(start)}
 
     params = load_params()
     p = map_params(params)
-    path = project_path(params["paths"]["embeddings_dir"]) / "train.parquet"
-    table = pd.read_parquet(path)
+    table = pd.read_parquet(project_path(params["paths"]["embeddings_dir"]) / "train.parquet")
     mu = table[[c for c in table.columns if c.startswith("mu_")]].to_numpy(np.float32)[:subsample]
-    fits = []
-    for _ in range(2 if refit else 1):
+    for run in ["fit", "refit"][:2 if refit else 1]:
+        start = clock()
+        knn = None
+        if exact_knn:
+            from sklearn.neighbors import NearestNeighbors
+            search = NearestNeighbors(n_neighbors=p["n_neighbors"], metric=p["metric"], n_jobs=1).fit(mu)
+            distances, indices = search.kneighbors(mu)  # each point's first neighbour is itself, as in UMAP
+            knn = (indices, distances.astype(np.float32), None)
         # As the stage: a fixed random_state makes UMAP single-threaded; null lets it use every core.
         reducer = umap.UMAP(n_components=2, n_neighbors=p["n_neighbors"], min_dist=p["min_dist"],
                             metric=p["metric"], random_state=random_state,
-                            n_jobs=1 if random_state is not None else -1)
-        started = time.perf_counter()
+                            n_jobs=1 if random_state is not None else -1, precomputed_knn=knn or (None,) * 3)
         reducer.fit_transform(mu)
-        fits.append(time.perf_counter() - started)
-    print(json.dumps({"import": imported, "fit": fits[0], "refit": fits[-1] if refit else 0.0,
-                      "points": len(mu)}))
+        figures[run] = since(start)
+    print(json.dumps({**figures, "points": len(mu)}))
 
 
-def measure(random_state: int | None, subsample: int | None, cache: str, refit: bool = False) -> dict:
-    """Seconds of one child process; `process` is its whole life, less the refit."""
-    cmd = [sys.executable, "-m", "benchmarks.umap", "--child", json.dumps(random_state)]
-    if refit:
-        cmd.append("--refit")
-    if subsample:
-        cmd += ["--subsample", str(subsample)]
+def measure(way: tuple, subsample: int | None, cache: str, refit: bool = False) -> dict:
+    """Seconds of one child process; `process` is its whole life (wall), less the refit."""
+    random_state, exact_knn = way
+    cmd = [sys.executable, "-m", "benchmarks.umap", "--child", json.dumps([random_state, exact_knn])]
+    cmd += ["--refit"] * refit + (["--subsample", str(subsample)] if subsample else [])
     started = time.perf_counter()
     result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "NUMBA_CACHE_DIR": cache},
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise PipelineError(f"UMAP child process failed:\n{result.stderr[-2000:]}")
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    return {**figures, "process": time.perf_counter() - started - figures["refit"]}
+    figures["process"] = time.perf_counter() - started - figures.get("refit", [0, 0])[0]
+    return figures
+
+
+def seconds(pair: list[float]) -> str:
+    return f"{pair[0]:.1f} s ({pair[1]:.1f})"
 
 
 def main() -> None:
@@ -81,7 +103,7 @@ def main() -> None:
     parser.add_argument("--refit", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        return child(json.loads(args.child), args.subsample, args.refit)
+        return child(*json.loads(args.child), args.subsample, args.refit)
 
     params = load_params()
     path = project_path(params["paths"]["embeddings_dir"]) / "train.parquet"
@@ -92,20 +114,20 @@ def main() -> None:
     print(f"UMAP n_neighbors {p['n_neighbors']}, min_dist {p['min_dist']}, metric {p['metric']}; "
           f"mu from {path.relative_to(ROOT)}")
     rows = []
-    for random_state in (p["random_state"] if p["random_state"] is not None else 42, None):
+    for label, way in WAYS.items():
         with tempfile.TemporaryDirectory(prefix="bench-numba-") as cache:
-            first = measure(random_state, args.subsample, cache)
-            cached = measure(random_state, args.subsample, cache, refit=True)
-        label = f"random_state {random_state}" if random_state is not None else "random_state null (parallel)"
+            first = measure(way, args.subsample, cache)
+            cached = measure(way, args.subsample, cache, refit=True)
         rows.append((label, first, cached))
-        print(f"{label}: first call fit {first['fit']:.1f} s, cached call fit {cached['fit']:.1f} s, "
-              f"warm refit {cached['refit']:.1f} s", flush=True)
-    print(f"\n| {rows[0][1]['points']:,} points | import umap | first call: fit | whole process | "
-          "cached call: fit | whole process | warm refit |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(f"{label}: first call fit {seconds(first['fit'])}, cached call fit {seconds(cached['fit'])}, "
+              f"warm refit {seconds(cached['refit'])}", flush=True)
+    print(f"\n| {rows[0][1]['points']:,} points; wall s (CPU s) | import umap: first | cached | "
+          "fit: first call | cached call | warm refit | process: first | cached |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for label, first, cached in rows:
-        print(f"| {label} | {cached['import']:.1f} s | {first['fit']:.1f} s | {first['process']:.1f} s | "
-              f"{cached['fit']:.1f} s | {cached['process']:.1f} s | {cached['refit']:.1f} s |")
+        print(f"| {label} | {seconds(first['import'])} | {seconds(cached['import'])} | {seconds(first['fit'])} | "
+              f"{seconds(cached['fit'])} | {seconds(cached['refit'])} | {first['process']:.1f} s | "
+              f"{cached['process']:.1f} s |")
 
 
 if __name__ == "__main__":
