@@ -27,7 +27,7 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, get_current_settings,
                               temporary_settings)
 
-from vae_pipeline.files import ROOT
+from vae_pipeline.files import ROOT, PipelineError
 
 # A loaded 2-core machine took 25 s to bring the server up; Prefect's own default wait is 20 s.
 STARTUP_TIMEOUT = 90
@@ -136,3 +136,20 @@ def local_api(home: Path | None = None, timeout: float = STARTUP_TIMEOUT):
                 EventsWorker.drain_all(timeout=10)
     finally:
         stop_server(process)
+
+
+def run_on_local_api(run) -> None:
+    """The entry point of `python -m flows.NAME`: run() on the local API.
+
+    A PipelineError (bad params, bad data, a stage that exited 2) exits 2 with its
+    message, as the stages do; anything else exits 1 with a one-line message.
+    """
+    try:
+        with local_api():
+            run()
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)

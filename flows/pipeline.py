@@ -206,17 +206,9 @@ def pipeline(project: str | None = None, run_tags: dict | None = None) -> list[d
 
 
 def main() -> None:
-    from flows.local_api import local_api
+    from flows.local_api import run_on_local_api
 
-    try:
-        with local_api():
-            pipeline()
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_on_local_api(pipeline)
 
 
 if __name__ == "__main__":

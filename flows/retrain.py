@@ -150,15 +150,10 @@ def retrain(project: str | None = None, seed: int | None = None) -> dict:
 
 def main() -> None:
     """`python -m flows.retrain [SEED]`: one retrain now, on Prefect's local API."""
-    from flows.local_api import local_api
+    from flows.local_api import run_on_local_api
 
     seed = int(sys.argv[1]) if len(sys.argv) > 1 else None
-    try:
-        with local_api():
-            print(retrain(seed=seed)["decision"])
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_on_local_api(lambda: print(retrain(seed=seed)["decision"]))
 
 
 if __name__ == "__main__":

@@ -227,21 +227,12 @@ def sweep(project: str | None = None) -> list[dict]:
 
 
 def main() -> None:
-    from flows.local_api import local_api
+    from flows.local_api import run_on_local_api
 
     # Dask's start-up and shutdown chatter at INFO drowns the points' logs (workers read the env).
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    try:
-        settings = load_params()["sweep"]
-        with local_api():
-            sweep.with_options(task_runner=dask_runner(settings))()
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_on_local_api(lambda: sweep.with_options(task_runner=dask_runner(load_params()["sweep"]))())
 
 
 if __name__ == "__main__":
