@@ -170,7 +170,8 @@ def test_a_flow_run_whose_task_crashed_is_retried_from_the_failed_stage(project,
 
     assert not marker.exists()                          # the crash did happen
     ran = {r["stage"]: r["ran"] for r in results}       # the retry's stages
-    assert ran == {"download": False, "train": False, "embed": True, "latent_map": True, "report": True}
+    assert ran == {"download": False, "train": False, "embed": True, "latent_map": True, "report": True,
+                   "evaluate": True}
     # The train stage ran once in all: one registered version, not two.
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     versions = client.search_model_versions("name='vae-decoder'")
