@@ -28,7 +28,8 @@ from torch import nn
 
 from benchmarks.common import machine, median
 from stages.train import evaluate, train_epoch
-from vae_pipeline.data import load_images, raw_dir, setup_torch, uses_bf16
+from vae_pipeline.data import load_images, setup_torch, uses_bf16
+from vae_pipeline.datasets import raw_dir
 from vae_pipeline.datasets import FILES
 from vae_pipeline.files import PipelineError
 from vae_pipeline.model import VAE

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vae_pipeline.datasets import DATASETS, FILES
-from vae_pipeline.files import PipelineError, project_path, sha256_file
+from vae_pipeline.datasets import DATASETS, FILES, raw_dir
+from vae_pipeline.files import PipelineError, sha256_file
 
 log = logging.getLogger("download")
 
@@ -132,7 +132,7 @@ def run(params: dict) -> Path:
     dataset = DATASETS[data["dataset"]]
     checksums = data["sha256"] or dataset["sha256"]
     sources = data["sources"] or dataset["sources"]
-    target = project_path(params["paths"]["raw_dir"]) / data["dataset"]
+    target = raw_dir(params)
 
     missing = [n for n in FILES if not (target / n).exists() or sha256_file(target / n) != checksums[n]]
     if not missing:

@@ -7,19 +7,19 @@ Writes <paths.eval_metrics> (DVC metrics, nats per test image unless named other
                                  iwae_nll_se its standard error over the test images
   kl_per_dim, mu_variance        per latent dimension; active_units counts Var(mu_j) > evaluate.active_threshold
   knn_accuracy(_per_class)       class of each test mu from its nearest train mu (the embed stage's)
-  trustworthiness                how well a UMAP map of a subsample of the test mu keeps its neighbours
+  trustworthiness                how well the latent map stage's UMAP kept the neighbours of its points
 and <paths.literature>: this run beside published figures (vae_pipeline/literature.py).
+The report stage shows both.
 
 The ELBO uses beta = 1 whatever train.beta was: it is the bound on log p(x), not the
 training objective. See vae_pipeline/model.py log_likelihood for what "nats" means per likelihood.
 
-Trustworthiness: the stage maps its own subsample with UMAP rather than reading the
-latent map stage's output. That keeps the DAG to train -> embed -> evaluate, and the
-measure needs a subsample anyway (sklearn's trustworthiness holds all pairwise distances).
+Trustworthiness is measured on the map the report shows (the latent_map stage's
+output, `latent_map.split`), on a random subsample of its points: sklearn's measure
+holds all pairwise distances of the points it is given.
 """
 import logging
 import time
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -28,20 +28,13 @@ import torch
 from vae_pipeline import tracking
 from vae_pipeline.data import load_images, setup_torch
 from vae_pipeline.datasets import DATASETS
+from vae_pipeline.embeddings import read_mu
 from vae_pipeline.evaluation import active_units, elbo_parts, iwae_nll
 from vae_pipeline.files import PipelineError, project_path, write_json
 from vae_pipeline.literature import compare
 from vae_pipeline.model import load_model
 
 log = logging.getLogger("evaluate")
-
-
-def read_mu(path) -> tuple[np.ndarray, np.ndarray]:
-    """The mu columns and labels of an embed stage parquet file."""
-    if not path.exists():
-        raise PipelineError(f"{path}: missing; run the embed stage first (dvc repro embed)")
-    table = pd.read_parquet(path)
-    return table.filter(regex=r"^mu_\d+$").to_numpy(np.float32), table["label"].to_numpy()
 
 
 def knn_accuracy(train_mu, train_labels, test_mu, test_labels, neighbours: int, classes: list[str]):
@@ -53,15 +46,25 @@ def knn_accuracy(train_mu, train_labels, test_mu, test_labels, neighbours: int, 
     return float(correct.mean()), per_class
 
 
-def umap_trustworthiness(mu: np.ndarray, samples: int, neighbours: int, seed: int) -> float:
-    """Trustworthiness (sklearn) of a 2-D UMAP map of `samples` test mu picked with `seed`."""
-    import umap  # imported here: takes seconds, and only this stage needs it
-    from sklearn.manifold import trustworthiness
-    picked = np.random.default_rng(seed).choice(len(mu), size=min(samples, len(mu)), replace=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="n_jobs value")  # a fixed seed makes UMAP single-threaded
-        mapped = umap.UMAP(n_components=2, random_state=seed).fit_transform(mu[picked])
-    return float(trustworthiness(mu[picked], mapped, n_neighbors=neighbours))
+def map_trustworthiness(params: dict, samples: int, neighbours: int, seed: int) -> float:
+    """Trustworthiness (sklearn) of the latent map on `samples` of its points picked with `seed`:
+    their 2-D positions against their mu."""
+    from sklearn.manifold import trustworthiness  # imported here: slow, and only this stage needs it
+    paths = params["paths"]
+    split = params["latent_map"]["split"]
+    mu, _ = read_mu(project_path(paths["embeddings_dir"]) / f"{split}.parquet")
+    map_path = project_path(paths["latent_map"])
+    if not map_path.exists():
+        raise PipelineError(f"{map_path}: missing; run the latent_map stage first (dvc repro latent_map)")
+    latent_map = pd.read_parquet(map_path)
+    if latent_map["index"].max() >= len(mu):
+        raise PipelineError(f"{map_path}: rows point past the {len(mu)} rows of the {split} embeddings; "
+                            "rerun the latent_map stage (dvc repro latent_map)")
+    picked = np.random.default_rng(seed).choice(len(latent_map), size=min(samples, len(latent_map)),
+                                                replace=False)
+    rows = latent_map.iloc[picked]
+    return float(trustworthiness(mu[rows["index"].to_numpy()], rows[["x", "y"]].to_numpy(),
+                                 n_neighbors=neighbours))
 
 
 def run(params: dict) -> dict:
@@ -123,10 +126,9 @@ def run(params: dict) -> dict:
     metrics["trustworthiness"] = None
     if e["trustworthiness_samples"]:
         started = time.perf_counter()
-        log.info("UMAP of %d test mu for trustworthiness ...", min(e["trustworthiness_samples"], len(test_mu)))
-        metrics["trustworthiness"] = umap_trustworthiness(
-            test_mu, e["trustworthiness_samples"], e["trustworthiness_neighbors"], e["seed"])
-        seconds["umap"] = time.perf_counter() - started
+        metrics["trustworthiness"] = map_trustworthiness(
+            params, e["trustworthiness_samples"], e["trustworthiness_neighbors"], e["seed"])
+        seconds["trustworthiness"] = time.perf_counter() - started
         log.info("trustworthiness %.4f (%d neighbours)", metrics["trustworthiness"],
                  e["trustworthiness_neighbors"])
     metrics["trustworthiness_neighbors"] = e["trustworthiness_neighbors"]

@@ -4,6 +4,13 @@ Reads the embed stage's parquet of one split (params `latent_map.split`) and
 writes one row per image: x, y, its label, and `index`, its row in the split
 (the report uses it to show the image under the mouse).
 
+Neighbours (`latent_map.neighbours`): UMAP starts from each point's n_neighbors
+nearest neighbours. `exact` finds them with scikit-learn (a KD-tree: under a second
+for 60,000 points in 4-D) and hands them to UMAP; `nndescent` lets UMAP search
+them approximately with pynndescent, as a bare `UMAP(random_state=42)` does. Both
+are deterministic for a fixed random_state; exact is ~30 s faster, because numba
+compiles pynndescent's search afresh in every process (BENCHMARKS.md).
+
 UMAP's numba code is compiled on first use; NUMBA_CACHE_DIR points numba at
 the project's `.numba_cache/` so a second run reuses the compiled code.
 This module is named latent_map, not umap: a `umap.py` here would shadow the package.
@@ -11,31 +18,53 @@ This module is named latent_map, not umap: a `umap.py` here would shadow the pac
 import logging
 import os
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
 
 from vae_pipeline import tracking
+from vae_pipeline.embeddings import read_mu
 from vae_pipeline.files import ROOT, PipelineError, atomic_path, project_path
 
 log = logging.getLogger("latent_map")
 
 
-def load_mu(path) -> tuple[np.ndarray, np.ndarray]:
-    """mu (N, d) as float32 and the labels from an embed stage parquet file."""
-    if not path.exists():
-        raise PipelineError(f"{path}: missing; run the embed stage first (dvc repro embed)")
-    table = pd.read_parquet(path)
-    mu_columns = [c for c in table.columns if c.startswith("mu_")]
-    if not mu_columns or "label" not in table.columns:
-        raise PipelineError(f"{path}: expected columns mu_0.. and label, found {', '.join(table.columns)}")
-    return table[mu_columns].to_numpy(np.float32), table["label"].to_numpy()
+def exact_neighbours(points: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and distances of each point's k nearest points, itself first, as UMAP's own search returns them."""
+    from sklearn.neighbors import NearestNeighbors
+    distances, indices = NearestNeighbors(n_neighbors=k, metric=metric).fit(points).kneighbors(points)
+    return indices, distances.astype(np.float32)
+
+
+def fit_map(points: np.ndarray, p: dict) -> np.ndarray:
+    """The 2-D UMAP of `points` (N, d) with the `latent_map` params `p`."""
+    # Set before numba is first imported (by umap, just below); a value already set wins.
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
+    import umap
+
+    knn = (None, None, None)
+    if p["neighbours"] == "exact":
+        started = time.perf_counter()
+        knn = (*exact_neighbours(points, p["n_neighbors"], p["metric"]), None)
+        log.info("exact %d nearest neighbours of %d points: %.1fs", p["n_neighbors"], len(points),
+                 time.perf_counter() - started)
+    # A fixed random_state makes UMAP single-threaded; null lets it use every core.
+    reducer = umap.UMAP(n_components=2, n_neighbors=p["n_neighbors"], min_dist=p["min_dist"],
+                        metric=p["metric"], random_state=p["random_state"],
+                        n_jobs=1 if p["random_state"] is not None else -1, precomputed_knn=knn,
+                        verbose=True, tqdm_kwds={"disable": None})
+    # verbose UMAP prints its own repr first: keep the neighbour arrays in it to a line or two.
+    with warnings.catch_warnings(), np.printoptions(threshold=0, edgeitems=1, linewidth=1000):
+        # Given neighbours but no search index, UMAP warns that it cannot map new points: not needed here.
+        warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
+        return reducer.fit_transform(points)
 
 
 def run(params: dict) -> dict:
     p, paths = params["latent_map"], params["paths"]
     source = project_path(paths["embeddings_dir"]) / f"{p['split']}.parquet"
-    mu, labels = load_mu(source)
+    mu, labels = read_mu(source)
     index = np.arange(len(mu))
     if p["subsample"] is not None and p["subsample"] < len(mu):
         rng = np.random.default_rng(p["random_state"] or 0)
@@ -44,19 +73,9 @@ def run(params: dict) -> dict:
         raise PipelineError(f"params.yaml: latent_map.n_neighbors is {p['n_neighbors']} but only "
                             f"{len(index)} points are mapped; lower it or raise latent_map.subsample")
 
-    # Set before numba is first imported (by umap, just below); a value already set wins.
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
-    import umap
-
-    # A fixed random_state makes UMAP single-threaded; null lets it use every core.
-    reducer = umap.UMAP(n_components=2, n_neighbors=p["n_neighbors"], min_dist=p["min_dist"],
-                        metric=p["metric"], random_state=p["random_state"],
-                        n_jobs=1 if p["random_state"] is not None else -1,
-                        verbose=True, tqdm_kwds={"disable": None})
-    log.info("UMAP of %d x %d mu from %s (numba cache %s)", len(index), mu.shape[1], source,
-             os.environ["NUMBA_CACHE_DIR"])
+    log.info("UMAP of %d x %d mu from %s (%s neighbours)", len(index), mu.shape[1], source, p["neighbours"])
     started = time.perf_counter()
-    xy = reducer.fit_transform(mu[index])
+    xy = fit_map(mu[index], p)
     seconds = time.perf_counter() - started
 
     table = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "label": labels[index], "index": index})

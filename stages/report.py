@@ -1,7 +1,8 @@
 """Stage report: one self-contained HTML page about the trained VAE, plus its figures as PNGs.
 
-Seven sections: summary, latent map, prior samples, reconstructions, latent
-walk, training curves, KL per latent dimension. Every image is embedded in the
+Eight sections: summary, latent map, prior samples, reconstructions, latent
+walk, training curves, KL per latent dimension, and the evaluate stage's figures
+beside published ones. Every image is embedded in the
 page as base64 and the page's CSS and JavaScript are inline, so the file opens
 offline in any browser and can be attached anywhere as a single artifact.
 The page is rendered from vae_pipeline/templates/report.html.j2 (Jinja2).
@@ -23,8 +24,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from vae_pipeline import tracking
-from vae_pipeline.data import raw_dir
-from vae_pipeline.datasets import DATASETS, FILES
+from vae_pipeline.datasets import DATASETS, FILES, raw_dir
 from vae_pipeline.files import ROOT, PipelineError, atomic_path, project_path, sha256_file
 from vae_pipeline.idx import read_split
 from vae_pipeline.model import load_model, reconstruction_loss
@@ -273,9 +273,12 @@ def map_data(table: pd.DataFrame, images: np.ndarray, classes: list[str], hover_
 
 # ---- the stage ------------------------------------------------------------------------------
 
-def read_table(path, what: str) -> pd.DataFrame:
+def read_output(path, stage: str):
+    """An earlier stage's output: a DataFrame from .csv or .parquet, the object in a .json file."""
     if not path.exists():
-        raise PipelineError(f"{path}: missing; run the {what} stage first (dvc repro {what})")
+        raise PipelineError(f"{path}: missing; run the {stage} stage first (dvc repro {stage})")
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
     return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
 
 
@@ -293,16 +296,15 @@ def run(params: dict) -> dict:
     rng = np.random.default_rng(r["seed"])
 
     embeddings = project_path(paths["embeddings_dir"])
-    train = read_table(embeddings / "train.parquet", "embed")
-    test = read_table(embeddings / "test.parquet", "embed")
+    train = read_output(embeddings / "train.parquet", "embed")
+    test = read_output(embeddings / "test.parquet", "embed")
     mu_cols = [c for c in train.columns if c.startswith("mu_")]
     logvar_cols = [c for c in train.columns if c.startswith("logvar_")]
-    latent_map = read_table(project_path(paths["latent_map"]), "latent_map")
-    history = read_table(project_path(paths["train_history"]), "train")
-    metrics_path = project_path(paths["train_metrics"])
-    if not metrics_path.exists():
-        raise PipelineError(f"{metrics_path}: missing; run the train stage first (dvc repro train)")
-    metrics = json.loads(metrics_path.read_text())
+    latent_map = read_output(project_path(paths["latent_map"]), "latent_map")
+    history = read_output(project_path(paths["train_history"]), "train")
+    metrics = read_output(project_path(paths["train_metrics"]), "train")
+    evaluation = read_output(project_path(paths["eval_metrics"]), "evaluate")
+    literature = read_output(project_path(paths["literature"]), "evaluate")
 
     figures = {}   # file name -> PNG or GIF bytes
     log.info("latent map of %d points", len(latent_map))
@@ -351,6 +353,7 @@ def run(params: dict) -> dict:
         "dataset": dataset, "classes": classes, "n_train": len(train), "n_test": len(test),
         "train": t, "latent_map_params": params["latent_map"], "report": r, "config": config,
         "likelihood": likelihood, "metrics": metrics, "history_rows": len(history),
+        "evaluation": evaluation, "literature": literature, "evaluate_params": params["evaluate"],
         "recon": recon, "walk_names": walk_names, "walk_frames": walk_frames,
         "kl": [float(v) for v in kl], "kl_total": float(kl.sum()), "unused_below": unused_below,
         "active_dims": int((kl >= unused_below).sum()),

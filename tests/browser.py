@@ -9,7 +9,6 @@ read from the browser itself.
 """
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -62,8 +62,7 @@ def tiny_params(source: Path, checksums: dict, **overrides) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(sources=[f"file://{source}"], sha256=checksums)
     params["train"].update(epochs=2, threads=1, batch_size=128)
-    # Few IWAE draws, and no UMAP (its JIT compile costs ~20 s a run): tests that need it ask for it.
-    params["evaluate"].update(iwae_samples=10, trustworthiness_samples=0)
+    params["evaluate"].update(iwae_samples=10)  # few IWAE draws: seconds, not a minute
     for section, values in overrides.items():
         params[section].update(values)
     return params

@@ -127,3 +127,28 @@ def test_literature_rows_compare_only_matching_setups(tmp_path):
     assert not rows[0]["comparable"]
     assert rows[1]["comparable"] and rows[1]["this_run"] == 125.0 and rows[2]["this_run"] == 125.0
     assert "objective: beta-ELBO, beta = 4 here, IWAE bound, k = 50 there" in rows[2]["differences"]
+
+
+def test_trustworthiness_is_measured_on_the_latent_map_stages_output(tmp_path):
+    """A map that keeps the neighbours scores near 1, the same points shuffled score near 0.5,
+    and the map's `index` column, not its row order, says which mu each point is."""
+    import pandas as pd
+    from stages.evaluate import map_trustworthiness
+
+    params = tiny_params(tmp_path, {})
+    params["paths"].update(embeddings_dir=str(tmp_path / "embeddings"), latent_map=str(tmp_path / "map.parquet"))
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=(600, 4)).astype(np.float32)
+    mu[:, 2:] *= 0.01                                # all the structure in the first two dimensions
+    (tmp_path / "embeddings").mkdir()
+    pd.DataFrame({**{f"mu_{j}": mu[:, j] for j in range(4)}, "label": np.zeros(600, int)}).to_parquet(
+        tmp_path / "embeddings/train.parquet")
+
+    def score(xy, index):
+        pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "label": 0, "index": index}).to_parquet(tmp_path / "map.parquet")
+        return map_trustworthiness(params, samples=300, neighbours=5, seed=0)
+
+    order = rng.permutation(600)                     # the map's rows in another order than the split's
+    assert score(mu[order, :2], order) > 0.99
+    assert score(rng.permutation(mu[order, :2]), order) < 0.6
+    assert score(mu[order, :2], np.arange(600)) < 0.6  # right positions, wrong rows

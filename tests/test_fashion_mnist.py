@@ -1,4 +1,4 @@
-"""data.dataset: fashion-mnist through download, train, embed and evaluate, on a tiny fixture, offline."""
+"""data.dataset: fashion-mnist through every stage to the report, on a tiny fixture, offline."""
 import json
 
 import pytest
@@ -10,15 +10,15 @@ from vae_pipeline.datasets import DATASETS
 pytestmark = pytest.mark.slow
 
 
-def test_fashion_mnist_runs_through_evaluate(project):
+def test_fashion_mnist_runs_through_every_stage_to_the_report(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     # The tiny fixture stands in for the real files: a file:// source and its checksums (tiny_params).
     params["data"]["dataset"] = "fashion-mnist"
     params["evaluate"].update(iwae_samples=20, trustworthiness_samples=300)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    result = run_in(project, "dvc", "repro", "evaluate")
-    for stage in ("download", "train", "embed", "evaluate"):
+    result = run_in(project, "dvc", "repro")
+    for stage in ("download", "train", "embed", "latent_map", "evaluate", "report"):
         assert f"Running stage '{stage}'" in result.stdout
     assert sorted(p.name for p in (project / "data/raw/fashion-mnist").iterdir()) == sorted(
         ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
@@ -37,4 +37,10 @@ def test_fashion_mnist_runs_through_evaluate(project):
     rows = json.loads((project / "reports/metrics/literature.json").read_text())
     assert [row["comparable"] for row in rows] == [False, False, False]
     assert "dataset: fashion-mnist here, mnist there" in rows[0]["differences"]
-    assert "Data and pipelines are up to date" in run_in(project, "dvc", "repro", "evaluate").stdout
+    assert "Data and pipelines are up to date" in run_in(project, "dvc", "repro").stdout
+
+    # The report names the classes (map legend, kNN table, walk), never by digit.
+    html = (project / "reports/index.html").read_text()
+    for name in DATASETS["fashion-mnist"]["classes"]:
+        assert html.count(name.replace("/", "\\/")) + html.count(name) >= 2, name
+    assert "not comparable" in html and "dataset: fashion-mnist here, mnist there" in html

@@ -3,6 +3,7 @@
 One tiny project is built per module (download, train, embed, latent_map, report);
 the tests read it in order and the last ones change its params.
 """
+import json
 import base64
 import io
 import re
@@ -21,7 +22,7 @@ from vae_pipeline.idx import read_split
 from vae_pipeline.params import validate
 
 SECTIONS = ["summary", "latent-map", "prior-samples", "reconstructions", "latent-walk",
-            "training-curves", "kl-per-dimension"]
+            "training-curves", "kl-per-dimension", "evaluation"]
 FIGURES = {"latent_map.png", "prior_samples.png", "reconstructions.png", "latent_walk.png",
            "latent_walk.gif", "training_curves.png", "kl_per_dimension.png"}
 
@@ -136,6 +137,11 @@ def test_report_has_every_section_and_every_image_decodes(built):
     # The summary's figures come from the run: its metrics and its commit.
     metrics = yaml.safe_load((project / "reports/metrics/train.json").read_text())
     assert f"{metrics['test_loss']:.1f}" in html and f"{metrics['test_kl']:.2f}" in html
+    # The evaluate stage's figures, and the literature table with its verdicts.
+    evaluation = json.loads((project / "reports/metrics/eval.json").read_text())
+    assert f"{evaluation['iwae_nll']:.2f}" in html and f"{100 * evaluation['knn_accuracy']:.1f}" in html
+    assert f"{evaluation['trustworthiness']:.3f}" in html
+    assert html.count("PyTorch examples, VAE") == 1 and html.count('class="badge warn">not comparable') == 2
     commit = run_in(project, "git", "rev-parse", "HEAD").stdout.strip()
     assert commit[:12] in html
     assert html.count('class="badge ok">pinned') == 4

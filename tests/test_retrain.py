@@ -1,8 +1,6 @@
 """The retrain flow: the champion gate on a real MLflow store, the served deployment on a real
 Prefect server, and a pipeline flow run retried from the stage that crashed."""
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -10,7 +8,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from flows.local_api import free_port
 from flows.retrain import ALIAS, champion_gate, gate_markdown

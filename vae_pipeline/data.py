@@ -2,12 +2,12 @@
 import logging
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from vae_pipeline.files import PipelineError, project_path
+from vae_pipeline.datasets import raw_dir
+from vae_pipeline.files import PipelineError
 from vae_pipeline.idx import read_split
 
 log = logging.getLogger("data")
@@ -65,10 +65,6 @@ def uses_bf16(device: torch.device, precision: str) -> bool:
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     except AttributeError:
         return False
-
-
-def raw_dir(params: dict) -> Path:
-    return project_path(params["paths"]["raw_dir"]) / params["data"]["dataset"]
 
 
 def load_images(params: dict, split: str, device: torch.device,

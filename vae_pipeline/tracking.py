@@ -33,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import requests
-import torch
 
-from vae_pipeline.data import raw_dir
+from vae_pipeline.datasets import raw_dir
 from vae_pipeline.files import ROOT, PipelineError, project_path, sha256_file, write_json
-from vae_pipeline.model import ImageDecoder
 from vae_pipeline.params import PARAMS_FILE
+# torch is imported in the functions that need it (the train stage's): latent_map and report
+# attach to the run without paying its ~1.5 s import.
 
 log = logging.getLogger("tracking")
 
@@ -215,7 +215,8 @@ def extra_tags() -> dict[str, str]:
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in tags.items()}
 
 
-def run_tags(params: dict, device: torch.device) -> dict[str, str]:
+def run_tags(params: dict, device) -> dict[str, str]:
+    import torch
     data = raw_dir(params)
     tags = {
         "mlflow.source.name": "stages.train",
@@ -247,7 +248,7 @@ def log_epoch(client, run_id: str, row: dict) -> None:
     log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
 
-def start_training_run(client, params: dict, device: torch.device, key: str, history: list[dict]) -> str:
+def start_training_run(client, params: dict, device, key: str, history: list[dict]) -> str:
     """A run for this training: params, tags, and the epochs a resumed checkpoint already holds.
 
     A training killed and resumed from its checkpoint (same `key`) carries on in
@@ -290,8 +291,11 @@ def log_decoder(client, run_id: str, params: dict, model) -> tuple[str, str]:
     model is a graph plus plain tensors: loading it runs no pickled code.
     """
     import mlflow
+    import torch
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
+
+    from vae_pipeline.model import ImageDecoder
 
     latent_dim = model.config["latent_dim"]
     # A CPU copy: exported on the CPU, it loads on any machine; the trained model stays put.
