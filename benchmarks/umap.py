@@ -1,13 +1,15 @@
-"""Benchmark: UMAP of the 60,000 training mu to 2-D, as the latent_map stage runs it.
+"""Benchmark: UMAP of the 60,000 training mu to 2-D, with the latent_map stage's own code.
 
     python -m benchmarks.umap [--subsample N]
 
-Ways, each timed in fresh processes (numba's cache only matters to a new one):
-  random_state 42     the article's: reproducible, but UMAP then runs on one core;
-  random_state null   not reproducible, UMAP's parallel code on every core;
-  42 + exact kNN      the neighbours from scikit-learn's KD-tree, handed to UMAP as
-                      `precomputed_knn`: no pynndescent, whose search numba compiles
-                      afresh in every process (its functions cannot be cached).
+Ways (`latent_map.random_state`, `latent_map.neighbours`), each timed in fresh
+processes (numba's cache only matters to a new one):
+  42, exact           the default: the article's seed, neighbours from scikit-learn's
+                      KD-tree handed to UMAP (no pynndescent search to compile);
+  null, exact         not reproducible, UMAP's parallel code on every core;
+  42, nndescent       the article's bare `UMAP(random_state=42)`: pynndescent's
+                      approximate search, which numba compiles afresh in every process;
+  null, nndescent     the same on every core.
 Timings per way:
   first call   a fresh Python with an empty numba cache: numba compiles UMAP's code;
   cached call  a second fresh Python with that cache filled (what the stage's
@@ -28,15 +30,10 @@ from benchmarks.common import machine
 from vae_pipeline.files import ROOT, PipelineError, project_path
 from vae_pipeline.params import load_params
 
-# TODO(lead): stages/latent_map.py (issue 3) is not on this branch: once merged, build the reducer
-# with the stage's own code instead of repeating its arguments; until then, its params.yaml defaults.
-DEFAULTS = {"n_neighbors": 15, "min_dist": 0.1, "metric": "euclidean", "random_state": 42}
-WAYS = {"random_state 42": (42, False), "random_state null (parallel)": (None, False),
-        "random_state 42, exact kNN (KD-tree)": (42, True)}
-
-
-def map_params(params: dict) -> dict:
-    return {**DEFAULTS, **params.get("latent_map", {})}
+WAYS = {"random_state 42, exact neighbours (default)": (42, "exact"),
+        "random_state null, exact neighbours": (None, "exact"),
+        "random_state 42, nndescent (the article's call)": (42, "nndescent"),
+        "random_state null, nndescent": (None, "nndescent")}
 
 
 def clock() -> tuple[float, float]:
@@ -48,39 +45,29 @@ def since(start: tuple[float, float]) -> list[float]:
     return [time.perf_counter() - start[0], time.process_time() - start[1]]
 
 
-def child(random_state: int | None, exact_knn: bool, subsample: int | None, refit: bool) -> None:
+def child(random_state: int | None, neighbours: str, subsample: int | None, refit: bool) -> None:
     """One measured process: import umap, fit (and fit again); prints a JSON line of seconds."""
     start = clock()
-    import numpy as np
-    import pandas as pd
-    import umap
+    import umap  # noqa: F401  (timed apart from the fit: numba compiles pynndescent at import)
+
+    from stages.latent_map import fit_map
+    from vae_pipeline.embeddings import read_mu
     figures = {"import": since(start)}
 
     params = load_params()
-    p = map_params(params)
-    table = pd.read_parquet(project_path(params["paths"]["embeddings_dir"]) / "train.parquet")
-    mu = table[[c for c in table.columns if c.startswith("mu_")]].to_numpy(np.float32)[:subsample]
+    p = {**params["latent_map"], "random_state": random_state, "neighbours": neighbours}
+    mu, _ = read_mu(project_path(params["paths"]["embeddings_dir"]) / "train.parquet")
+    mu = mu[:subsample]
     for run in ["fit", "refit"][:2 if refit else 1]:
         start = clock()
-        knn = None
-        if exact_knn:
-            from sklearn.neighbors import NearestNeighbors
-            search = NearestNeighbors(n_neighbors=p["n_neighbors"], metric=p["metric"], n_jobs=1).fit(mu)
-            distances, indices = search.kneighbors(mu)  # each point's first neighbour is itself, as in UMAP
-            knn = (indices, distances.astype(np.float32), None)
-        # As the stage: a fixed random_state makes UMAP single-threaded; null lets it use every core.
-        reducer = umap.UMAP(n_components=2, n_neighbors=p["n_neighbors"], min_dist=p["min_dist"],
-                            metric=p["metric"], random_state=random_state,
-                            n_jobs=1 if random_state is not None else -1, precomputed_knn=knn or (None,) * 3)
-        reducer.fit_transform(mu)
+        fit_map(mu, p)
         figures[run] = since(start)
     print(json.dumps({**figures, "points": len(mu)}))
 
 
 def measure(way: tuple, subsample: int | None, cache: str, refit: bool = False) -> dict:
     """Seconds of one child process; `process` is its whole life (wall), less the refit."""
-    random_state, exact_knn = way
-    cmd = [sys.executable, "-m", "benchmarks.umap", "--child", json.dumps([random_state, exact_knn])]
+    cmd = [sys.executable, "-m", "benchmarks.umap", "--child", json.dumps(way)]
     cmd += ["--refit"] * refit + (["--subsample", str(subsample)] if subsample else [])
     started = time.perf_counter()
     result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "NUMBA_CACHE_DIR": cache},
@@ -109,7 +96,7 @@ def main() -> None:
     path = project_path(params["paths"]["embeddings_dir"]) / "train.parquet"
     if not path.exists():
         raise PipelineError(f"{path}: missing; run the pipeline first (dvc repro embed)")
-    p = map_params(params)
+    p = params["latent_map"]
     print(f"machine: {machine()}")
     print(f"UMAP n_neighbors {p['n_neighbors']}, min_dist {p['min_dist']}, metric {p['metric']}; "
           f"mu from {path.relative_to(ROOT)}")

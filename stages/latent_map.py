@@ -12,7 +12,8 @@ are deterministic for a fixed random_state; exact is ~30 s faster, because numba
 compiles pynndescent's search afresh in every process (BENCHMARKS.md).
 
 UMAP's numba code is compiled on first use; NUMBA_CACHE_DIR points numba at
-the project's `.numba_cache/` so a second run reuses the compiled code.
+the project's `.numba_cache/` so a second run reuses the compiled code (also for
+the three functions umap-learn leaves uncached: see fit_map).
 This module is named latent_map, not umap: a `umap.py` here would shadow the package.
 """
 import logging
@@ -42,6 +43,13 @@ def fit_map(points: np.ndarray, p: dict) -> np.ndarray:
     # Set before numba is first imported (by umap, just below); a value already set wins.
     os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
     import umap
+    import umap.layouts
+    import umap.umap_
+
+    # umap-learn compiles these three without numba's cache: ~6 s in every run. Cached, they load.
+    for compiled in (umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths,
+                     umap.layouts._nb_optimize_layout_euclidean_single_epoch):
+        compiled.enable_caching()
 
     knn = (None, None, None)
     if p["neighbours"] == "exact":

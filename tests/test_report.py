@@ -3,9 +3,9 @@
 One tiny project is built per module (download, train, embed, latent_map, report);
 the tests read it in order and the last ones change its params.
 """
-import json
 import base64
 import io
+import json
 import re
 
 import numpy as np
