@@ -1,11 +1,13 @@
 """Benchmark: the default pipeline end to end, through `dvc repro` and through the Prefect flow.
 
-    python -m benchmarks.pipeline [--skip-prefect]
+    python -m benchmarks.pipeline [--skip-prefect] [--cold]
 
 Each half runs in a scratch copy of the project (its tracked files and the new
 ones git would track: what a fresh clone holds) with the default params, except
 that the download reads this project's data/raw folder through a file:// source
-(the download is cached: no network). Printed per half: the wall time of each
+(the download is cached: no network). Compile caches are this project's, as in
+any run after the first: numba's (.numba_cache/) and Prefect's local API database
+(.prefect/). With --cold both are new and empty, as in a fresh clone's first run. Printed per half: the wall time of each
 stage (from the moment DVC announces it to the next), the whole run, a no-op
 rerun, and the peak memory of the largest process. Then the start-up cost of
 each stage: the seconds `import stages.NAME` takes in a fresh Python.
@@ -30,13 +32,17 @@ from vae_pipeline.params import load_params
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
 
 
-def environment() -> dict:
-    """The Makefile's: the venv's python first on PATH (dvc.yaml runs `python -m ...`), telemetry off."""
+def environment(caches: dict | None = None) -> dict:
+    """The Makefile's: the venv's python first on PATH (dvc.yaml runs `python -m ...`), telemetry off;
+    `caches`: NUMBA_CACHE_DIR and PREFECT_HOME, else each scratch project has its own, empty."""
     venv_bin = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-            "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
-            "PYTHONUNBUFFERED": "1"}  # lines arrive when printed: their arrival times the stages
+    env = {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+           "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
+           "PYTHONUNBUFFERED": "1"}  # lines arrive when printed: their arrival times the stages
+    for name in ("NUMBA_CACHE_DIR", "PREFECT_HOME"):
+        env.pop(name, None)
+    return {**env, **(caches or {})}
 
 
 def scratch_project(parent: Path, params: dict) -> Path:
@@ -59,11 +65,11 @@ def scratch_project(parent: Path, params: dict) -> Path:
     return copy
 
 
-def timed_run(cmd: list[str], cwd: Path) -> dict:
+def timed_run(cmd: list[str], cwd: Path, env: dict) -> dict:
     """Run cmd; its wall time, exit code, peak RSS of its largest process, and when each stage began."""
     started = time.perf_counter()
     stage_starts = []
-    process = subprocess.Popen(cmd, cwd=cwd, env=environment(), stdin=subprocess.DEVNULL,
+    process = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
     tail = []
     for line in process.stdout:
@@ -113,7 +119,8 @@ def import_seconds(module: str) -> float:
     times = []
     for _ in range(3):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, env=environment(),
+        subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT,
+                       env=environment({"NUMBA_CACHE_DIR": str(ROOT / ".numba_cache")}),
                        check=True, capture_output=True)
         times.append(time.perf_counter() - started)
     return median(times)
@@ -122,26 +129,29 @@ def import_seconds(module: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-prefect", action="store_true", help="only the dvc repro half")
+    parser.add_argument("--cold", action="store_true", help="empty numba cache and Prefect database")
     args = parser.parse_args()
     params = load_params()
     raw = ROOT / params["paths"]["raw_dir"] / params["data"]["dataset"]
     if not raw.is_dir():
         raise PipelineError(f"{raw}: missing; run `python -m stages.download` first")
     print(f"machine: {machine()}")
+    caches = None if args.cold else {"NUMBA_CACHE_DIR": str(ROOT / ".numba_cache"),
+                                     "PREFECT_HOME": str(ROOT / ".prefect")}
+    env = environment(caches)
+    print("caches: " + ("cold (new and empty, a fresh clone's first run)" if args.cold else
+                        "warm (this project's numba cache and Prefect database, as any later run)"))
     with tempfile.TemporaryDirectory(prefix="bench-dvc-") as folder:
         project = scratch_project(Path(folder), params)
-        report("dvc repro", timed_run(["dvc", "repro"], project), timed_run(["dvc", "repro"], project))
-    flow = ROOT / "flows" / "pipeline.py"
+        report("dvc repro", timed_run(["dvc", "repro"], project, env), timed_run(["dvc", "repro"], project, env))
     if args.skip_prefect:
         print("\nPrefect flow: skipped (--skip-prefect)")
-    elif not flow.exists():
-        # TODO(lead): flows/pipeline.py comes with the Prefect issue; once merged this half runs.
-        print(f"\nPrefect flow: skipped, {flow.relative_to(ROOT)} does not exist on this branch")
     else:
         with tempfile.TemporaryDirectory(prefix="bench-prefect-") as folder:
             project = scratch_project(Path(folder), params)
             cmd = [sys.executable, "-m", "flows.pipeline"]
-            report("Prefect flow (python -m flows.pipeline)", timed_run(cmd, project), timed_run(cmd, project))
+            report("Prefect flow (python -m flows.pipeline = make run)", timed_run(cmd, project, env),
+                   timed_run(cmd, project, env))
     startup_costs()
 
 
