@@ -75,6 +75,16 @@ def test_map_data_keeps_positions_and_pairs_each_hover_point_with_its_image():
         np.testing.assert_array_equal(sheet[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28], images[rows[k]])
 
 
+def test_exact_neighbours_are_each_points_nearest_itself_first():
+    from stages.latent_map import exact_neighbours
+    points = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
+    indices, distances = exact_neighbours(points, 15, "euclidean")
+    brute = np.linalg.norm(points[:, None] - points[None], axis=2)
+    np.testing.assert_array_equal(indices, np.argsort(brute, axis=1, kind="stable")[:, :15])
+    np.testing.assert_allclose(distances, np.sort(brute, axis=1)[:, :15], atol=1e-5)
+    assert (indices[:, 0] == np.arange(300)).all() and distances.dtype == np.float32
+
+
 def test_walk_through_a_class_with_no_image_names_the_param():
     mu, labels = np.zeros((4, 2), np.float32), np.array([1, 1, 2, 2])
     np.testing.assert_array_equal(class_means(mu + labels[:, None], labels, [2, 1], [str(d) for d in range(10)], "x"),
@@ -89,6 +99,7 @@ def test_walk_through_a_class_with_no_image_names_the_param():
     ("latent_map", "metric", "hamming", "'latent_map.metric' is 'hamming'; allowed: one of euclidean"),
     ("latent_map", "split", "validation", "'latent_map.split' is 'validation'"),
     ("latent_map", "random_state", -1, "allowed: null or an integer >= 0"),
+    ("latent_map", "neighbours", "annoy", "'latent_map.neighbours' is 'annoy'; allowed: one of exact, nndescent"),
 ])
 def test_bad_map_and_report_params_are_refused(section, key, value, message):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
