@@ -27,7 +27,7 @@ import tempfile
 import time
 
 from benchmarks.common import machine
-from vae_pipeline.files import ROOT, PipelineError, project_path
+from vae_pipeline.files import ROOT, PipelineError, project_path, stage_output
 from vae_pipeline.params import load_params
 
 WAYS = {"random_state 42, exact neighbours (default)": (42, "exact"),
@@ -93,9 +93,7 @@ def main() -> None:
         return child(*json.loads(args.child), args.subsample, args.refit)
 
     params = load_params()
-    path = project_path(params["paths"]["embeddings_dir"]) / "train.parquet"
-    if not path.exists():
-        raise PipelineError(f"{path}: missing; run the pipeline first (dvc repro embed)")
+    path = stage_output(project_path(params["paths"]["embeddings_dir"]) / "train.parquet", "embed")
     p = params["latent_map"]
     print(f"machine: {machine()}")
     print(f"UMAP n_neighbors {p['n_neighbors']}, min_dist {p['min_dist']}, metric {p['metric']}; "

@@ -30,7 +30,7 @@ from vae_pipeline.data import load_images, setup_torch
 from vae_pipeline.datasets import DATASETS
 from vae_pipeline.embeddings import read_mu
 from vae_pipeline.evaluation import active_units, elbo_parts, iwae_nll
-from vae_pipeline.files import PipelineError, project_path, write_json
+from vae_pipeline.files import PipelineError, project_path, stage_output, write_json
 from vae_pipeline.literature import compare
 from vae_pipeline.model import load_model
 
@@ -46,20 +46,14 @@ def knn_accuracy(train_mu, train_labels, test_mu, test_labels, neighbours: int, 
     return float(correct.mean()), per_class
 
 
-def map_trustworthiness(params: dict, samples: int, neighbours: int, seed: int) -> float:
-    """Trustworthiness (sklearn) of the latent map on `samples` of its points picked with `seed`:
-    their 2-D positions against their mu."""
+def map_trustworthiness(mu: np.ndarray, map_path, samples: int, neighbours: int, seed: int) -> float:
+    """Trustworthiness (sklearn) of the latent map in `map_path` on `samples` of its points picked
+    with `seed`: their 2-D positions against their rows of `mu` (the mapped split's)."""
     from sklearn.manifold import trustworthiness  # imported here: slow, and only this stage needs it
-    paths = params["paths"]
-    split = params["latent_map"]["split"]
-    mu, _ = read_mu(project_path(paths["embeddings_dir"]) / f"{split}.parquet")
-    map_path = project_path(paths["latent_map"])
-    if not map_path.exists():
-        raise PipelineError(f"{map_path}: missing; run the latent_map stage first (dvc repro latent_map)")
-    latent_map = pd.read_parquet(map_path)
+    latent_map = pd.read_parquet(stage_output(map_path, "latent_map"))
     if latent_map["index"].max() >= len(mu):
-        raise PipelineError(f"{map_path}: rows point past the {len(mu)} rows of the {split} embeddings; "
-                            "rerun the latent_map stage (dvc repro latent_map)")
+        raise PipelineError(f"{map_path}: rows point past the {len(mu)} rows of the mapped split's "
+                            "embeddings; rerun the latent_map stage (dvc repro latent_map)")
     picked = np.random.default_rng(seed).choice(len(latent_map), size=min(samples, len(latent_map)),
                                                 replace=False)
     rows = latent_map.iloc[picked]
@@ -126,8 +120,10 @@ def run(params: dict) -> dict:
     metrics["trustworthiness"] = None
     if e["trustworthiness_samples"]:
         started = time.perf_counter()
+        mapped_mu = train_mu if params["latent_map"]["split"] == "train" else test_mu
         metrics["trustworthiness"] = map_trustworthiness(
-            params, e["trustworthiness_samples"], e["trustworthiness_neighbors"], e["seed"])
+            mapped_mu, project_path(paths["latent_map"]), e["trustworthiness_samples"],
+            e["trustworthiness_neighbors"], e["seed"])
         seconds["trustworthiness"] = time.perf_counter() - started
         log.info("trustworthiness %.4f (%d neighbours)", metrics["trustworthiness"],
                  e["trustworthiness_neighbors"])

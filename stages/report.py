@@ -25,7 +25,7 @@ from PIL import Image
 
 from vae_pipeline import tracking
 from vae_pipeline.datasets import DATASETS, FILES, raw_dir
-from vae_pipeline.files import ROOT, PipelineError, atomic_path, project_path, sha256_file
+from vae_pipeline.files import ROOT, PipelineError, atomic_path, project_path, sha256_file, stage_output
 from vae_pipeline.idx import read_split
 from vae_pipeline.model import load_model, reconstruction_loss
 
@@ -275,8 +275,7 @@ def map_data(table: pd.DataFrame, images: np.ndarray, classes: list[str], hover_
 
 def read_output(path, stage: str):
     """An earlier stage's output: a DataFrame from .csv or .parquet, the object in a .json file."""
-    if not path.exists():
-        raise PipelineError(f"{path}: missing; run the {stage} stage first (dvc repro {stage})")
+    stage_output(path, stage)
     if path.suffix == ".json":
         return json.loads(path.read_text())
     return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)

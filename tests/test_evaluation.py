@@ -135,18 +135,13 @@ def test_trustworthiness_is_measured_on_the_latent_map_stages_output(tmp_path):
     import pandas as pd
     from stages.evaluate import map_trustworthiness
 
-    params = tiny_params(tmp_path, {})
-    params["paths"].update(embeddings_dir=str(tmp_path / "embeddings"), latent_map=str(tmp_path / "map.parquet"))
     rng = np.random.default_rng(0)
     mu = rng.normal(size=(600, 4)).astype(np.float32)
     mu[:, 2:] *= 0.01                                # all the structure in the first two dimensions
-    (tmp_path / "embeddings").mkdir()
-    pd.DataFrame({**{f"mu_{j}": mu[:, j] for j in range(4)}, "label": np.zeros(600, int)}).to_parquet(
-        tmp_path / "embeddings/train.parquet")
 
     def score(xy, index):
         pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "label": 0, "index": index}).to_parquet(tmp_path / "map.parquet")
-        return map_trustworthiness(params, samples=300, neighbours=5, seed=0)
+        return map_trustworthiness(mu, tmp_path / "map.parquet", samples=300, neighbours=5, seed=0)
 
     order = rng.permutation(600)                     # the map's rows in another order than the split's
     assert score(mu[order, :2], order) > 0.99

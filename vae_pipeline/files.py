@@ -22,6 +22,13 @@ def project_path(relative: str | os.PathLike) -> Path:
     return path if path.is_absolute() else ROOT / path
 
 
+def stage_output(path: Path, stage: str) -> Path:
+    """`path`, written by `stage`; when it is missing, a PipelineError that says which stage to run."""
+    if not path.exists():
+        raise PipelineError(f"{path}: missing; run the {stage} stage first (dvc repro {stage})")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path):
     """Yield a temporary name beside `path`; rename it into place on success.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_pipeline.files import PipelineError
+from vae_pipeline.files import PipelineError, stage_output
 
 UBYTE = 0x08
 
@@ -54,8 +54,7 @@ def read_split(raw_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     images_path = Path(raw_dir) / f"{prefix}-images-idx3-ubyte"
     labels_path = Path(raw_dir) / f"{prefix}-labels-idx1-ubyte"
     for path in (images_path, labels_path):
-        if not path.exists():
-            raise PipelineError(f"{path}: missing; run the download stage first (dvc repro download)")
+        stage_output(path, "download")
     images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1)
     if images.shape[1:] != (28, 28):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vae_pipeline.files import PipelineError, atomic_path, write_json
+from vae_pipeline.files import PipelineError, atomic_path, stage_output, write_json
 
 IMAGE_PIXELS = 28 * 28
 
@@ -142,8 +142,7 @@ def load_model(model_dir: Path, device: str | torch.device = "cpu") -> tuple[VAE
     model_dir = Path(model_dir)
     weights, config_path = model_dir / "vae.safetensors", model_dir / "vae.json"
     for path in (weights, config_path):
-        if not path.exists():
-            raise PipelineError(f"{path}: missing; run the train stage first (dvc repro train)")
+        stage_output(path, "train")
     try:
         config = json.loads(config_path.read_text())
         model = VAE(config["latent_dim"], config["hidden_dims"])
