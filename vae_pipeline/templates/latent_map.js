@@ -48,6 +48,8 @@
   function draw() {
     const dpr = window.devicePixelRatio || 1;
     const w = canvas.clientWidth, h = canvas.clientHeight;
+    // A view made while the canvas had no size yet (scale 0) would stay empty, its zoom 0 / 0.
+    if (!(view.base > 0)) view = fullView();
     if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
       canvas.width = Math.round(w * dpr);
       canvas.height = Math.round(h * dpr);
@@ -191,7 +193,7 @@
     });
   });
   window.addEventListener("resize", function () {
-    const zoom = view.scale / view.base;
+    const zoom = view.base > 0 ? view.scale / view.base : 1;
     const fresh = fullView();
     view.base = fresh.base;
     view.scale = fresh.base * zoom;
