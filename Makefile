@@ -55,7 +55,7 @@ compare: $(STAMP)  ## reports/compare.html: the experiment's MLflow runs side by
 
 mlflow-ui: $(STAMP)  ## MLflow's UI over the embedded store, on http://127.0.0.1:5000 (MLFLOW_PORT=...)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
-	  --workers 1 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --artifacts-destination $(CURDIR)/mlartifacts
+	  --workers 1 --backend-store-uri "$$(python -c 'from vae_pipeline.tracking import default_tracking_uri as u; print(u())')" --artifacts-destination $(CURDIR)/mlartifacts
 
 # The report's browser test runs Debian's chromium headless; install it when missing
 # (as root, with apt-get). Where it cannot be installed the test is skipped and says why.

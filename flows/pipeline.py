@@ -33,11 +33,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from vae_pipeline.files import ROOT, PipelineError
+from vae_pipeline.tracking import RUN_FILE, RUN_TAGS_ENV
 from vae_pipeline.params import load_params
 
 LOCK_FILE = ".dvc/tmp/vae-pipeline.lock"        # in the project; .dvc/tmp is git-ignored by DVC
-MLFLOW_RUN_FILE = "mlflow_run.json"             # in paths.model_dir, written by the train stage
-RUN_TAGS_ENV = "VAE_RUN_TAGS"                   # JSON object of tags the stages add to their MLflow run
 
 
 def stage_env(run_tags: dict) -> dict:
@@ -154,7 +153,7 @@ def read_metrics(project: Path, params: dict) -> dict:
 
 def mlflow_run_id(project: Path, params: dict) -> str | None:
     """The MLflow run that trained the current model, if the train stage recorded one."""
-    path = project / params["paths"]["model_dir"] / MLFLOW_RUN_FILE
+    path = project / params["paths"]["model_dir"] / RUN_FILE
     return json.loads(path.read_text()).get("run_id") if path.exists() else None
 
 

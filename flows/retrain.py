@@ -136,9 +136,8 @@ def retrain(project: str | None = None, seed: int | None = None) -> dict:
 
     params = load_params(root / "params.yaml")
     record = json.loads((root / params["paths"]["model_dir"] / tracking.RUN_FILE).read_text())
-    if root != ROOT and tracking.tracking_uri(params) == f"sqlite:///{ROOT / 'mlflow.db'}":
-        # The stages ran in another project: its own default store, not this checkout's.
-        params["mlflow"]["tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
+    # The stages ran in `root`: its own default store, which is this checkout's only when root is ROOT.
+    params["mlflow"]["tracking_uri"] = tracking.tracking_uri(params, root)
     client = tracking.connect(params)
     result = champion_gate(client, record["model_name"], record["model_version"], params["retrain"]["margin"])
     logger.info(result["decision"])

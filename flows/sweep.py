@@ -32,6 +32,7 @@ from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
 from flows.pipeline import failure, mlflow_run_id, read_metrics, run_logged, stage_env
+from vae_pipeline import tracking
 from vae_pipeline.files import ROOT, PipelineError, atomic_path, write_json
 from vae_pipeline.params import load_params
 
@@ -105,8 +106,7 @@ def run_point(project: str, point: dict, stage: str, run_tags: dict, tracking_ur
 
 def tracking_uri(project: Path, params: dict) -> str:
     """Where the points log: the project's MLflow store, so all sweeps land in one place."""
-    return (os.environ.get("MLFLOW_TRACKING_URI") or params.get("mlflow", {}).get("tracking_uri")
-            or f"sqlite:///{project / 'mlflow.db'}")
+    return tracking.tracking_uri(params, project)
 
 
 def rate_distortion_svg(results: list[dict]) -> str:

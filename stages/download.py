@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vae_pipeline.datasets import DATASETS, FILES, raw_dir
+from vae_pipeline.datasets import DATASETS, FILES, expected_checksums, raw_dir
 from vae_pipeline.files import PipelineError, sha256_file
 
 log = logging.getLogger("download")
@@ -130,7 +130,7 @@ def fetch_from(source: str, names: list[str], workdir: Path, dataset: dict, time
 def run(params: dict) -> Path:
     data = params["data"]
     dataset = DATASETS[data["dataset"]]
-    checksums = data["sha256"] or dataset["sha256"]
+    checksums = expected_checksums(params)
     sources = data["sources"] or dataset["sources"]
     target = raw_dir(params)
 

@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import platform
-import subprocess
 
 import numpy as np
 import pandas as pd
@@ -24,10 +23,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from vae_pipeline import tracking
-from vae_pipeline.datasets import DATASETS, FILES, raw_dir
-from vae_pipeline.files import ROOT, PipelineError, atomic_path, project_path, sha256_file, stage_output
+from vae_pipeline.datasets import DATASETS, FILES, expected_checksums, raw_dir
+from vae_pipeline.files import PipelineError, atomic_path, project_path, sha256_file, stage_output
 from vae_pipeline.idx import read_split
 from vae_pipeline.model import load_model, reconstruction_loss
+from vae_pipeline.provenance import git_provenance
 
 log = logging.getLogger("report")
 
@@ -81,22 +81,8 @@ def decode(model, z: torch.Tensor) -> np.ndarray:
 
 # ---- the sections ---------------------------------------------------------------------------
 
-def git_provenance() -> dict:
-    """The commit of the project and whether its tree had changes (and which), or 'unknown'."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
-    try:
-        head, status = git("rev-parse", "HEAD"), git("status", "--porcelain")
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown (git not found)", "dirty": None, "changes": []}
-    if head.returncode != 0:
-        return {"commit": "unknown (not a git repository)", "dirty": None, "changes": []}
-    changes = [line[3:] for line in status.stdout.splitlines()]
-    return {"commit": head.stdout.strip(), "dirty": bool(changes), "changes": changes}
-
-
 def data_checksums(params: dict) -> list[dict]:
-    expected = params["data"]["sha256"] or DATASETS[params["data"]["dataset"]]["sha256"]
+    expected = expected_checksums(params)
     rows = []
     for name in FILES:
         actual = sha256_file(raw_dir(params) / name)
@@ -361,7 +347,7 @@ def run(params: dict) -> dict:
         "map_json": json.dumps(interactive).replace("</", "<\\/"),
         "sprite": data_uri(sprite) if sprite else None, "map_split": map_split, "colours": COLOURS,
         "n_map": interactive["n"], "n_hover": interactive["hover"],
-        "git": git_provenance(), "checksums": data_checksums(params),
+        "git": git_provenance(params), "checksums": data_checksums(params),
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "umap-learn": importlib.metadata.version("umap-learn")},

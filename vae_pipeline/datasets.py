@@ -10,6 +10,10 @@ from pathlib import Path
 
 from vae_pipeline.files import project_path
 
+# Every data set here is 28 x 28 grey images: the model, the report and the served decoder use these.
+IMAGE_SIZE = 28
+IMAGE_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+
 FILES = [
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -58,3 +62,8 @@ DATASETS = {
 def raw_dir(params: dict) -> Path:
     """Where the download stage puts the data set's IDX files: <paths.raw_dir>/<data.dataset>."""
     return project_path(params["paths"]["raw_dir"]) / params["data"]["dataset"]
+
+
+def expected_checksums(params: dict) -> dict[str, str]:
+    """The SHA-256 each IDX file must have: params.yaml data.sha256, else the data set's pinned ones."""
+    return params["data"]["sha256"] or DATASETS[params["data"]["dataset"]]["sha256"]

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vae_pipeline.datasets import IMAGE_PIXELS, IMAGE_SIZE
 from vae_pipeline.files import PipelineError, atomic_path, stage_output, write_json
 
-IMAGE_PIXELS = 28 * 28
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -174,4 +174,4 @@ class ImageDecoder(nn.Module):
         self.decoder = decoder
 
     def forward(self, z):
-        return torch.sigmoid(self.decoder(z)).reshape(-1, 28, 28)
+        return torch.sigmoid(self.decoder(z)).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)

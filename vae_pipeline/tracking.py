@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import time
 import urllib.parse
 from pathlib import Path
@@ -37,25 +36,31 @@ import requests
 from vae_pipeline.datasets import raw_dir
 from vae_pipeline.files import ROOT, PipelineError, project_path, sha256_file, write_json
 from vae_pipeline.params import PARAMS_FILE
+from vae_pipeline.provenance import git_provenance
 # torch is imported in the functions that need it (the train stage's): latent_map and report
 # attach to the run without paying its ~1.5 s import.
 
 log = logging.getLogger("tracking")
 
-RUN_FILE = "mlflow_run.json"          # in paths.model_dir: which run trained this model
-OPEN_RUN_FILE = "mlflow_run.json"     # in paths.checkpoint_dir: the run of an unfinished training
+RUN_FILE = "mlflow_run.json"          # which run trained this model; also, in paths.checkpoint_dir,
+                                      # the run of an unfinished training
 RUN_TAGS_ENV = "VAE_RUN_TAGS"
 DECODER_NAME = "decoder"              # the MLflow model's name inside the run
 
 
-def tracking_uri(params: dict) -> str:
+def default_tracking_uri(root: Path = ROOT) -> str:
+    """The embedded store: an SQLite file in the project (its artifacts go to <root>/mlartifacts)."""
+    return f"sqlite:///{Path(root) / 'mlflow.db'}"
+
+
+def tracking_uri(params: dict, root: Path = ROOT) -> str:
     """The tracking URI: env MLFLOW_TRACKING_URI, else mlflow.tracking_uri, else the project's SQLite file."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"]
     if not uri:
-        return f"sqlite:///{ROOT / 'mlflow.db'}"
+        return default_tracking_uri(root)
     # A relative SQLite path would depend on the current directory: anchor it at the project.
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{project_path(uri.removeprefix('sqlite:///'))}"
+        uri = f"sqlite:///{Path(root) / uri.removeprefix('sqlite:///')}"
     return uri
 
 
@@ -182,23 +187,10 @@ def flat_params(params: dict) -> dict[str, str]:
 
 
 def git_state(params: dict) -> dict[str, str]:
-    """Commit of the project, and whether a tracked input differs from it ('unknown' outside git).
-
-    dvc.lock and the pipeline's outputs (params.yaml `paths`) do not count:
-    `dvc repro` rewrites them while it runs.
-    """
-    outputs = [f":(exclude){p}" for p in ["dvc.lock", *params["paths"].values()]]
-    def git(*args):
-        result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
-        return result.stdout.strip() if result.returncode == 0 else None
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs)
-    except (OSError, subprocess.TimeoutExpired):
-        commit = status = None
-    return {"git.commit": commit or "unknown",
-            "git.dirty": "unknown" if status is None else str(bool(status)).lower()}
+    """The git provenance (vae_pipeline.provenance) as run tags."""
+    git = git_provenance(params)
+    return {"git.commit": git["commit"] if git["dirty"] is not None else "unknown",
+            "git.dirty": "unknown" if git["dirty"] is None else str(git["dirty"]).lower()}
 
 
 def extra_tags() -> dict[str, str]:
@@ -257,7 +249,7 @@ def start_training_run(client, params: dict, device, key: str, history: list[dic
     """
     from mlflow.entities import Param, RunTag
 
-    open_file = project_path(params["paths"]["checkpoint_dir"]) / OPEN_RUN_FILE
+    open_file = project_path(params["paths"]["checkpoint_dir"]) / RUN_FILE
     previous = json.loads(open_file.read_text()) if open_file.exists() else None
     if previous and previous.get("tracking_uri") == masked(client.tracking_uri):
         try:
@@ -350,7 +342,7 @@ def finish_training_run(client, run_id: str, params: dict, model, metrics: dict)
     }
     write_json(model_dir / RUN_FILE, record)
     client.set_terminated(run_id, status="FINISHED")
-    (project_path(paths["checkpoint_dir"]) / OPEN_RUN_FILE).unlink(missing_ok=True)
+    (project_path(paths["checkpoint_dir"]) / RUN_FILE).unlink(missing_ok=True)
     log.info("MLflow run %s finished; decoder registered as %s", run_id, record["model_uri"])
     return record
 
