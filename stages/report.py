@@ -278,8 +278,8 @@ def read_output(path, stage: str):
 class Inputs:
     """The params, the model and the earlier stages' outputs, each output read once, on first use.
 
-    A section reads only what it shows: the summary needs no latent map, the walk no
-    evaluation, and a test can build one section alone.
+    A section reads only what it shows (the walk needs no evaluation, the evaluation no
+    latent map), so a new section costs only what it draws.
     """
 
     def __init__(self, params: dict):
