@@ -1,19 +1,26 @@
 """Stage report: one self-contained HTML page about the trained VAE, plus its figures as PNGs.
 
-Eight sections: summary, latent map, prior samples, reconstructions, latent
-walk, training curves, KL per latent dimension, and the evaluate stage's figures
-beside published ones. Every image is embedded in the
-page as base64 and the page's CSS and JavaScript are inline, so the file opens
-offline in any browser and can be attached anywhere as a single artifact.
-The page is rendered from vae_pipeline/templates/report.html.j2 (Jinja2).
+The page is a list of sections, SECTIONS at the bottom of this file: each has an id, a
+title and a function that returns its figures (file name -> PNG or GIF bytes) and the
+values its template shows. That one list makes the page's navigation, its numbering and
+its order; its section templates are vae_pipeline/templates/report/<id>.html.j2, put
+together by vae_pipeline/templates/report.html.j2 (Jinja2). To add a section: write its
+function, its template, and add it to SECTIONS (and to the list in the README).
+
+Every image is embedded in the page as base64 and the page's CSS and JavaScript are
+inline, so the file opens offline in any browser and can be attached anywhere as a
+single artifact. The same inputs give the same bytes: nothing on the page or in a
+figure depends on the time of the run, and every random draw has its seed (report.seed).
 """
 import base64
-import datetime
 import importlib.metadata
 import io
 import json
 import logging
 import platform
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -23,7 +30,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from vae_pipeline import tracking
-from vae_pipeline.datasets import DATASETS, FILES, expected_checksums, raw_dir
+from vae_pipeline.datasets import DATASETS, FILES, IMAGE_PIXELS, IMAGE_SIZE, expected_checksums, raw_dir
 from vae_pipeline.files import PipelineError, atomic_path, project_path, sha256_file, stage_output
 from vae_pipeline.idx import read_split
 from vae_pipeline.model import load_model, reconstruction_loss
@@ -35,6 +42,8 @@ log = logging.getLogger("report")
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 SPRITE_COLUMNS = 50    # the hover images are tiled 50 to a row in one PNG
+MANIFOLD_GRID = 15     # a 2-D latent space: the decoder over a 15 x 15 grid of the plane
+MEDIA_TYPES = {".png": "image/png", ".gif": "image/gif"}
 
 
 # ---- images ---------------------------------------------------------------------------------
@@ -47,12 +56,14 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def figure_png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=130, bbox_inches="tight", facecolor="white")
+    # No "Software" text chunk: the bytes then depend on the picture, not on matplotlib's version.
+    fig.savefig(buffer, format="png", dpi=130, bbox_inches="tight", facecolor="white",
+                metadata={"Software": None})
     return buffer.getvalue()
 
 
 def tile_grid(images: np.ndarray, columns: int, pad: int = 2, background: float = 1.0) -> np.ndarray:
-    """(N, 28, 28) images in [0, 1] tiled in rows of `columns`, `pad` pixels apart."""
+    """(N, h, w) images in [0, 1] tiled in rows of `columns`, `pad` pixels apart."""
     rows = -(-len(images) // columns)
     h, w = images.shape[1:]
     grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad), background, np.float32)
@@ -74,21 +85,18 @@ def clean_axes(ax) -> None:
     ax.grid(alpha=0.25)
 
 
+def data_uri(name: str, data: bytes) -> str:
+    """A figure as a data: URI, its media type from its file name."""
+    kind = MEDIA_TYPES[name[name.rindex("."):]]
+    return f"data:{kind};base64,{base64.b64encode(data).decode()}"
+
+
 @torch.no_grad()
 def decode(model, z: torch.Tensor) -> np.ndarray:
-    return model.decode(z).reshape(-1, 28, 28).numpy()
+    return model.decode(z).reshape(-1, IMAGE_SIZE, IMAGE_SIZE).numpy()
 
 
-# ---- the sections ---------------------------------------------------------------------------
-
-def data_checksums(params: dict) -> list[dict]:
-    expected = expected_checksums(params)
-    rows = []
-    for name in FILES:
-        actual = sha256_file(raw_dir(params) / name)
-        rows.append({"file": name, "sha256": actual, "verified": actual == expected.get(name)})
-    return rows
-
+# ---- the figures ----------------------------------------------------------------------------
 
 def plot_latent_map(table: pd.DataFrame, classes: list[str], title: str) -> bytes:
     fig = Figure(figsize=(8, 7))
@@ -110,11 +118,42 @@ def plot_latent_map(table: pd.DataFrame, classes: list[str], title: str) -> byte
     return figure_png(fig)
 
 
-def latent_manifold(model, n: int = 15) -> bytes:
+def latent_manifold(model, n: int) -> bytes:
     """The decoder over a 2-D latent plane: an n x n grid at the N(0, 1) quantiles 5 %..95 %."""
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     z = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2)
     return png_bytes(grey_image(tile_grid(decode(model, z), n), scale=2))
+
+
+def map_data(table: pd.DataFrame, images: np.ndarray, classes: list[str], hover_points: int,
+             seed: int) -> tuple[dict, bytes | None]:
+    """The points of the interactive map, compact, and a sprite sheet of the hoverable ones' images.
+
+    Points are shuffled (no class is drawn on top of all others); the first `hover`
+    of them are the ones whose image is in the sprite sheet, in the same order.
+    x, y are scaled by one factor into [0, 1] (aspect kept) and stored as uint16.
+    """
+    order = np.random.default_rng(seed).permutation(len(table))
+    xy = table[["x", "y"]].to_numpy(np.float64)[order]
+    labels = table["label"].to_numpy()[order].astype(np.uint8)
+    lo = xy.min(0)
+    span = float((xy.max(0) - lo).max()) or 1.0
+    q = np.round((xy - lo) / span * 65535).astype("<u2")
+    hover = min(hover_points, len(table))
+    sprite = None
+    if hover:
+        sprite = png_bytes(grey_image(tile_grid(images[table["index"].to_numpy()[order[:hover]]] / 255,
+                                                SPRITE_COLUMNS, pad=0, background=0.0)))
+    centres = [[float(np.median(q[labels == c, 0])) / 65535, float(np.median(q[labels == c, 1])) / 65535]
+               if np.any(labels == c) else None for c in range(len(classes))]
+    data = {
+        "n": int(len(table)), "hover": int(hover), "spriteColumns": SPRITE_COLUMNS, "imageSize": IMAGE_SIZE,
+        "xy": base64.b64encode(q.tobytes()).decode(), "labels": base64.b64encode(labels.tobytes()).decode(),
+        "rows": base64.b64encode(table["index"].to_numpy()[order[:hover]].astype("<u4").tobytes()).decode(),
+        "classes": classes, "colours": [COLOURS[c % 10] for c in range(len(classes))], "centres": centres,
+        "extent": [1.0, float((xy[:, 1].max() - lo[1]) / span)] if len(xy) else [1.0, 1.0],
+    }
+    return data, sprite
 
 
 def prior_samples(model, n: int, generator: torch.Generator) -> bytes:
@@ -211,12 +250,12 @@ def plot_training_curves(history: pd.DataFrame) -> bytes:
     return figure_png(fig)
 
 
-def plot_kl_per_dimension(kl: np.ndarray, unused_below: float) -> bytes:
+def plot_kl_per_dimension(kl: np.ndarray, active: np.ndarray) -> bytes:
+    """A bar per latent dimension, blue where the dimension is active, grey where it is not."""
     d = len(kl)
     fig = Figure(figsize=(min(12, max(4.5, 0.45 * d + 2)), 3.4))
     ax = fig.subplots()
-    colours = ["#1f77b4" if v >= unused_below else "#bbbbbb" for v in kl]
-    bars = ax.bar(np.arange(d), kl, color=colours)
+    bars = ax.bar(np.arange(d), kl, color=["#1f77b4" if a else "#bbbbbb" for a in active])
     if d <= 32:
         ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
         ax.set_xticks(np.arange(d), [f"z{j}" for j in range(d)])
@@ -226,38 +265,7 @@ def plot_kl_per_dimension(kl: np.ndarray, unused_below: float) -> bytes:
     return figure_png(fig)
 
 
-def map_data(table: pd.DataFrame, images: np.ndarray, classes: list[str], hover_points: int,
-             seed: int) -> tuple[dict, bytes | None]:
-    """The points of the interactive map, compact, and a sprite sheet of the hoverable ones' images.
-
-    Points are shuffled (no class is drawn on top of all others); the first `hover`
-    of them are the ones whose image is in the sprite sheet, in the same order.
-    x, y are scaled by one factor into [0, 1] (aspect kept) and stored as uint16.
-    """
-    order = np.random.default_rng(seed).permutation(len(table))
-    xy = table[["x", "y"]].to_numpy(np.float64)[order]
-    labels = table["label"].to_numpy()[order].astype(np.uint8)
-    lo = xy.min(0)
-    span = float((xy.max(0) - lo).max()) or 1.0
-    q = np.round((xy - lo) / span * 65535).astype("<u2")
-    hover = min(hover_points, len(table))
-    sprite = None
-    if hover:
-        sprite = png_bytes(grey_image(tile_grid(images[table["index"].to_numpy()[order[:hover]]] / 255,
-                                                SPRITE_COLUMNS, pad=0, background=0.0)))
-    centres = [[float(np.median(q[labels == c, 0])) / 65535, float(np.median(q[labels == c, 1])) / 65535]
-               if np.any(labels == c) else None for c in range(len(classes))]
-    data = {
-        "n": int(len(table)), "hover": int(hover), "spriteColumns": SPRITE_COLUMNS,
-        "xy": base64.b64encode(q.tobytes()).decode(), "labels": base64.b64encode(labels.tobytes()).decode(),
-        "rows": base64.b64encode(table["index"].to_numpy()[order[:hover]].astype("<u4").tobytes()).decode(),
-        "classes": classes, "colours": [COLOURS[c % 10] for c in range(len(classes))], "centres": centres,
-        "extent": [1.0, float((xy[:, 1].max() - lo[1]) / span)] if len(xy) else [1.0, 1.0],
-    }
-    return data, sprite
-
-
-# ---- the stage ------------------------------------------------------------------------------
+# ---- what the sections read -----------------------------------------------------------------
 
 def read_output(path, stage: str):
     """An earlier stage's output: a DataFrame from .csv or .parquet, the object in a .json file."""
@@ -267,94 +275,215 @@ def read_output(path, stage: str):
     return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
 
 
-def data_uri(data: bytes, kind: str = "image/png") -> str:
-    return f"data:{kind};base64,{base64.b64encode(data).decode()}"
+class Inputs:
+    """The params, the model and the earlier stages' outputs, each output read once, on first use.
+
+    A section reads only what it shows (the walk needs no evaluation, the evaluation no
+    latent map), so a new section costs only what it draws.
+    """
+
+    def __init__(self, params: dict):
+        self.params = params
+        self.dataset = params["data"]["dataset"]
+        self.classes = DATASETS[self.dataset]["classes"]
+        self.model, self.config = load_model(project_path(params["paths"]["model_dir"]), "cpu")
+        self.likelihood = self.config.get("likelihood", params["train"]["likelihood"])
+        self.split_images = {}
+
+    def output(self, key: str, stage: str):
+        return read_output(project_path(self.params["paths"][key]), stage)
+
+    @cached_property
+    def train_embeddings(self) -> pd.DataFrame:
+        return read_output(project_path(self.params["paths"]["embeddings_dir"]) / "train.parquet", "embed")
+
+    @cached_property
+    def metrics(self) -> dict:
+        return self.output("train_metrics", "train")
+
+    @cached_property
+    def evaluation(self) -> dict:
+        return self.output("eval_metrics", "evaluate")
+
+    @cached_property
+    def git(self) -> dict:
+        return git_provenance(self.params)
+
+    def images(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The IDX images and labels of `split`, read once."""
+        if split not in self.split_images:
+            self.split_images[split] = read_split(raw_dir(self.params), split)
+        return self.split_images[split]
+
+    def generator(self) -> torch.Generator:
+        """A fresh torch generator seeded with report.seed: each section draws the same whatever ran before."""
+        return torch.Generator().manual_seed(self.params["report"]["seed"])
 
 
-def run(params: dict) -> dict:
-    r, paths, t = params["report"], params["paths"], params["train"]
-    dataset = params["data"]["dataset"]
-    classes = DATASETS[dataset]["classes"]
-    model, config = load_model(project_path(paths["model_dir"]), "cpu")
-    likelihood = config.get("likelihood", t["likelihood"])
-    generator = torch.Generator().manual_seed(r["seed"])
-    rng = np.random.default_rng(r["seed"])
+# ---- the sections: each returns its figures (file name -> bytes) and its template's values ---
 
-    embeddings = project_path(paths["embeddings_dir"])
-    train = read_output(embeddings / "train.parquet", "embed")
-    test = read_output(embeddings / "test.parquet", "embed")
-    mu_cols = [c for c in train.columns if c.startswith("mu_")]
-    logvar_cols = [c for c in train.columns if c.startswith("logvar_")]
-    latent_map = read_output(project_path(paths["latent_map"]), "latent_map")
-    history = read_output(project_path(paths["train_history"]), "train")
-    metrics = read_output(project_path(paths["train_metrics"]), "train")
-    evaluation = read_output(project_path(paths["eval_metrics"]), "evaluate")
-    literature = read_output(project_path(paths["literature"]), "evaluate")
+Part = tuple[dict[str, bytes], dict]
 
-    figures = {}   # file name -> PNG or GIF bytes
-    log.info("latent map of %d points", len(latent_map))
-    map_split = params["latent_map"]["split"]
-    map_images, _ = read_split(raw_dir(params), map_split)
-    title = f"UMAP of μ, {dataset} {map_split} ({len(latent_map):,} images)"
-    figures["latent_map.png"] = plot_latent_map(latent_map, classes, title)
-    interactive, sprite = map_data(latent_map, map_images, classes, r["hover_points"], r["seed"])
-    interactive["split"] = map_split
-    if config["latent_dim"] == 2:
-        plane = pd.DataFrame({"x": train["mu_0"], "y": train["mu_1"], "label": train["label"]})
-        figures["latent_plane.png"] = plot_latent_map(plane, classes, f"μ itself: the 2-D latent plane ({dataset} train)")
-        figures["latent_manifold.png"] = latent_manifold(model)
 
-    log.info("prior samples, reconstructions, walk")
-    figures["prior_samples.png"] = prior_samples(model, r["samples_grid"], generator)
-    test_images, test_labels = read_split(raw_dir(params), "test")
-    # One test image per class in turn (0, 1, 2, ...), each picked at random within its class.
-    picks = []
-    for i in range(r["reconstructions"]):
-        candidates = np.flatnonzero(test_labels == i % len(classes))
-        picks.append(rng.choice(candidates) if len(candidates) else rng.integers(len(test_labels)))
-    figures["reconstructions.png"], recon = reconstructions(model, test_images[picks], test_labels[picks],
-                                                            classes, likelihood, generator)
-    means = class_means(train[mu_cols].to_numpy(np.float32), train["label"].to_numpy(), r["walk_digits"],
-                        classes, f"{embeddings / 'train.parquet'}")
-    walk_names = [classes[d] for d in r["walk_digits"]]
-    figures["latent_walk.png"], figures["latent_walk.gif"], walk_frames = latent_walk(
-        model, means, walk_names, r["walk_steps"], r["walk_frame_ms"])
-    figures["training_curves.png"] = plot_training_curves(history)
-    mu_test, logvar_test = test[mu_cols].to_numpy(np.float64), test[logvar_cols].to_numpy(np.float64)
-    kl = (0.5 * (mu_test ** 2 + np.exp(logvar_test) - logvar_test - 1)).mean(0)
-    unused_below = 0.01
-    figures["kl_per_dimension.png"] = plot_kl_per_dimension(kl, unused_below)
-
-    figures_dir = project_path(paths["figures_dir"])
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    for stale in figures_dir.iterdir():   # e.g. latent_plane.png of an earlier 2-D model
-        if stale.name not in figures:
-            stale.unlink()
-    for name, data in figures.items():
-        with atomic_path(figures_dir / name) as tmp:
-            tmp.write_bytes(data)
-
-    context = {
-        "dataset": dataset, "classes": classes, "n_train": len(train), "n_test": len(test),
-        "train": t, "latent_map_params": params["latent_map"], "report": r, "config": config,
-        "likelihood": likelihood, "metrics": metrics, "history_rows": len(history),
-        "evaluation": evaluation, "literature": literature, "evaluate_params": params["evaluate"],
-        "recon": recon, "walk_names": walk_names, "walk_frames": walk_frames,
-        "kl": [float(v) for v in kl], "kl_total": float(kl.sum()), "unused_below": unused_below,
-        "active_dims": int((kl >= unused_below).sum()),
-        "images": {name.replace(".", "_"): data_uri(data, "image/gif" if name.endswith(".gif") else "image/png")
-                   for name, data in figures.items()},
-        "map_json": json.dumps(interactive).replace("</", "<\\/"),
-        "sprite": data_uri(sprite) if sprite else None, "map_split": map_split, "colours": COLOURS,
-        "n_map": interactive["n"], "n_hover": interactive["hover"],
-        "git": git_provenance(params), "checksums": data_checksums(params),
-        "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+def summary_section(inputs: Inputs) -> Part:
+    """The headline numbers, the data and the model, and where they came from."""
+    expected = expected_checksums(inputs.params)
+    checksums = []
+    for name in FILES:
+        actual = sha256_file(raw_dir(inputs.params) / name)
+        checksums.append({"file": name, "sha256": actual, "verified": actual == expected.get(name)})
+    return {}, {
+        "n_train": len(inputs.train_embeddings), "n_test": inputs.evaluation["test_images"],
+        "checksums": checksums,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "umap-learn": importlib.metadata.version("umap-learn")},
     }
+
+
+def latent_map_section(inputs: Inputs) -> Part:
+    """The latent map stage's UMAP, static and interactive; with a 2-D latent space, the plane itself."""
+    params, classes, dataset = inputs.params, inputs.classes, inputs.dataset
+    table = inputs.output("latent_map", "latent_map")
+    split = params["latent_map"]["split"]
+    log.info("latent map of %d points", len(table))
+    figures = {"latent_map.png": plot_latent_map(table, classes,
+                                                 f"UMAP of μ, {dataset} {split} ({len(table):,} images)")}
+    interactive, sprite = map_data(table, inputs.images(split)[0], classes, params["report"]["hover_points"],
+                                   params["report"]["seed"])
+    interactive["split"] = split
+    if inputs.config["latent_dim"] == 2:
+        train = inputs.train_embeddings
+        plane = pd.DataFrame({"x": train["mu_0"], "y": train["mu_1"], "label": train["label"]})
+        figures["latent_plane.png"] = plot_latent_map(plane, classes,
+                                                      f"μ itself: the 2-D latent plane ({dataset} train)")
+        figures["latent_manifold.png"] = latent_manifold(inputs.model, MANIFOLD_GRID)
+    return figures, {
+        "split": split, "n_map": interactive["n"], "n_hover": interactive["hover"], "colours": COLOURS,
+        "manifold_grid": MANIFOLD_GRID,
+        # Inside <script>: a "</" in the data must not close the element.
+        "map_json": json.dumps(interactive).replace("</", "<\\/"),
+        "sprite": data_uri("sprite.png", sprite) if sprite else None,
+    }
+
+
+def prior_samples_section(inputs: Inputs) -> Part:
+    """Images decoded from z drawn from the prior."""
+    return {"prior_samples.png": prior_samples(inputs.model, inputs.params["report"]["samples_grid"],
+                                               inputs.generator())}, {}
+
+
+def reconstructions_section(inputs: Inputs) -> Part:
+    """Test images, one per class in turn (each picked at random within its class), and their decodings."""
+    r, classes = inputs.params["report"], inputs.classes
+    images, labels = inputs.images("test")
+    rng = np.random.default_rng(r["seed"])
+    picks = []
+    for i in range(r["reconstructions"]):
+        candidates = np.flatnonzero(labels == i % len(classes))
+        picks.append(rng.choice(candidates) if len(candidates) else rng.integers(len(labels)))
+    figure, recon = reconstructions(inputs.model, images[picks], labels[picks], classes, inputs.likelihood,
+                                    inputs.generator())
+    return {"reconstructions.png": figure}, {"recon": recon}
+
+
+def latent_walk_section(inputs: Inputs) -> Part:
+    """A straight walk between the class means of report.walk_digits: a strip and a GIF."""
+    r, classes, train = inputs.params["report"], inputs.classes, inputs.train_embeddings
+    mu = train[[c for c in train.columns if c.startswith("mu_")]].to_numpy(np.float32)
+    source = project_path(inputs.params["paths"]["embeddings_dir"]) / "train.parquet"
+    means = class_means(mu, train["label"].to_numpy(), r["walk_digits"], classes, str(source))
+    names = [classes[d] for d in r["walk_digits"]]
+    strip, gif, frames = latent_walk(inputs.model, means, names, r["walk_steps"], r["walk_frame_ms"])
+    return {"latent_walk.png": strip, "latent_walk.gif": gif}, {"names": names, "frames": frames}
+
+
+def training_curves_section(inputs: Inputs) -> Part:
+    """Loss, reconstruction and KL per epoch, train against test."""
+    return {"training_curves.png": plot_training_curves(inputs.output("train_history", "train"))}, {}
+
+
+def kl_per_dimension_section(inputs: Inputs) -> Part:
+    """The evaluate stage's KL per dimension and its count of active units: one definition, its own."""
+    e = inputs.evaluation
+    dims = [str(j) for j in range(e["latent_dim"])]
+    kl = np.array([e["kl_per_dim"][j] for j in dims])
+    threshold = inputs.params["evaluate"]["active_threshold"]
+    active = np.array([e["mu_variance"][j] > threshold for j in dims])
+    return {"kl_per_dimension.png": plot_kl_per_dimension(kl, active)}, {
+        "kl_total": float(kl.sum()), "active_units": e["active_units"], "latent_dim": e["latent_dim"],
+        "threshold": threshold, "test_images": e["test_images"],
+    }
+
+
+def evaluation_section(inputs: Inputs) -> Part:
+    """The evaluate stage's figures and the literature table beside them."""
+    return {}, {"evaluation": inputs.evaluation, "literature": inputs.output("literature", "evaluate")}
+
+
+@dataclass(frozen=True)
+class Section:
+    id: str                               # the HTML id and link target; its template is report/<id>.html.j2
+    title: str                            # its heading and its link in the navigation
+    build: Callable[[Inputs], Part]
+
+
+# The page, in order: its navigation, its numbering, the tests and the README's list follow this.
+SECTIONS = [
+    Section("summary", "Summary", summary_section),
+    Section("latent-map", "Latent map", latent_map_section),
+    Section("prior-samples", "Prior samples", prior_samples_section),
+    Section("reconstructions", "Reconstructions", reconstructions_section),
+    Section("latent-walk", "Latent walk", latent_walk_section),
+    Section("training-curves", "Training curves", training_curves_section),
+    Section("kl-per-dimension", "KL per latent dimension", kl_per_dimension_section),
+    Section("evaluation", "Evaluation", evaluation_section),
+]
+
+
+# ---- the stage ------------------------------------------------------------------------------
+
+def build_sections(inputs: Inputs, sections: list[Section] = SECTIONS) -> tuple[dict[str, bytes], list[dict]]:
+    """Every section's figures, all together, and what the page template needs of each."""
+    figures, parts = {}, []
+    for number, section in enumerate(sections, 1):
+        log.info("%d. %s", number, section.title)
+        own, context = section.build(inputs)
+        if figures.keys() & own.keys():
+            raise ValueError(f"section {section.id} makes {sorted(figures.keys() & own.keys())}, "
+                             "already made by an earlier section")
+        figures.update(own)
+        context["images"] = {name: data_uri(name, data) for name, data in own.items()}
+        parts.append({"id": section.id, "title": section.title, "number": number,
+                      "template": f"report/{section.id}.html.j2", "context": context})
+    return figures, parts
+
+
+def render(inputs: Inputs, parts: list[dict]) -> str:
     env = Environment(loader=PackageLoader("vae_pipeline", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    html = env.get_template("report.html.j2").render(**context)
+    return env.get_template("report.html.j2").render(
+        sections=parts, params=inputs.params, dataset=inputs.dataset, classes=inputs.classes,
+        config=inputs.config, likelihood=inputs.likelihood, metrics=inputs.metrics, git=inputs.git,
+        image_size=IMAGE_SIZE, image_pixels=IMAGE_PIXELS)
+
+
+def write_figures(folder, figures: dict[str, bytes]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.iterdir():   # e.g. latent_plane.png of an earlier 2-D model
+        if stale.name not in figures:
+            stale.unlink()
+    for name, data in figures.items():
+        with atomic_path(folder / name) as tmp:
+            tmp.write_bytes(data)
+
+
+def run(params: dict) -> dict:
+    paths = params["paths"]
+    inputs = Inputs(params)
+    figures, parts = build_sections(inputs)
+    figures_dir = project_path(paths["figures_dir"])
+    write_figures(figures_dir, figures)
+    html = render(inputs, parts)
     path = project_path(paths["report"])
     with atomic_path(path) as tmp:
         tmp.write_text(html, encoding="utf-8")

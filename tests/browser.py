@@ -20,6 +20,7 @@ from pathlib import Path
 from websockets.sync.client import connect
 
 from tests.conftest import stop_process_group
+from vae_pipeline.datasets import IMAGE_SIZE
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -107,11 +108,14 @@ def hover_the_map(tools: DevTools) -> dict | None:
         for fx in [i / 24 for i in range(2, 23)]:
             x, y = left + fx * width, top + fy * height
             tools("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
-            # The tip's text, the row it names, and its 84 x 84 picture sampled back to 28 x 28.
-            tip = tools.js("(() => { const t = document.getElementById('map-tip'); if (t.hidden) return null;"
-                           " const d = t.querySelector('canvas').getContext('2d').getImageData(0, 0, 84, 84).data;"
-                           " const pixels = []; for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++)"
-                           " pixels.push(d[((3 * y + 1) * 84 + 3 * x + 1) * 4]);"
+            # The tip's text, the row it names, and its enlarged picture sampled back to IMAGE_SIZE pixels square
+            # (the middle of each enlarged pixel).
+            tip = tools.js(f"(() => {{ const SIZE = {IMAGE_SIZE};"
+                           " const t = document.getElementById('map-tip'); if (t.hidden) return null;"
+                           " const c = t.querySelector('canvas'), w = c.width, f = Math.floor(w / SIZE);"
+                           " const d = c.getContext('2d').getImageData(0, 0, w, w).data;"
+                           " const pixels = []; for (let y = 0; y < SIZE; y++) for (let x = 0; x < SIZE; x++)"
+                           " pixels.push(d[((f * y + (f >> 1)) * w + f * x + (f >> 1)) * 4]);"
                            " return {text: t.innerText, pixels: pixels,"
                            " hovered: document.getElementById('map-frame').dataset.hovered}; })()")
             if tip:

@@ -1,12 +1,16 @@
 """The latent map and the report: `dvc repro` on the tiny config, then the page itself.
 
-One tiny project is built per module (download, train, embed, latent_map, report);
-the tests read it in order and the last ones change its params.
+One tiny project is built per module (download, train, embed, latent_map, report). The
+tests only read it; a test that changes params works on its own copy of it.
 """
 import base64
+import datetime
 import io
 import json
 import re
+import shutil
+import struct
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,15 +18,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages.report import class_means, map_data
+from stages.report import MANIFOLD_GRID, SECTIONS, class_means, map_data
 from tests.browser import check_report, chromium
 from tests.conftest import make_project, run_in
+from vae_pipeline.datasets import IMAGE_SIZE
 from vae_pipeline.files import ROOT, PipelineError
 from vae_pipeline.idx import read_split
 from vae_pipeline.params import validate
 
-SECTIONS = ["summary", "latent-map", "prior-samples", "reconstructions", "latent-walk",
-            "training-curves", "kl-per-dimension", "evaluation"]
+SECTION_IDS = [section.id for section in SECTIONS]
+# What the page shows for a latent space of more than 2 dimensions (the tiny config's 4).
 FIGURES = {"latent_map.png", "prior_samples.png", "reconstructions.png", "latent_walk.png",
            "latent_walk.gif", "training_curves.png", "kl_per_dimension.png"}
 
@@ -35,6 +40,25 @@ def stages_run(stdout: str) -> list[str]:
     return sorted(line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage"))
 
 
+def section_html(html: str, section_id: str) -> str:
+    """The <section> element with this id, whole."""
+    found = re.findall(rf'<section id="{section_id}">.*?</section>', html, re.S)
+    assert len(found) == 1, f"{len(found)} sections with id {section_id}"
+    return found[0]
+
+
+def png_text_chunks(data: bytes) -> list[bytes]:
+    """The PNG chunks that carry text or a time (tEXt, zTXt, iTXt, tIME): the ones that can vary per run."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    found, at = [], 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        if kind in (b"tEXt", b"zTXt", b"iTXt", b"tIME"):
+            found.append(kind)
+        at += 12 + length
+    return found
+
+
 def set_params(project, section: str, **values) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params[section].update(values)
@@ -43,19 +67,43 @@ def set_params(project, section: str, **values) -> None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_source):
-    """A tiny project after a full `dvc repro`, and that run's output."""
+    """A tiny project after a full `dvc repro`, and that run's output. Tests only read it."""
     project = make_project(tmp_path_factory.mktemp("report"), tiny_source)
     result = run_in(project, "dvc", "repro")
     return project, result.stdout + result.stderr
 
 
+@pytest.fixture
+def own_copy(built, tmp_path) -> Path:
+    """A copy of the built project, outputs, DVC cache and git history included, for a test to change."""
+    return Path(shutil.copytree(built[0], tmp_path / "project", symlinks=True))
+
+
 # ---- fast: the pieces ----------------------------------------------------------------------
+
+def test_every_section_has_one_template_and_every_template_a_section():
+    assert len(set(SECTION_IDS)) == len(SECTIONS) and len({s.title for s in SECTIONS}) == len(SECTIONS)
+    templates = {p.name for p in (ROOT / "vae_pipeline/templates/report").iterdir()}
+    assert templates == {f"{section_id}.html.j2" for section_id in SECTION_IDS}
+
+
+def test_the_docs_list_the_sections_in_order():
+    """README.md or a page of docs/ has a numbered list `1. **Summary**: ...` of the sections, in order."""
+    titles = [section.title for section in SECTIONS]
+    lists = {}
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        if path.exists():
+            items = re.findall(r"^(\d+)\. \*\*([^*]+)\*\*", path.read_text(), re.M)
+            lists[path.relative_to(ROOT)] = [title for _, title in items]
+    assert any(titles == found[i:i + len(titles)] for found in lists.values() for i in range(len(found))), (
+        f"no numbered list of the report's sections {titles} in README.md or docs/; the lists found: {lists}")
+
 
 def test_map_data_keeps_positions_and_pairs_each_hover_point_with_its_image():
     rng = np.random.default_rng(0)
     table = pd.DataFrame({"x": rng.normal(size=300) * 5, "y": rng.normal(size=300), "label": rng.integers(0, 10, 300),
                           "index": rng.permutation(1000)[:300]})
-    images = rng.integers(0, 256, (1000, 28, 28)).astype(np.uint8)
+    images = rng.integers(0, 256, (1000, IMAGE_SIZE, IMAGE_SIZE)).astype(np.uint8)
     data, sprite = map_data(table, images, [str(d) for d in range(10)], hover_points=120, seed=3)
     q = np.frombuffer(base64.b64decode(data["xy"]), "<u2").reshape(-1, 2) / 65535
     labels = np.frombuffer(base64.b64decode(data["labels"]), np.uint8)
@@ -72,7 +120,8 @@ def test_map_data_keeps_positions_and_pairs_each_hover_point_with_its_image():
     sheet = np.asarray(Image.open(io.BytesIO(sprite)))
     for k in (0, 57, 119):
         r, c = divmod(k, data["spriteColumns"])
-        np.testing.assert_array_equal(sheet[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28], images[rows[k]])
+        size = data["imageSize"]
+        np.testing.assert_array_equal(sheet[r * size:(r + 1) * size, c * size:(c + 1) * size], images[rows[k]])
 
 
 def test_exact_neighbours_are_each_points_nearest_itself_first():
@@ -127,7 +176,8 @@ def test_repro_writes_the_latent_map(built):
 def test_report_has_every_section_and_every_image_decodes(built):
     project, _ = built
     html = (project / "reports/index.html").read_text()
-    assert re.findall(r'<section id="([^"]+)"', html) == SECTIONS
+    assert re.findall(r'<section id="([^"]+)"', html) == SECTION_IDS
+    assert re.findall(r'<nav class="toc">.*?</nav>', html, re.S)[0].count("<a href") == len(SECTIONS)
     # Self-contained: no stylesheet, script or image from anywhere else.
     assert not re.findall(r'(?:src|href)="(?!data:|#)', html)
     assert "<link rel=\"stylesheet\"" not in html and "<script src" not in html
@@ -144,7 +194,7 @@ def test_report_has_every_section_and_every_image_decodes(built):
     walk = Image.open(project / "reports/figures/latent_walk.gif")
     assert walk.n_frames == 2 * 10 + 1                  # 4 -> 7 -> 9, 10 steps each
     prior = Image.open(project / "reports/figures/prior_samples.png")
-    assert prior.size == ((10 * 30 + 2) * 2,) * 2       # a 10 x 10 grid of 28-pixel images, 2 apart, x2
+    assert prior.size == ((10 * (IMAGE_SIZE + 2) + 2) * 2,) * 2       # a 10 x 10 grid of images, 2 apart, x2
     # The summary's figures come from the run: its metrics and its commit.
     metrics = yaml.safe_load((project / "reports/metrics/train.json").read_text())
     assert f"{metrics['test_loss']:.1f}" in html and f"{metrics['test_kl']:.2f}" in html
@@ -159,6 +209,53 @@ def test_report_has_every_section_and_every_image_decodes(built):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("number, section", list(enumerate(SECTIONS, 1)), ids=SECTION_IDS)
+def test_each_section_is_numbered_linked_and_its_figures_are_files(built, number, section):
+    project, _ = built
+    html = (project / "reports/index.html").read_text()
+    part = section_html(html, section.id)
+    assert f'<h2><span class="num">{number}</span> {section.title}</h2>' in part
+    assert f'<a href="#{section.id}">{section.title}</a>' in html
+    # Each picture of the section is one of the files in figures/ (the map's sprite sheet aside).
+    figures = [p.read_bytes() for p in (project / "reports/figures").iterdir()]
+    sprite = re.search(r'id="map-sprite" src="data:image/png;base64,([^"]+)"', part)
+    for image in embedded_images(part):
+        assert image in figures or (sprite and image == base64.b64decode(sprite.group(1)))
+
+
+@pytest.mark.slow
+def test_the_page_counts_active_units_once_from_the_evaluation(built):
+    project, _ = built
+    html = (project / "reports/index.html").read_text()
+    evaluation = json.loads((project / "reports/metrics/eval.json").read_text())
+    active, dims = evaluation["active_units"], evaluation["latent_dim"]
+    kl_section = section_html(html, "kl-per-dimension")
+    assert re.search(rf"Here {active} of\s+{dims} dimensions are active", kl_section)
+    assert f"{sum(evaluation['kl_per_dim'].values()):.2f} nats" in kl_section
+    assert f"{active} / {dims}</div>" in section_html(html, "evaluation")
+    # No other count of active dimensions anywhere on the page.
+    assert len(re.findall(r"\b\d+ of\s+\d+ dimensions?\b", html)) == 1
+
+
+@pytest.mark.slow
+def test_the_same_inputs_give_the_same_bytes(built, own_copy):
+    """The report again on the same inputs: the page and every figure byte for byte, dvc status clean."""
+    def outputs(project):
+        return {p.relative_to(project): p.read_bytes()
+                for p in [project / "reports/index.html", *(project / "reports/figures").iterdir()]}
+
+    first = outputs(own_copy)
+    run_in(own_copy, "python", "-m", "stages.report")
+    assert outputs(own_copy) == first
+    assert "Data and pipelines are up to date" in run_in(own_copy, "dvc", "status", "report").stdout
+    # Nothing in them that would change with the day or the library versions.
+    assert datetime.date.today().isoformat() not in first[Path("reports/index.html")].decode()
+    for name, data in first.items():
+        if name.suffix == ".png":
+            assert png_text_chunks(data) == [], name
+
+
+@pytest.mark.slow
 def test_report_in_headless_chromium(built, request):
     if chromium() is None:
         pytest.skip("Debian's chromium is not installed and could not be (`make test` installs it as root "
@@ -167,7 +264,7 @@ def test_report_in_headless_chromium(built, request):
     screenshot = request.config.cache.mkdir("report-browser") / "report.png"
     seen = check_report(project / "reports/index.html", screenshot)
     assert seen["console_errors"] == []
-    assert seen["sections"] == SECTIONS
+    assert seen["sections"] == SECTION_IDS
     html = (project / "reports/index.html").read_text()
     assert len(seen["images"]) == html.count("<img")
     for image in seen["images"]:
@@ -182,14 +279,14 @@ def test_report_in_headless_chromium(built, request):
     images, labels = read_split(project / "data/raw/mnist", "train")
     row = int(hover["hovered"])
     assert hover["text"].splitlines()[0] == str(labels[row])
-    np.testing.assert_array_equal(np.array(hover["pixels"]).reshape(28, 28), images[row])
+    np.testing.assert_array_equal(np.array(hover["pixels"]).reshape(IMAGE_SIZE, IMAGE_SIZE), images[row])
     assert Image.open(screenshot).height > 2000
     print(f"screenshot: {screenshot}")
 
 
 @pytest.mark.slow
-def test_a_report_param_reruns_only_the_report(built):
-    project, _ = built
+def test_a_report_param_reruns_only_the_report(own_copy):
+    project = own_copy
     set_params(project, "latent_map", min_dist=0.2)
     stale = run_in(project, "dvc", "status").stdout
     assert re.findall(r"^(\w+):", stale, re.M) == ["latent_map", "report"]
@@ -198,12 +295,12 @@ def test_a_report_param_reruns_only_the_report(built):
     set_params(project, "report", samples_grid=4)
     assert re.findall(r"^(\w+):", run_in(project, "dvc", "status").stdout, re.M) == ["report"]
     assert stages_run(run_in(project, "dvc", "repro").stdout) == ["report"]
-    assert Image.open(project / "reports/figures/prior_samples.png").size == ((4 * 30 + 2) * 2,) * 2
+    assert Image.open(project / "reports/figures/prior_samples.png").size == ((4 * (IMAGE_SIZE + 2) + 2) * 2,) * 2
 
 
 @pytest.mark.slow
-def test_a_2d_latent_space_shows_the_raw_plane(built):
-    project, _ = built
+def test_a_2d_latent_space_shows_the_raw_plane(own_copy):
+    project = own_copy
     set_params(project, "train", latent_dim=2)
     assert stages_run(run_in(project, "dvc", "repro").stdout) == ["embed", "evaluate", "latent_map", "report", "train"]
     html = (project / "reports/index.html").read_text()
@@ -213,4 +310,4 @@ def test_a_2d_latent_space_shows_the_raw_plane(built):
     assert len(embedded_images(html)) == len(FIGURES) + 3
     # The decoder grid: 15 x 15 images of the 2-D plane.
     manifold = Image.open(project / "reports/figures/latent_manifold.png")
-    assert manifold.size == ((15 * 30 + 2) * 2,) * 2
+    assert manifold.size == ((MANIFOLD_GRID * (IMAGE_SIZE + 2) + 2) * 2,) * 2

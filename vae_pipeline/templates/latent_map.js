@@ -128,8 +128,8 @@
     ctx.fillStyle = "#000";
     ctx.fillRect(0, 0, tipCanvas.width, tipCanvas.height);
     if (sprite && sprite.complete) {
-      const col = k % data.spriteColumns, row = Math.floor(k / data.spriteColumns);
-      ctx.drawImage(sprite, col * 28, row * 28, 28, 28, 0, 0, tipCanvas.width, tipCanvas.height);
+      const size = data.imageSize, col = k % data.spriteColumns, row = Math.floor(k / data.spriteColumns);
+      ctx.drawImage(sprite, col * size, row * size, size, size, 0, 0, tipCanvas.width, tipCanvas.height);
     }
     const name = document.createElement("b");
     name.textContent = data.classes[labels[k]];
