@@ -51,7 +51,7 @@ reliability: $(STAMP)  ## bad input, kills and attacks done for real; prints the
 MLFLOW_PORT ?= 5000
 .PHONY: compare mlflow-ui
 compare: $(STAMP)  ## reports/compare.html: the experiment's MLflow runs side by side
-	python -m stages.compare
+	python -m commands.compare
 
 mlflow-ui: $(STAMP)  ## MLflow's UI over the embedded store, on http://127.0.0.1:5000 (MLFLOW_PORT=...)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \

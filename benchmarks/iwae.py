@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from vae_pipeline.datasets import IMAGE_PIXELS
 from vae_pipeline.evaluation import iwae_nll
 from vae_pipeline.model import VAE
 
@@ -31,8 +32,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = VAE(args.latent, [400]).eval()
-    x = torch.bernoulli(torch.full((args.images, 784), 0.13))
+    model = VAE.from_config({"latent_dim": args.latent, "hidden_dims": [400]}).eval()
+    x = torch.bernoulli(torch.full((args.images, IMAGE_PIXELS), 0.13))
     iwae_nll(model, x[:1], "bernoulli", min(args.k, 100), args.pairs_per_pass)  # warm-up
     before = resident_mb()
     started = time.perf_counter()

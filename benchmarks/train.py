@@ -28,24 +28,24 @@ from torch import nn
 
 from benchmarks.common import machine, median
 from stages.train import evaluate, train_epoch
-from vae_pipeline.data import load_images, setup_torch, uses_bf16
-from vae_pipeline.datasets import raw_dir
-from vae_pipeline.datasets import FILES
+from vae_pipeline.data import load_images
+from vae_pipeline.datasets import FILES, IMAGE_PIXELS, raw_dir
+from vae_pipeline.device import setup_torch, uses_bf16
 from vae_pipeline.files import PipelineError
 from vae_pipeline.model import VAE
 from vae_pipeline.params import load_params
 
 
-# --- The article's code, as published (plus `.to(device)` so it also runs on a GPU) ---
+# --- The article's code, as published (plus `.to(device)` so it also runs on a GPU; its 784 is IMAGE_PIXELS) ---
 
 class ArticleVAE(nn.Module):
     def __init__(self, latent_dim=2):
         super().__init__()
-        self.fc1 = nn.Linear(784, 400)
+        self.fc1 = nn.Linear(IMAGE_PIXELS, 400)
         self.fc_mu = nn.Linear(400, latent_dim)
         self.fc_logvar = nn.Linear(400, latent_dim)
         self.fc3 = nn.Linear(latent_dim, 400)
-        self.fc4 = nn.Linear(400, 784)
+        self.fc4 = nn.Linear(400, IMAGE_PIXELS)
 
     def encode(self, x):
         h = F.relu(self.fc1(x))
@@ -61,13 +61,13 @@ class ArticleVAE(nn.Module):
         return torch.sigmoid(self.fc4(h))
 
     def forward(self, x):
-        mu, logvar = self.encode(x.view(-1, 784))
+        mu, logvar = self.encode(x.view(-1, IMAGE_PIXELS))
         z = self.reparameterize(mu, logvar)
         return self.decode(z), mu, logvar
 
 
 def article_loss(recon_x, x, mu, logvar, beta):
-    BCE = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
+    BCE = F.binary_cross_entropy(recon_x, x.view(-1, IMAGE_PIXELS), reduction="sum")
     KLD = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
     return BCE + beta * KLD
 
@@ -182,7 +182,7 @@ def main() -> None:
     for name in ["article"] + [f"project {p}" for p in precisions]:
         swap_rng(start_state)  # every model starts from the same weights and the same random stream
         models[name] = ArticleVAE(t["latent_dim"]).to(device) if name == "article" else \
-            VAE(t["latent_dim"], t["hidden_dims"]).to(device)
+            VAE.from_config(t).to(device)
         fused = name != "article"  # the article uses Adam's defaults; the train stage the fused kernel
         optimizers[name] = torch.optim.Adam(models[name].parameters(), lr=t["lr"], fused=fused or None)
         rng[name] = swap_rng(None)
@@ -223,7 +223,7 @@ def main() -> None:
     test_loss = {}
     for name, model in models.items():
         if name == "article":
-            as_project = VAE(t["latent_dim"], t["hidden_dims"]).to(device)
+            as_project = VAE.from_config(t).to(device)
             with torch.no_grad():
                 for p, a in zip(as_project.parameters(), model.parameters()):
                     p.copy_(a)
@@ -246,7 +246,7 @@ def main() -> None:
     print()
     print(f"DataLoader alone (PIL + ToTensor, no training): {median(loader_seconds):.2f} s per epoch")
     print(f"epoch FLOPs: {flops / 1e9:.0f} GFLOP (every linear layer, forward + 2x backward; autograd "
-          f"skips the first layer's input gradient, so {(flops - 2 * n * 784 * t['hidden_dims'][0]) / 1e9:.0f} "
+          f"skips the first layer's input gradient, so {(flops - 2 * n * IMAGE_PIXELS * t['hidden_dims'][0]) / 1e9:.0f} "
           "GFLOP actually run)")
     for p in precisions:
         print(f"matmul rate {p}: median {median(rates[p]):.0f} GFLOP/s (best {max(rates[p]):.0f}) at batch "

@@ -26,7 +26,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.pipeline import failure, pipeline, run_logged, stage_env, workspace_lock
+from flows.dvc_runner import failure, run_logged, stage_env, workspace_lock
+from flows.pipeline import pipeline
 from vae_pipeline import tracking
 from vae_pipeline.files import ROOT, PipelineError, write_json
 from vae_pipeline.params import load_params

@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 import yaml
-from jinja2 import Environment
+from jinja2 import Environment, PackageLoader
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
-from flows.pipeline import failure, mlflow_run_id, read_metrics, run_logged, stage_env
+from flows.dvc_runner import failure, mlflow_run_id, read_metrics, run_logged, stage_env
 from vae_pipeline import tracking
 from vae_pipeline.files import ROOT, PipelineError, atomic_path, write_json
 from vae_pipeline.params import load_params
@@ -133,39 +133,13 @@ def rate_distortion_svg(results: list[dict]) -> str:
     return svg.getvalue()[svg.getvalue().index("<svg"):]     # drop the XML prologue: inline SVG
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>VAE sweep {{ name }}</title>
-<style>
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
-table { border-collapse: collapse; font-size: 0.9em; } th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
-td.n { text-align: right; font-variant-numeric: tabular-nums; } code { font-size: 0.85em; }
-</style></head><body>
-<h1>VAE sweep {{ name }}</h1>
-<p>{{ results|length }} runs of {{ epochs }} epochs over β × latent size, trained with Prefect on Dask
-({{ finished }}). Right and down: more information in the code (KL, the rate) buys sharper reconstructions (the
-distortion); left and up: closer to the prior, blurrier. Test loss = reconstruction + β · KL.</p>
-{% if failed %}<p><strong>Failed points:</strong></p><ul>{% for f in failed %}<li><code>{{ f }}</code></li>{% endfor %}</ul>{% endif %}
-{{ svg|safe }}
-<table>
-<tr><th>β</th><th>latent</th><th>epochs</th><th>test KL</th><th>test recon</th><th>test loss</th>
-<th>test loss (z = μ)</th><th>seconds</th><th>MLflow run</th><th>reproduce in the project</th></tr>
-{% for r in results %}<tr><td class="n">{{ "%g"|format(r.beta) }}</td><td class="n">{{ r.latent_dim }}</td>
-<td class="n">{{ r.epochs }}</td><td class="n">{{ "%.2f"|format(r.metrics.train.test_kl) }}</td>
-<td class="n">{{ "%.2f"|format(r.metrics.train.test_recon) }}</td>
-<td class="n">{{ "%.2f"|format(r.metrics.train.test_loss) }}</td>
-<td class="n">{{ "%.2f"|format(r.metrics.train.test_loss_mu) }}</td>
-<td class="n">{{ r.seconds }}{% if r.restored %} (restored from DVC's run cache){% endif %}</td>
-<td><code>{{ r.mlflow_run_id or "—" }}</code></td><td><code>{{ r.command }}</code></td></tr>
-{% endfor %}</table>
-</body></html>
-"""
-
-
 def write_report(project: Path, params: dict, name: str, results: list[dict], failed: list[str]) -> Path:
-    """reports/sweep.json (every point's figures) and reports/sweep.html (one self-contained page)."""
+    """reports/sweep.json (every point's figures) and reports/sweep.html (one self-contained page,
+    from vae_pipeline/templates/sweep.html.j2)."""
     results = sorted(results, key=lambda r: (r["latent_dim"], r["beta"]))
     write_json(project / params["paths"]["sweep_results"], {"sweep": name, "points": results, "failed": failed})
-    page = Environment(autoescape=True).from_string(PAGE).render(
+    env = Environment(loader=PackageLoader("vae_pipeline", "templates"), autoescape=True)
+    page = env.get_template("sweep.html.j2").render(
         name=name, results=results, failed=failed, epochs=params["sweep"]["epochs"],
         finished=time.strftime("%Y-%m-%d %H:%M"), svg=rate_distortion_svg(results) if results else "")
     path = project / params["paths"]["sweep_report"]

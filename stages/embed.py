@@ -2,7 +2,8 @@
 
 One parquet file per split, columns mu_0..mu_{d-1}, logvar_0..logvar_{d-1}, label.
 The later stages use z = mu, as the article does for its latent map.
-A few latent statistics of the test split go to the model's MLflow run.
+The test split's mean posterior variance goes to the model's MLflow run (the active
+units are the evaluate stage's: vae_pipeline.evaluation.active_units).
 """
 import logging
 
@@ -10,9 +11,10 @@ import pandas as pd
 import torch
 
 from vae_pipeline import tracking
-from vae_pipeline.data import load_images, setup_torch
+from vae_pipeline.data import load_images
+from vae_pipeline.device import setup_torch
 from vae_pipeline.files import atomic_path, project_path
-from vae_pipeline.model import load_model
+from vae_pipeline.model_files import load_model
 
 log = logging.getLogger("embed")
 
@@ -46,16 +48,9 @@ def run(params: dict) -> dict:
             table.to_parquet(tmp, index=False)
         log.info("%s: %d rows, latent dim %d", path, len(table), config["latent_dim"])
         outputs[split] = path
-    tracking.attach_to_training_run(params, latent_stats(mu, logvar))  # mu, logvar: the test split
+    # logvar is the test split's (the loop's last)
+    tracking.attach_to_training_run(params, {"embed_mean_posterior_var": float(logvar.exp().mean())})
     return outputs
-
-
-def latent_stats(mu: torch.Tensor, logvar: torch.Tensor) -> dict:
-    """Active latent dimensions (variance of mu over images > 0.01) and the mean posterior variance."""
-    return {
-        "embed_active_dims": int((mu.var(dim=0) > 0.01).sum()),
-        "embed_mean_posterior_var": float(logvar.exp().mean()),
-    }
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ and <paths.literature>: this run beside published figures (vae_pipeline/literatu
 The report stage shows both.
 
 The ELBO uses beta = 1 whatever train.beta was: it is the bound on log p(x), not the
-training objective. See vae_pipeline/model.py log_likelihood for what "nats" means per likelihood.
+training objective. See vae_pipeline/evaluation.py log_likelihood for what "nats" means per likelihood.
 
 Trustworthiness is measured on the map the report shows (the latent_map stage's
 output, `latent_map.split`), on a random subsample of its points: sklearn's measure
@@ -26,13 +26,14 @@ import pandas as pd
 import torch
 
 from vae_pipeline import tracking
-from vae_pipeline.data import load_images, setup_torch
+from vae_pipeline.data import load_images
 from vae_pipeline.datasets import DATASETS
+from vae_pipeline.device import setup_torch
 from vae_pipeline.embeddings import read_mu
 from vae_pipeline.evaluation import active_units, elbo_parts, iwae_nll
 from vae_pipeline.files import PipelineError, project_path, stage_output, write_json
 from vae_pipeline.literature import compare
-from vae_pipeline.model import load_model
+from vae_pipeline.model_files import load_model
 
 log = logging.getLogger("evaluate")
 

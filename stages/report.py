@@ -33,7 +33,8 @@ from vae_pipeline import tracking
 from vae_pipeline.datasets import DATASETS, FILES, IMAGE_PIXELS, IMAGE_SIZE, expected_checksums, raw_dir
 from vae_pipeline.files import PipelineError, atomic_path, project_path, sha256_file, stage_output
 from vae_pipeline.idx import read_split
-from vae_pipeline.model import load_model, reconstruction_loss
+from vae_pipeline.model import reconstruction_loss
+from vae_pipeline.model_files import load_model
 from vae_pipeline.provenance import git_provenance
 
 log = logging.getLogger("report")

@@ -17,9 +17,11 @@ import torch
 from tqdm import tqdm
 
 from vae_pipeline import tracking
-from vae_pipeline.data import SPLIT_STREAM, binarize, load_images, setup_torch, uses_bf16
+from vae_pipeline.data import SPLIT_STREAM, binarize, load_images
+from vae_pipeline.device import setup_torch, uses_bf16
 from vae_pipeline.files import PipelineError, atomic_path, project_path, write_json
-from vae_pipeline.model import VAE, reparameterize, save_model, vae_loss
+from vae_pipeline.model import VAE, reparameterize, vae_loss
+from vae_pipeline.model_files import save_model
 
 log = logging.getLogger("train")
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_recon", "train_kl",
@@ -191,7 +193,7 @@ def run(params: dict) -> dict:
              torch.get_num_threads())
     mlflow_client = tracking.connect(params)  # an unreachable tracking store fails here, before training
 
-    model = VAE(t["latent_dim"], t["hidden_dims"]).to(device)
+    model = VAE.from_config(t).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t["lr"], fused=True)  # one kernel for all tensors
     checkpoint = project_path(paths["checkpoint_dir"]) / "train.pt"
     key = checkpoint_key(params)

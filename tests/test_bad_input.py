@@ -18,7 +18,8 @@ from tests.reliability import run_stage
 from vae_pipeline.datasets import FILES
 from vae_pipeline.files import PipelineError, write_json
 from vae_pipeline.idx import write_idx
-from vae_pipeline.model import VAE, load_model, save_model
+from vae_pipeline.model import VAE
+from vae_pipeline.model_files import load_model, save_model
 
 pytestmark = pytest.mark.reliability
 
@@ -186,7 +187,7 @@ def test_loss_turning_nan_after_a_good_epoch_keeps_its_checkpoint(project, tiny_
     params = yaml.safe_load((project / "params.yaml").read_text())
     t = params["train"]
     torch.manual_seed(t["seed"])
-    model = VAE(t["latent_dim"], t["hidden_dims"])
+    model = VAE.from_config(t)
     optimizer = torch.optim.Adam(model.parameters(), lr=t["lr"])
     images = np.fromfile(raw / "train-images-idx3-ubyte", np.uint8, offset=16).reshape(-1, 784)
     figures = train.train_epoch(model, optimizer, torch.from_numpy(images).float() / 255, t, epoch=1)
@@ -211,7 +212,7 @@ def diverging_epoch(tiny_source, device: str):
     images = np.fromfile(folder / "train-images-idx3-ubyte", np.uint8, offset=16).reshape(-1, 784)
     x = (torch.from_numpy(np.tile(images, (4, 1))[:6400]).float() / 255).to(device)
     torch.manual_seed(0)
-    model = VAE(4, [32]).to(device)
+    model = VAE.from_config({"latent_dim": 4, "hidden_dims": [32]}).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e30)
     t = {"batch_size": 64, "beta": 1.0, "likelihood": "bernoulli", "precision": "fp32"}
     with pytest.raises(PipelineError) as error:
@@ -235,7 +236,7 @@ def test_on_cuda_training_stops_within_a_check_interval(tiny_source):
 
 
 def test_damaged_model_config_or_mismatched_weights_are_clear_errors(tmp_path):
-    save_model(VAE(3, [16]), tmp_path)
+    save_model(VAE.from_config({"latent_dim": 3, "hidden_dims": [16]}), tmp_path)
     (tmp_path / "vae.json").write_text("{not json")
     with pytest.raises(PipelineError, match="vae.json: not a model config"):
         load_model(tmp_path)

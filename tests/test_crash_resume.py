@@ -94,7 +94,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(project, tiny_sou
 def test_evaluation_leaves_the_training_random_state_alone():
     """The per-epoch test loss samples z from its own generator, not the one training draws from."""
     torch.manual_seed(0)
-    model, x = VAE(4, [16]), torch.rand(50, 784)
+    model, x = VAE.from_config({"latent_dim": 4, "hidden_dims": [16]}), torch.rand(50, 784)
     before = torch.get_rng_state()
     figures = train.evaluate(model, x, {"seed": 0, "eval_batch_size": 20, "beta": 1.0, "likelihood": "bernoulli"})
     assert torch.equal(torch.get_rng_state(), before)

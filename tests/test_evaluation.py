@@ -6,14 +6,14 @@ import torch
 from torch.distributions import Normal
 
 from tests.conftest import tiny_params
-from vae_pipeline.evaluation import active_units, elbo_parts, iwae_nll
+from vae_pipeline.evaluation import active_units, elbo_parts, iwae_nll, log_likelihood
 from vae_pipeline.literature import compare
-from vae_pipeline.model import VAE, log_likelihood, vae_loss
+from vae_pipeline.model import VAE, vae_loss
 
 
 def tiny_model(latent_dim=3, seed=0) -> VAE:
     torch.manual_seed(seed)
-    return VAE(latent_dim, [32]).eval()
+    return VAE.from_config({"latent_dim": latent_dim, "hidden_dims": [32]}).eval()
 
 
 def binary_images(n=40, seed=1) -> torch.Tensor:

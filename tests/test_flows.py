@@ -14,7 +14,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 from prefect.client.schemas.sorting import TaskRunSort
 
 from flows.local_api import local_api
-from flows.pipeline import LOCK_FILE, pipeline, workspace_lock
+from flows.dvc_runner import LOCK_FILE, workspace_lock
+from flows.pipeline import pipeline
 from flows.sweep import dask_runner, sweep
 from tests.conftest import VENV_BIN, pipeline_env, run_in
 from vae_pipeline.files import PipelineError

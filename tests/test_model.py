@@ -2,11 +2,12 @@ import math
 
 import torch
 
-from vae_pipeline.model import VAE, kl_divergence, load_model, save_model, vae_loss
+from vae_pipeline.model import VAE, kl_divergence, vae_loss
+from vae_pipeline.model_files import load_model, save_model
 
 
 def test_architecture_is_the_articles():
-    model = VAE(latent_dim=4, hidden_dims=[400])
+    model = VAE.from_config({"latent_dim": 4, "hidden_dims": [400]})
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if name.endswith("weight")}
     assert sorted(shapes.values()) == sorted([(400, 784), (4, 400), (4, 400), (400, 4), (784, 400)])
     logits, mu, logvar = model(torch.rand(5, 1, 28, 28))
@@ -42,7 +43,7 @@ def test_closed_form_kl_matches_monte_carlo():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    model = VAE(3, [16, 8])
+    model = VAE.from_config({"latent_dim": 3, "hidden_dims": [16, 8]})
     save_model(model, tmp_path, {"likelihood": "bernoulli"})
     loaded, config = load_model(tmp_path)
     assert config == {"latent_dim": 3, "hidden_dims": [16, 8], "likelihood": "bernoulli"}

@@ -64,7 +64,7 @@ def test_torch_save_of_an_object_is_refused_too(tmp_path):
     marker = tmp_path / "pickle-ran"
     path = tmp_path / "train.pt"
     torch.save({"model": CreatesFile(marker)}, path)
-    model = VAE(2, [8])
+    model = VAE.from_config({"latent_dim": 2, "hidden_dims": [8]})
     with pytest.raises(PipelineError, match="refused to load checkpoint"):
         train.load_checkpoint(path, model, torch.optim.Adam(model.parameters()), "key")
     assert not marker.exists()
@@ -73,7 +73,7 @@ def test_torch_save_of_an_object_is_refused_too(tmp_path):
 def test_checkpoint_of_other_structure_is_a_clear_error(tmp_path):
     path = tmp_path / "train.pt"
     torch.save({"weights": torch.zeros(3)}, path)
-    model = VAE(2, [8])
+    model = VAE.from_config({"latent_dim": 2, "hidden_dims": [8]})
     with pytest.raises(PipelineError, match="train.pt: not a training checkpoint of this project "
                                             r"\(KeyError: 'key'\); delete it"):
         train.load_checkpoint(path, model, torch.optim.Adam(model.parameters()), "key")

@@ -109,12 +109,12 @@ def test_pipeline_runs_are_tracked_registered_and_compared(project, monkeypatch)
     assert tags["data.sha256.train-images-idx3-ubyte"] == params["data"]["sha256"]["train-images-idx3-ubyte"]
     assert tags["device"] == "cpu" and tags["threads"] == "1" and tags["torch.version"] == torch.__version__
     assert tags["sweep"] == "tiny"
-    # One point per epoch, step = epoch; final figures; the embed stage's statistics.
+    # One point per epoch, step = epoch; final figures; the later stages' figures.
     for name in EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], name
     assert {"test_loss_mu", "best_test_loss", "train_seconds"} <= run.data.metrics.keys()
     assert not {"epochs", "threads"} & run.data.metrics.keys()  # a param and a tag, not figures
-    assert 1 <= run.data.metrics["embed_active_dims"] <= 4
+    assert 1 <= run.data.metrics["eval_active_units"] <= 4 and run.data.metrics["embed_mean_posterior_var"] > 0
     assert run.info.status == "FINISHED" and run.info.experiment_id == record["experiment_id"]
     # Artifacts: weights, config, params.yaml, metrics.
     files = {f.path for f in client.list_artifacts(run.info.run_id)}
@@ -145,7 +145,7 @@ def test_pipeline_runs_are_tracked_registered_and_compared(project, monkeypatch)
     assert sorted(runs["params.train.beta"]) == ["1.0", "4.0", "4.0"]
     assert runs[[f"metrics.{m}" for m in EPOCH_METRICS]].notna().all().all()
 
-    run_in(project, "python", "-m", "stages.compare")
+    run_in(project, "python", "-m", "commands.compare")
     html = (project / "reports/compare.html").read_text()
     for run_id in runs["run_id"]:
         assert run_id[:8] in html
@@ -168,7 +168,7 @@ def test_pipeline_logs_to_a_real_server_over_http(project, mlflow_server, monkey
     mlflow.set_tracking_uri(url)
     runs = mlflow.search_runs(experiment_names=["vae-pipeline"])
     assert list(runs["run_id"]) == [record["run_id"]] and runs["status"][0] == "FINISHED"
-    assert runs[[f"metrics.{m}" for m in EPOCH_METRICS + ["embed_active_dims"]]].notna().all().all()
+    assert runs[[f"metrics.{m}" for m in EPOCH_METRICS + ["eval_active_units"]]].notna().all().all()
     # The artifacts went through the server into its own folder.
     assert list((folder / "artifacts").rglob("vae.safetensors"))
 

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from stages.train import evaluate, train_epoch
-from vae_pipeline.data import idle_cores, setup_torch
-from vae_pipeline.model import VAE, SummedBCEWithLogits
+from vae_pipeline.device import idle_cores, setup_torch
+from vae_pipeline.fast_bce import SummedBCEWithLogits
+from vae_pipeline.model import VAE
 
 T = {"batch_size": 32, "beta": 1.5, "likelihood": "bernoulli", "precision": "fp32", "seed": 0,
      "eval_batch_size": 50}
@@ -38,8 +39,8 @@ def reference_epoch(model, optimizer, x, t):
 
 def twin_models():
     torch.manual_seed(3)
-    a = VAE(3, [24])
-    b = VAE(3, [24])
+    a = VAE.from_config({"latent_dim": 3, "hidden_dims": [24]})
+    b = VAE.from_config({"latent_dim": 3, "hidden_dims": [24]})
     b.load_state_dict(a.state_dict())
     return a, b
 

@@ -4,21 +4,43 @@
 - the IWAE estimate of -log p(x) (Burda et al. 2015): with k draws z_i ~ q(z|x),
       -log p(x) ~= -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x).
   It is an upper bound on -log p(x) whose expected value falls as k grows; k = 1
-  is the single-draw negative ELBO. The likelihoods are model.log_likelihood's;
+  is the single-draw negative ELBO. log p(x|z) is `log_likelihood`'s, below;
 - latent health: KL per latent dimension and the active units (Burda et al.'s
   diagnostic: dimension j is active when Var over the test set of mu_j exceeds
-  a threshold, 0.01; an inactive one has collapsed onto the prior).
+  a threshold, params evaluate.active_threshold; an inactive one has collapsed
+  onto the prior).
 """
 import ctypes
 import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
-from vae_pipeline.model import kl_divergence, log_likelihood, reparameterize
+from vae_pipeline.datasets import IMAGE_PIXELS
+from vae_pipeline.model import GAUSSIAN_VARIANCE, kl_divergence, reparameterize
 
 LOG_2PI = math.log(2 * math.pi)
+# -log of the gaussian likelihood's normalising constant over an image: 392 log pi, about 448.7
+# nats. The training loss leaves it out (no gradient); a density needs it.
+GAUSSIAN_LOG_NORMALISER = 0.5 * IMAGE_PIXELS * math.log(2 * math.pi * GAUSSIAN_VARIANCE)
+
+
+def log_likelihood(logits, x, likelihood: str):
+    """log p(x | z) per image, summed over pixels: logits (..., N, 784), x (N, 784) or (N, 1, 28, 28).
+
+    bernoulli: minus the BCE (for grey pixels this is the cross-entropy the training
+    loss uses, not a density over [0, 1]); gaussian: N(x; decoder mean, GAUSSIAN_VARIANCE)
+    per pixel, the training loss plus GAUSSIAN_LOG_NORMALISER.
+    """
+    x = x.reshape(-1, IMAGE_PIXELS).expand_as(logits)
+    if likelihood == "bernoulli":
+        # BCE with logits is softplus(l) - x * l; written out it is faster than F.binary_cross_entropy_with_logits
+        # on the (draws, images, 784) tensors of the IWAE estimate, and as exact.
+        return -F.softplus(logits).sub_(logits * x).sum(-1)
+    squared_error = (torch.sigmoid(logits) - x).pow(2).sum(-1)
+    return -squared_error / (2 * GAUSSIAN_VARIANCE) - GAUSSIAN_LOG_NORMALISER
 
 
 @torch.no_grad()

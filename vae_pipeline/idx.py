@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vae_pipeline.datasets import IMAGE_SIZE
 from vae_pipeline.files import PipelineError, stage_output
 
 UBYTE = 0x08
@@ -57,8 +58,8 @@ def read_split(raw_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         stage_output(path, "download")
     images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1)
-    if images.shape[1:] != (28, 28):
-        raise PipelineError(f"{images_path}: images are {images.shape[1:]}, expected 28x28")
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise PipelineError(f"{images_path}: images are {images.shape[1:]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
     if len(images) == 0:
         raise PipelineError(f"{images_path}: holds no images")
     if len(labels) != len(images):

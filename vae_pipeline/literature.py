@@ -8,6 +8,8 @@ A reference has two parts:
            recipe also matches is a reproduction ("same_recipe"); otherwise the
            differences are listed, so a gap between the numbers can be read.
 """
+from vae_pipeline.datasets import IMAGE_PIXELS
+
 REFERENCES = [
     {
         "reference": "PyTorch examples, VAE (vae/main.py)",
@@ -57,7 +59,7 @@ def this_run(params: dict) -> dict:
         "binarize": params["data"]["binarize"],
         "likelihood": t["likelihood"],
         "iwae_samples": params["evaluate"]["iwae_samples"],
-        "architecture": "-".join(map(str, [784, *t["hidden_dims"], t["latent_dim"]])) + ", relu",
+        "architecture": "-".join(map(str, [IMAGE_PIXELS, *t["hidden_dims"], t["latent_dim"]])) + ", relu",
         "epochs": t["epochs"],
         "batch_size": t["batch_size"],
         "lr": t["lr"],

@@ -20,7 +20,6 @@ attach_to_training_run(params, metrics=..., artifacts=[...]).
 Env VAE_RUN_TAGS (a JSON object) adds tags to the run, e.g. the Prefect flow run id.
 """
 import contextlib
-import copy
 import fcntl
 import json
 import logging
@@ -30,7 +29,6 @@ import time
 import urllib.parse
 from pathlib import Path
 
-import numpy as np
 import requests
 
 from vae_pipeline.datasets import raw_dir
@@ -45,7 +43,6 @@ log = logging.getLogger("tracking")
 RUN_FILE = "mlflow_run.json"          # which run trained this model; also, in paths.checkpoint_dir,
                                       # the run of an unfinished training
 RUN_TAGS_ENV = "VAE_RUN_TAGS"
-DECODER_NAME = "decoder"              # the MLflow model's name inside the run
 
 
 def default_tracking_uri(root: Path = ROOT) -> str:
@@ -276,40 +273,6 @@ def start_training_run(client, params: dict, device, key: str, history: list[dic
     return run_id
 
 
-def log_decoder(client, run_id: str, params: dict, model) -> tuple[str, str]:
-    """Log the decoder as an MLflow model (torch.export `pt2`) and register it.
-
-    Returns (registered model name, version). Saved with torch.export, the
-    model is a graph plus plain tensors: loading it runs no pickled code.
-    """
-    import mlflow
-    import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    from vae_pipeline.model import ImageDecoder
-
-    latent_dim = model.config["latent_dim"]
-    # A CPU copy: exported on the CPU, it loads on any machine; the trained model stays put.
-    decoder = ImageDecoder(copy.deepcopy(model.decoder).cpu()).eval()
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent_dim))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28, 28))]))
-    # Two rows: torch.export keeps a batch dimension of size 1 fixed, of size 2 it stays dynamic.
-    example = np.random.default_rng(0).standard_normal((2, latent_dim)).astype(np.float32)
-    # Created here, in the run's experiment: left to itself, log_model would use the default one.
-    logged = client.create_logged_model(experiment_id=client.get_run(run_id).info.experiment_id,
-                                        name=DECODER_NAME, source_run_id=run_id,
-                                        params=flat_params(params))
-    name = params["mlflow"]["model_name"]
-    info = mlflow.pytorch.log_model(
-        decoder, name=DECODER_NAME, run_id=run_id, model_id=logged.model_id,
-        serialization_format="pt2", signature=signature, input_example=example,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        registered_model_name=name, await_registration_for=60)
-    return name, str(info.registered_model_version)
-
-
 def finish_training_run(client, run_id: str, params: dict, model, metrics: dict) -> dict:
     """Final figures, artifacts, the registered decoder; then record the run in the model dir.
 
@@ -328,7 +291,10 @@ def finish_training_run(client, run_id: str, params: dict, model, metrics: dict)
     for path in (PARAMS_FILE, ROOT / "dvc.lock"):
         if path.exists():
             client.log_artifact(run_id, str(path))
-    name, version = log_decoder(client, run_id, params, model)
+    from vae_pipeline.mlflow_decoder import log_decoder  # imported here: it imports torch
+
+    name = params["mlflow"]["model_name"]
+    version = log_decoder(client, run_id, model, name, flat_params(params))
 
     run = client.get_run(run_id)
     record = {

@@ -1,7 +1,8 @@
 """Command compare: the training runs of the MLflow experiment, side by side.
 
-`python -m stages.compare` (or `make compare`) writes paths.compare_report, one
-self-contained HTML page (images inline as base64, no scripts, no links out):
+`python -m commands.compare` (or `make compare`) writes paths.compare_report, one
+self-contained HTML page (images inline as base64, no scripts, no links out;
+its template is vae_pipeline/templates/compare.html.j2):
   - the params that differ between the runs, and every run's final metrics;
   - loss, reconstruction and KL per epoch, the runs overlaid (test solid, train dashed);
   - 64 samples of the prior N(0, I) decoded by each run's model, the same z for all.
@@ -14,15 +15,16 @@ import logging
 import tempfile
 from pathlib import Path
 
-import jinja2
 import matplotlib
 import numpy as np
 import torch
+from jinja2 import Environment, PackageLoader
 from PIL import Image
 
 from vae_pipeline import tracking
+from vae_pipeline.datasets import IMAGE_SIZE
 from vae_pipeline.files import PipelineError, atomic_path, project_path
-from vae_pipeline.model import load_model
+from vae_pipeline.model_files import load_model
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -30,47 +32,6 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only bac
 log = logging.getLogger("compare")
 CURVES = [("loss", "Loss per sample"), ("recon", "Reconstruction"), ("kl", "KL")]
 GRID = 8  # prior samples: GRID x GRID images per run
-
-PAGE = jinja2.Template("""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Runs of {{ experiment }}</title>
-<style>
- body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
- table { border-collapse: collapse; margin: 1em 0; }
- th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
- th:first-child, td:first-child { text-align: left; }
- thead th { background: #f3f3f3; }
- .grids { display: flex; flex-wrap: wrap; gap: 1.5em; }
- .grids figure { margin: 0; text-align: center; }
- .swatch { display: inline-block; width: .8em; height: .8em; margin-right: .3em; }
- .note { color: #666; }
-</style></head><body>
-<h1>{{ runs|length }} runs of experiment “{{ experiment }}”</h1>
-<p class="note">Tracking store {{ store }}; the newest {{ runs|length }} finished runs, oldest first.
-The same runs line up in MLflow's own compare view (<code>make mlflow-ui</code>).</p>
-
-<h2>Params that differ</h2>
-{% if not differing %}<p>{{ "Only one run: its params." if runs|length == 1 else "None: every run has the same params." }}</p>{% endif %}
-<table><thead><tr><th>run</th>{% for r in runs %}<th><span class="swatch" style="background: {{ r.color }}"></span>{{ r.label }}</th>{% endfor %}</tr></thead>
-<tbody>
-{% for key in param_rows %}<tr><td>{{ key }}</td>{% for r in runs %}<td>{{ r.params.get(key, "—") }}</td>{% endfor %}</tr>
-{% endfor %}</tbody></table>
-
-<h2>Final metrics</h2>
-<table><thead><tr><th>metric</th>{% for r in runs %}<th>{{ r.label }}</th>{% endfor %}</tr></thead>
-<tbody>
-{% for key in metric_rows %}<tr><td>{{ key }}</td>{% for r in runs %}<td>{{ r.metrics[key] if key in r.metrics else "—" }}</td>{% endfor %}</tr>
-{% endfor %}</tbody></table>
-
-<h2>Per epoch</h2>
-<img alt="loss, reconstruction and KL per epoch, every run" src="data:image/png;base64,{{ curves }}">
-
-<h2>Samples of the prior, decoded</h2>
-<p class="note">z ~ N(0, I), the same {{ grid * grid }} vectors for every run of the same latent size.</p>
-<div class="grids">
-{% for r in runs %}<figure><img alt="prior samples of {{ r.label }}" src="data:image/png;base64,{{ r.grid }}"><figcaption>{{ r.label }}</figcaption></figure>
-{% endfor %}</div>
-</body></html>
-""", autoescape=True)
 
 
 def png_base64(figure_or_array) -> str:
@@ -101,8 +62,8 @@ def prior_grid(client, run_id: str) -> np.ndarray:
         model, config = load_model(Path(client.download_artifacts(run_id, "model", tmp)))
     z = torch.randn(GRID * GRID, config["latent_dim"], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        images = model.decode(z).reshape(GRID, GRID, 28, 28).numpy()
-    grid = images.transpose(0, 2, 1, 3).reshape(GRID * 28, GRID * 28)
+        images = model.decode(z).reshape(GRID, GRID, IMAGE_SIZE, IMAGE_SIZE).numpy()
+    grid = images.transpose(0, 2, 1, 3).reshape(GRID * IMAGE_SIZE, GRID * IMAGE_SIZE)
     return (np.kron(grid, np.ones((2, 2))) * 255).round().astype(np.uint8)
 
 
@@ -137,7 +98,8 @@ def run(params: dict) -> Path:
         })
     keys = sorted(set().union(*(r["params"] for r in runs)))
     differing = [k for k in keys if len({r["params"].get(k) for r in runs}) > 1]
-    html = PAGE.render(
+    page = Environment(loader=PackageLoader("vae_pipeline", "templates"), autoescape=True)
+    html = page.get_template("compare.html.j2").render(
         experiment=params["mlflow"]["experiment_name"], store=tracking.masked(client.tracking_uri),
         runs=runs, differing=differing, param_rows=differing if len(runs) > 1 else keys,
         metric_rows=sorted(set().union(*(r["metrics"] for r in runs))),

@@ -1,0 +1,1 @@
+"""User commands that are neither a DVC stage nor a Prefect flow: `python -m commands.NAME`."""

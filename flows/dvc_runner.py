@@ -1,0 +1,141 @@
+"""Running DVC for the flows: each stage as a Prefect task, in dependency order, one pipeline
+per workspace, and what the stages left behind (metrics, the MLflow run).
+
+Every flow runs the stages only through DVC (`dvc repro` in a subprocess), so DVC
+decides what is stale and dvc.lock stays the record of what produced what.
+"""
+import contextlib
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from vae_pipeline.files import PipelineError
+from vae_pipeline.tracking import RUN_FILE, RUN_TAGS_ENV
+
+LOCK_FILE = ".dvc/tmp/vae-pipeline.lock"        # in the project; .dvc/tmp is git-ignored by DVC
+
+
+def stage_env(run_tags: dict) -> dict:
+    """The environment of a DVC subprocess: the venv's python first on PATH (dvc.yaml runs
+    `python -m stages.X`), telemetry off, and the run tags for MLflow."""
+    venv_bin = str(Path(sys.executable).parent)
+    return {**os.environ,
+            "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+            "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+            RUN_TAGS_ENV: json.dumps(run_tags)}
+
+
+def run_logged(cmd: list[str], cwd: Path, env: dict, logger) -> tuple[int, list[str]]:
+    """Run `cmd`, sending each line of its output (stdout and stderr) to `logger` as it comes."""
+    lines = []
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1) as process:
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                logger.info(line)
+                lines.append(line)
+    return process.returncode, lines
+
+
+def failure(what: str, code: int, lines: list[str]) -> Exception:
+    """The exception for a failed DVC call: PipelineError when the stage itself exited 2
+    (bad input, NaN loss: rerunning gives the same), RuntimeError otherwise."""
+    stage_code = next((int(m.group(1)) for line in lines if (m := re.search(r"exited with (\d+)", line))),
+                      None)
+    errors = [line for line in lines if line.lower().startswith(("error", "warning: error"))]
+    message = f"{what} failed (dvc exit code {code}, stage exit code {stage_code}):\n  " + \
+        "\n  ".join(errors[-5:] or lines[-5:])
+    return PipelineError(message) if stage_code == 2 else RuntimeError(message)
+
+
+# DVC decides what to skip: Prefect must never skip a stage from a cache of its own.
+@task(cache_policy=NO_CACHE)
+def run_stage(stage: str, project: str, run_tags: dict) -> dict:
+    """`dvc repro --single-item <stage>`: runs the stage if DVC finds it stale, else skips it."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    code, lines = run_logged([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+                             Path(project), stage_env(run_tags), logger)
+    if code != 0:
+        raise failure(f"stage '{stage}'", code, lines)
+    ran = any(line.startswith(f"Running stage '{stage}'") for line in lines)
+    # DVC's run cache: the same stage with the same deps and params ran before; outputs restored.
+    restored = any(line.startswith(f"Stage '{stage}' is cached") for line in lines)
+    return {"stage": stage, "ran": ran, "restored": restored,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def stage_order(project: Path) -> list[str]:
+    """The stages of dvc.yaml, each after the stages it depends on, in dvc.yaml's order otherwise."""
+    from dvc.repo import Repo      # imported here: DVC is only needed once the flow runs
+
+    def address(stage) -> str:     # as `dvc repro` takes it in the project: `name`, or `sub/dvc.yaml:name`
+        where = Path(stage.path).relative_to(project.resolve())
+        return stage.name if str(where) == "dvc.yaml" else f"{where}:{stage.name}"
+
+    with Repo(str(project)) as repo:
+        graph = repo.index.graph   # an edge goes from a stage to a stage it depends on
+        upstream = {address(stage): {address(dep) for dep in graph.successors(stage)} for stage in graph}
+        file_order = [address(stage) for stage in repo.index.stages]
+    ordered = []
+    while len(ordered) < len(file_order):
+        ordered.append(next(name for name in file_order
+                            if name not in ordered and upstream[name] <= set(ordered)))
+    return ordered
+
+
+@contextlib.contextmanager
+def workspace_lock(project: Path, wait_seconds: float, logger):
+    """Hold the project's pipeline lock: one pipeline per workspace, as DVC's own lock allows one
+    `dvc repro`. A second pipeline waits up to `wait_seconds`, then fails with a clear message."""
+    path = project / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        deadline = time.monotonic() + wait_seconds
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                if time.monotonic() >= deadline:
+                    raise PipelineError(
+                        f"another pipeline (pid {holder}) is running in {project} and still holds "
+                        f"{path} after {wait_seconds:g} s; let it finish (or stop it) and run again") from None
+                if not waiting:
+                    logger.warning("another pipeline (pid %s) is running in %s; waiting up to %g s for it",
+                                   holder, project, wait_seconds)
+                    waiting = True
+                time.sleep(0.5)
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_metrics(project: Path, params: dict) -> dict:
+    """Every JSON in the metrics folder (reports/metrics/*.json): {file stem: {name: value}}."""
+    folder = (project / params["paths"]["train_metrics"]).parent
+    metrics = {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+    return {name: values for name, values in metrics.items() if isinstance(values, dict)}  # not tables
+
+
+def mlflow_run_id(project: Path, params: dict) -> str | None:
+    """The MLflow run that trained the current model, if the train stage recorded one."""
+    path = project / params["paths"]["model_dir"] / RUN_FILE
+    return json.loads(path.read_text()).get("run_id") if path.exists() else None
