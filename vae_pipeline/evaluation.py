@@ -22,8 +22,8 @@ from vae_pipeline.datasets import IMAGE_PIXELS
 from vae_pipeline.model import GAUSSIAN_VARIANCE, kl_divergence, reparameterize
 
 LOG_2PI = math.log(2 * math.pi)
-# -log of the gaussian likelihood's normalising constant over an image: 392 log pi, about 448.7
-# nats. The training loss leaves it out (no gradient); a density needs it.
+# The gaussian likelihood's log normaliser over an image, 392 log pi (about 448.7 nats): -log p(x|z)
+# is the training loss's term plus this. Training leaves it out (no gradient); a density needs it.
 GAUSSIAN_LOG_NORMALISER = 0.5 * IMAGE_PIXELS * math.log(2 * math.pi * GAUSSIAN_VARIANCE)
 
 
