@@ -40,8 +40,8 @@ test: $(STAMP) browser  ## run the test suite (slow end-to-end tests included)
 test-fast: $(STAMP)  ## run the tests, skipping the slow end-to-end ones
 	pytest -m "not slow"
 
-clean:  ## remove generated outputs (keeps .venv and the DVC cache)
-	rm -rf data/embeddings models reports .checkpoints
+clean:  ## remove every output named in params.yaml `paths` (keeps raw data, run record, mlflow.db, DVC cache, .venv)
+	set -o pipefail; python -m vae_pipeline.params outputs | xargs -r -d '\n' rm -rf --
 
 .PHONY: reliability
 reliability: $(STAMP)  ## bad input, kills and attacks done for real; prints the reliability table

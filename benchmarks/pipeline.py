@@ -16,7 +16,6 @@ import argparse
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import machine, median
-from vae_pipeline.files import ROOT, PipelineError
+from vae_pipeline.files import ROOT, PipelineError, copy_checkout
 from vae_pipeline.params import load_params
 
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
@@ -48,13 +47,7 @@ def environment(caches: dict | None = None) -> dict:
 def scratch_project(parent: Path, params: dict) -> Path:
     """A copy of the project as a fresh clone has it, its download pointed at our raw files."""
     copy = parent / "project"
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for name in filter(None, listed.split("\0")):
-        source = ROOT / name
-        if source.is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, copy / name)
+    copy_checkout(ROOT, copy)
     raw = ROOT / params["paths"]["raw_dir"] / params["data"]["dataset"]
     settings = yaml.safe_load((copy / "params.yaml").read_text())
     settings["data"]["sources"] = [f"file://{raw}"]

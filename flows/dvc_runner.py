@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from vae_pipeline.files import PipelineError
-from vae_pipeline.tracking import RUN_FILE, RUN_TAGS_ENV
+from vae_pipeline.tracking import RUN_TAGS_ENV, training_run
 
 LOCK_FILE = ".dvc/tmp/vae-pipeline.lock"        # in the project; .dvc/tmp is git-ignored by DVC
 
@@ -137,5 +137,5 @@ def read_metrics(project: Path, params: dict) -> dict:
 
 def mlflow_run_id(project: Path, params: dict) -> str | None:
     """The MLflow run that trained the current model, if the train stage recorded one."""
-    path = project / params["paths"]["model_dir"] / RUN_FILE
-    return json.loads(path.read_text()).get("run_id") if path.exists() else None
+    record = training_run(params, project)
+    return record["run_id"] if record else None

@@ -11,13 +11,12 @@ Served on a cron schedule by `python -m flows.serve` (or put on a work pool with
      params the workspace holds, and `dvc repro` alone reproduces the result;
   3. runs the `vae-pipeline` flow (flows/pipeline.py): DVC reruns only what is
      stale, and the train stage registers a new model version in MLflow;
-  4. the champion gate: the version the pipeline left (models/mlflow_run.json)
+  4. the champion gate: the version the pipeline left (paths.run_record)
      takes the `champion` alias only when its test loss beats the champion's by
      at least params retrain.margin; the first version becomes champion.
      The decision and both figures go to a markdown artifact `champion` and
      to paths.champion (JSON).
 """
-import json
 import sys
 import time
 from pathlib import Path
@@ -136,7 +135,10 @@ def retrain(project: str | None = None, seed: int | None = None) -> dict:
     pipeline(project=str(root), run_tags={"retrain": "true"})
 
     params = load_params(root / "params.yaml")
-    record = json.loads((root / params["paths"]["model_dir"] / tracking.RUN_FILE).read_text())
+    record = tracking.training_run(params, root)
+    if record is None:
+        raise PipelineError(f"{params['paths']['run_record']}: no MLflow run recorded for the model in "
+                            f"{params['paths']['model_dir']}; retrain it (dvc repro --force train)")
     # The stages ran in `root`: its own default store, which is this checkout's only when root is ROOT.
     params["mlflow"]["tracking_uri"] = tracking.tracking_uri(params, root)
     client = tracking.connect(params)

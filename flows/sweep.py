@@ -33,7 +33,7 @@ from prefect_dask import DaskTaskRunner
 
 from flows.dvc_runner import failure, mlflow_run_id, read_metrics, run_logged, stage_env
 from vae_pipeline import tracking
-from vae_pipeline.files import ROOT, PipelineError, atomic_path, write_json
+from vae_pipeline.files import ROOT, PipelineError, atomic_path, copy_checkout, write_json
 from vae_pipeline.params import load_params
 
 
@@ -48,18 +48,8 @@ def dvc_cache_dir(project: Path) -> str:
 
 
 def copy_project(project: Path, dest: Path, cache_dir: str) -> None:
-    """Copy what a clone of `project` holds (git's tracked and not-ignored files) into `dest`,
-    its DVC cache set to `cache_dir`."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=project, capture_output=True)
-    if listed.returncode != 0:
-        raise PipelineError(f"{project}: the sweep copies the project's git files, but git ls-files "
-                            f"failed: {listed.stderr.decode(errors='replace').strip()}")
-    for name in filter(None, listed.stdout.split(b"\0")):
-        source = project / os.fsdecode(name)
-        if source.is_file():
-            (dest / os.fsdecode(name)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / os.fsdecode(name))
+    """Copy what a clone of `project` holds into `dest`, its DVC cache set to `cache_dir`."""
+    copy_checkout(project, dest)
     # DVC needs a git repository (or core.no_scm); an empty one is enough for `dvc repro`.
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     (dest / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {cache_dir}\n")

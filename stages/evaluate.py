@@ -129,7 +129,6 @@ def run(params: dict) -> dict:
         log.info("trustworthiness %.4f (%d neighbours)", metrics["trustworthiness"],
                  e["trustworthiness_neighbors"])
     metrics["trustworthiness_neighbors"] = e["trustworthiness_neighbors"]
-    metrics["seconds"] = seconds
 
     write_json(project_path(paths["eval_metrics"]), metrics)
     rows = compare(params, metrics)
@@ -138,9 +137,11 @@ def run(params: dict) -> dict:
         log.info("%s: %s", row["reference"],
                  f"{row['this_run']:.2f} here, {row['reference_value']} there" if row["comparable"]
                  else "not comparable (" + "; ".join(row["differences"][:2]) + ")")
-    # The same figures on the run that trained the model, so MLflow can compare them across runs.
+    # The same figures on the run that trained the model, so MLflow can compare them across runs;
+    # the times there only: in eval.json they would make every rerun a new output.
     numbers = {f"eval_{k}": v for k, v in metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers |= {f"eval_seconds_{part}": s for part, s in seconds.items()}
     tracking.attach_to_training_run(params, metrics=numbers,
                                     artifacts=[project_path(paths["eval_metrics"]),
                                                project_path(paths["literature"])],

@@ -26,6 +26,10 @@ from vae_pipeline.model_files import save_model
 log = logging.getLogger("train")
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_recon", "train_kl",
                    "test_loss", "test_recon", "test_kl", "seconds"]
+# The outputs (paths.train_history, paths.train_metrics) hold figures only: a rerun with the same
+# params writes them byte for byte again (dvc.lock unchanged). Times and the thread count vary
+# from run to run; they go to the MLflow run alone.
+CURVE_COLUMNS = HISTORY_COLUMNS[:-1]
 
 
 # On a GPU, looking at a loss makes the host wait for the device, so a CUDA run
@@ -173,8 +177,8 @@ def load_checkpoint(path: Path, model, optimizer, key: str) -> tuple[int, list]:
 
 def write_history(path: Path, history: list) -> None:
     with atomic_path(path) as tmp:
-        lines = [",".join(HISTORY_COLUMNS)]
-        lines += [",".join(f"{v:.6g}" if c != "epoch" else str(int(v)) for c, v in zip(HISTORY_COLUMNS, row))
+        lines = [",".join(CURVE_COLUMNS)]
+        lines += [",".join(f"{v:.6g}" if c != "epoch" else str(int(v)) for c, v in zip(CURVE_COLUMNS, row))
                   for row in history]
         tmp.write_text("\n".join(lines) + "\n")
 
@@ -224,17 +228,17 @@ def run(params: dict) -> dict:
         "test_loss_mu": test_loss_mu, "test_recon_mu": test_recon_mu,
         "best_test_loss": min(row[4] for row in history),
         "epochs": t["epochs"],
-        "train_seconds": sum(row[-1] for row in history),
         "device": str(device),
-        "threads": torch.get_num_threads(),
     }
+    seconds = sum(row[-1] for row in history)
     save_model(model, project_path(paths["model_dir"]), {"likelihood": t["likelihood"]})
     write_history(project_path(paths["train_history"]), history)
     write_json(project_path(paths["train_metrics"]), metrics)
-    tracking.finish_training_run(mlflow_client, run_id, params, model, metrics)  # also writes mlflow_run.json
+    # Also records the run in paths.run_record. (The thread count is the run's `threads` tag.)
+    tracking.finish_training_run(mlflow_client, run_id, params, model, {**metrics, "train_seconds": seconds})
     checkpoint.unlink(missing_ok=True)
     log.info("test loss %.2f per sample (z = mu: %.2f) after %d epochs, %.0fs",
-             test_loss, test_loss_mu, t["epochs"], metrics["train_seconds"])
+             test_loss, test_loss_mu, t["epochs"], seconds)
     return metrics
 
 

@@ -1,10 +1,12 @@
-"""Shared fixtures: a tiny IDX data set and a throwaway copy of the project.
+"""Shared fixtures: a tiny IDX data set and a throwaway copy of the project, and the helpers
+every test uses to change a copy's params and to read dvc.yaml's stages.
 
 Nothing here touches the network: the tiny data set is written by the test
 session and served to the download stage as a `file://` source.
 """
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,15 +20,10 @@ import pytest
 import yaml
 
 from vae_pipeline.datasets import FILES
-from vae_pipeline.files import ROOT
+from vae_pipeline.files import ROOT, copy_checkout
 from vae_pipeline.idx import write_idx
 
 VENV_BIN = Path(sys.executable).parent
-# What a fresh clone holds: the tracked files and the ones git would track, nothing generated.
-COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports", "mlflow.db",
-                                     "mlartifacts", ".prefect", ".checkpoints", "__pycache__",
-                                     ".pytest_cache", ".hypothesis", "*.egg-info", ".numba_cache",
-                                     "cache", "tmp")
 
 
 def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,9 +82,9 @@ def run_in(project: Path, *cmd: str, check: bool = True, timeout: int = 600) -> 
 
 
 def make_project(folder: Path, tiny_source) -> Path:
-    """A fresh git repo in folder/project holding a copy of the project, on the tiny config."""
+    """A fresh git repo in folder/project holding what a clone of the project holds, on the tiny config."""
     copy = folder / "project"
-    shutil.copytree(ROOT, copy, ignore=COPY_IGNORE)
+    copy_checkout(ROOT, copy)
     source, checksums = tiny_source
     (copy / "params.yaml").write_text(yaml.safe_dump(tiny_params(source, checksums), sort_keys=False))
     run_in(copy, "git", "init", "-q")
@@ -95,6 +92,55 @@ def make_project(folder: Path, tiny_source) -> Path:
     run_in(copy, "git", "-c", "user.name=test", "-c", "user.email=test@localhost",
            "commit", "-qm", "tiny config")
     return copy
+
+def set_params(project: Path, **sections) -> dict:
+    """Change the project's params.yaml, e.g. set_params(project, train={"epochs": 4}); return the new params."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def put_data(project: Path, tiny_source) -> Path:
+    """The tiny data set in the project's raw folder, as the download stage would leave it."""
+    folder, _ = tiny_source
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    raw = project / params["paths"]["raw_dir"] / params["data"]["dataset"]
+    raw.mkdir(parents=True)
+    for name in FILES:
+        shutil.copyfile(folder / name, raw / name)
+    return raw
+
+
+def relocate(params: dict, folder: Path) -> dict:
+    """`params` with every path and the MLflow store under `folder`, for a test that runs a stage
+    in this process (whose project root is the checkout itself)."""
+    params["paths"] = {key: str(folder / path) for key, path in params["paths"].items()}
+    params["mlflow"]["tracking_uri"] = f"sqlite:///{folder / 'mlflow.db'}"
+    return params
+
+
+def dvc_stages(project: Path = ROOT) -> list[str]:
+    """The stages of dvc.yaml, in its order."""
+    return list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
+
+
+def downstream(stage: str, project: Path = ROOT) -> list[str]:
+    """`stage` and every stage made from its outputs, directly or not (DVC's own graph), sorted."""
+    from dvc.repo import Repo
+    import networkx
+
+    with Repo(str(project)) as repo:
+        graph = repo.index.graph                        # edges: stage -> the stages it reads from
+        [node] = [s for s in graph if s.addressing == stage]
+        return sorted([stage, *(s.addressing for s in networkx.ancestors(graph, node))])
+
+
+def stages_run(output: str) -> list[str]:
+    """The stages `dvc repro` ran, from its output, sorted."""
+    return sorted(re.findall(r"^Running stage '([^']+)'", output, re.M))
+
 
 # The reliability report (`make reliability`) and its helpers.
 pytest_plugins = ["tests.reliability"]

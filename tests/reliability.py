@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_in
+from vae_pipeline.params import load_params
+from vae_pipeline.tracking import RUN_FILE
 
 ROWS = pytest.StashKey[list]()
 KIND_ORDER = ["bad input", "fuzz", "fault", "attack", "secret", "concurrency"]
@@ -71,8 +73,11 @@ def short(text: str, width: int) -> str:
 
 # Files a run may create without them being outputs of the pipeline.
 NOT_OUTPUTS = ("__pycache__", ".hypothesis", ".pytest_cache", "mlartifacts")
-# The MLflow store records a failed run too, on purpose: that is the run record, not an output.
-TRACKING_RECORDS = {"mlflow.db", ".checkpoints/mlflow_run.json"}
+# The MLflow store and the run records (paths.run_record; the unfinished run's, in paths.checkpoint_dir)
+# record a failed run too, on purpose: they are tracking, not outputs. The test projects are copies
+# of this checkout, with its paths (and their params.yaml may be broken on purpose).
+PATHS = load_params()["paths"]
+TRACKING_RECORDS = {"mlflow.db", PATHS["run_record"], str(Path(PATHS["checkpoint_dir"]) / RUN_FILE)}
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:

@@ -13,32 +13,14 @@ import torch
 import yaml
 
 from stages import train
-from tests.conftest import free_port
+from tests.conftest import free_port, put_data, set_params
 from tests.reliability import run_stage
-from vae_pipeline.datasets import FILES
 from vae_pipeline.files import PipelineError, write_json
 from vae_pipeline.idx import write_idx
 from vae_pipeline.model import VAE
 from vae_pipeline.model_files import load_model, save_model
 
 pytestmark = pytest.mark.reliability
-
-
-def set_params(project, section: str, key: str, value) -> dict:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params[section][key] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return params
-
-
-def put_data(project, tiny_source):
-    """The tiny data set in data/raw/mnist, as the download stage would leave it."""
-    folder, _ = tiny_source
-    raw = project / "data/raw/mnist"
-    raw.mkdir(parents=True)
-    for name in FILES:
-        shutil.copyfile(folder / name, raw / name)
-    return raw
 
 
 # Every stage validates the whole params.yaml before doing anything; `download` is
@@ -56,7 +38,7 @@ def put_data(project, tiny_source):
      "'data.dataset' is 'cifar10'; allowed: one of mnist, fashion-mnist"),
 ])
 def test_bad_params_stop_before_anything_runs(project, reliability, case, section, key, value, message):
-    set_params(project, section, key, value)
+    set_params(project, **{section: {key: value}})
     code, error, stray = run_stage(project, "download")
     reliability("bad input", f"params: {case}", error, code, stray)
     assert code == 2
@@ -73,7 +55,7 @@ def test_params_file_that_is_not_yaml(project, reliability):
 
 def test_batch_larger_than_the_data(project, tiny_source, reliability):
     put_data(project, tiny_source)
-    set_params(project, "train", "batch_size", 5000)
+    set_params(project, train={"batch_size": 5000})
     code, error, stray = run_stage(project, "train")
     reliability("bad input", "params: train.batch_size 5000 > 2000 images", error, code, stray)
     assert code == 2
@@ -126,7 +108,7 @@ def test_checksum_mismatch_from_a_source(project, tiny_source, tmp_path, reliabi
     data = bytearray((bad / "train-labels-idx1-ubyte").read_bytes())
     data[100] ^= 0x01
     (bad / "train-labels-idx1-ubyte").write_bytes(bytes(data))
-    set_params(project, "data", "sources", [f"file://{bad}"])
+    set_params(project, data={"sources": [f"file://{bad}"]})
     code, error, stray = run_stage(project, "download")
     shown = error[error.find("file://"):].replace(str(bad), "<source>")
     reliability("bad input", "source file fails its SHA-256", shown, code, stray)
@@ -172,7 +154,7 @@ def test_unreachable_tracking_uri_stops_train_before_any_work(project, tiny_sour
 def test_loss_turning_nan_stops_at_once(project, tiny_source, reliability):
     """lr 1e30: the first Adam step throws every weight to ~1e30, the second batch's loss is not finite."""
     put_data(project, tiny_source)
-    set_params(project, "train", "lr", 1e30)
+    set_params(project, train={"lr": 1e30})
     code, error, stray = run_stage(project, "train")
     reliability("bad input", "loss turns NaN (train.lr 1e30)", error, code, stray)
     assert code == 2

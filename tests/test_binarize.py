@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from stages import download, train
-from tests.conftest import tiny_params
+from tests.conftest import relocate, tiny_params
 from vae_pipeline.data import binarize, load_images
 
 
@@ -36,10 +36,8 @@ def test_kl_warmup_ramps_beta_from_zero():
 @pytest.fixture
 def dynamic_params(tmp_path, tiny_source):
     folder, checksums = tiny_source
-    params = tiny_params(folder, checksums, data={"binarize": "dynamic"},
-                         train={"epochs": 3, "kl_warmup_epochs": 2, "hidden_dims": [32]})
-    for key in ("raw_dir", "model_dir", "checkpoint_dir", "train_metrics", "train_history"):
-        params["paths"][key] = str(tmp_path / key)
+    params = relocate(tiny_params(folder, checksums, data={"binarize": "dynamic"},
+                                  train={"epochs": 3, "kl_warmup_epochs": 2, "hidden_dims": [32]}), tmp_path)
     download.run(params)
     return params
 

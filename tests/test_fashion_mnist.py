@@ -2,24 +2,20 @@
 import json
 
 import pytest
-import yaml
 
-from tests.conftest import run_in
+from tests.conftest import dvc_stages, run_in, set_params, stages_run
 from vae_pipeline.datasets import DATASETS
 
 pytestmark = pytest.mark.slow
 
 
 def test_fashion_mnist_runs_through_every_stage_to_the_report(project):
-    params = yaml.safe_load((project / "params.yaml").read_text())
     # The tiny fixture stands in for the real files: a file:// source and its checksums (tiny_params).
-    params["data"]["dataset"] = "fashion-mnist"
-    params["evaluate"].update(iwae_samples=20, trustworthiness_samples=300)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, data={"dataset": "fashion-mnist"},
+               evaluate={"iwae_samples": 20, "trustworthiness_samples": 300})
 
     result = run_in(project, "dvc", "repro")
-    for stage in ("download", "train", "embed", "latent_map", "evaluate", "report"):
-        assert f"Running stage '{stage}'" in result.stdout
+    assert stages_run(result.stdout) == sorted(dvc_stages(project))
     assert sorted(p.name for p in (project / "data/raw/fashion-mnist").iterdir()) == sorted(
         ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
     assert not (project / "data/raw/mnist").exists()

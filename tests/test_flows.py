@@ -17,7 +17,7 @@ from flows.local_api import local_api
 from flows.dvc_runner import LOCK_FILE, workspace_lock
 from flows.pipeline import pipeline
 from flows.sweep import dask_runner, sweep
-from tests.conftest import VENV_BIN, pipeline_env, run_in
+from tests.conftest import VENV_BIN, dvc_stages, pipeline_env, run_in, set_params
 from vae_pipeline.files import PipelineError
 
 
@@ -26,13 +26,6 @@ def prefect_api(tmp_path):
     """Prefect's local API on a database of its own, for one test."""
     with local_api(tmp_path / "prefect-home") as url:
         yield url
-
-
-def set_params(project, **sections) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in sections.items():
-        params[section].update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def task_runs(flow_run_id) -> list:
@@ -92,7 +85,7 @@ def test_a_second_pipeline_fails_clearly_when_the_first_holds_on(tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_flow_runs_the_stages_in_order_then_skips_them_all(project, prefect_api):
-    stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
+    stages = dvc_stages(project)
     first = pipeline(project=str(project), return_state=True)
     assert first.is_completed(), first.message
     assert [r["stage"] for r in first.result()] == stages

@@ -3,8 +3,9 @@ import copy
 import pytest
 import yaml
 
+from tests.conftest import run_in, set_params
 from vae_pipeline.files import ROOT, PipelineError
-from vae_pipeline.params import load_params, validate
+from vae_pipeline.params import KEPT_BY_CLEAN, load_params, validate
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -52,3 +53,26 @@ def test_unreadable_yaml_names_the_file(tmp_path):
     (tmp_path / "params.yaml").write_text("train: [unclosed")
     with pytest.raises(PipelineError, match="params.yaml: not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_make_clean_removes_every_output_and_keeps_the_raw_data(project):
+    params = load_params(project / "params.yaml")
+    assert {"raw_dir", "run_record"} == set(KEPT_BY_CLEAN)   # the decision: data and MLflow records stay
+    for key, path in params["paths"].items():               # every path, as a file or a folder with a file
+        target = project / path / "x" if key.endswith("_dir") else project / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("generated")
+    run_in(project, "make", "clean")
+    left = {key for key, path in params["paths"].items() if (project / path).exists()}
+    assert left == set(KEPT_BY_CLEAN)
+    assert (project / "dvc.yaml").exists() and (project / "vae_pipeline").is_dir()
+
+
+def test_make_clean_refuses_a_path_outside_the_project(project):
+    set_params(project, paths={"report": "../outside.html"})
+    (project.parent / "outside.html").write_text("not ours")
+    (project / "models").mkdir()
+    result = run_in(project, "make", "clean", check=False)
+    assert result.returncode != 0
+    assert "paths.report is '../outside.html', outside the project" in result.stderr
+    assert (project.parent / "outside.html").exists() and (project / "models").exists()

@@ -5,15 +5,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import run_in
+from tests.conftest import downstream, dvc_stages, run_in, set_params, stages_run
+from vae_pipeline.params import load_params
+from vae_pipeline.tracking import training_run
 
 pytestmark = pytest.mark.slow
 
 
 def test_dvc_repro_runs_every_stage_then_nothing(project):
     first = run_in(project, "dvc", "repro")
-    for stage in ("download", "train", "embed", "latent_map", "report", "evaluate"):
-        assert f"Running stage '{stage}'" in first.stdout
+    assert stages_run(first.stdout) == sorted(dvc_stages(project))
 
     metrics = json.loads((project / "reports/metrics/train.json").read_text())
     assert metrics["epochs"] == 2 and 0 < metrics["test_loss"] < 600
@@ -34,19 +35,47 @@ def test_dvc_repro_runs_every_stage_then_nothing(project):
     assert evaluation["iwae_nll"] <= evaluation["neg_elbo"] and 0 <= evaluation["knn_accuracy"] <= 1
 
     # Changing beta makes the model and everything made from it stale; download stays.
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["beta"] = 4.0
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, train={"beta": 4.0})
     third = run_in(project, "dvc", "repro")
-    ran = sorted(line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage"))
-    assert ran == ["embed", "evaluate", "latent_map", "report", "train"]
+    assert stages_run(third.stdout) == downstream("train", project)
+    assert "download" not in downstream("train", project)
 
 
-def test_same_params_and_seed_give_the_same_metrics(project):
-    run_in(project, "dvc", "repro", "train")
-    first = (project / "reports/metrics/train.json").read_text()
-    run_in(project, "dvc", "repro", "--force", "--single-item", "train")
-    second = json.loads((project / "reports/metrics/train.json").read_text())
-    first = json.loads(first)
-    for key in ("train_loss", "test_loss", "test_kl", "test_loss_mu"):
-        assert first[key] == second[key]
+# TODO(lead): empty this once the report stage is deterministic (issue 12, item 2: its generation
+# time and more); until then its outputs, and its entry in dvc.lock, are left out of the comparison.
+NOT_YET_REPRODUCIBLE = {"report"}
+
+
+def lock_without(lock: dict, stages: set) -> dict:
+    return {**lock, "stages": {name: entry for name, entry in lock["stages"].items() if name not in stages}}
+
+
+def output_bytes(project, lock: dict) -> dict:
+    """Every file of every output dvc.lock records (outs, metrics, plots): {path: bytes}."""
+    files = {}
+    for name, entry in lock["stages"].items():
+        if name in NOT_YET_REPRODUCIBLE:
+            continue
+        for out in entry.get("outs", []):
+            path = project / out["path"]
+            found = [f for f in (sorted(path.rglob("*")) if path.is_dir() else [path]) if f.is_file()]
+            assert found, f"stage {name}: output {out['path']} holds no file"
+            files |= {str(f.relative_to(project)): f.read_bytes() for f in found}
+    return files
+
+
+def test_a_forced_rerun_changes_nothing(project):
+    """`dvc repro --force` twice, same params, same machine: the same dvc.lock, every output byte for byte."""
+    runs = []
+    for _ in range(2):
+        forced = run_in(project, "dvc", "repro", "--force")
+        assert stages_run(forced.stdout) == sorted(dvc_stages(project))   # every stage really ran again
+        lock = yaml.safe_load((project / "dvc.lock").read_text())
+        record = training_run(load_params(project / "params.yaml"), project)
+        runs.append((lock_without(lock, NOT_YET_REPRODUCIBLE), output_bytes(project, lock), record["run_id"]))
+    (first_lock, first_files, first_run), (second_lock, second_files, second_run) = runs
+    assert first_files.keys() == second_files.keys()
+    assert [path for path in first_files if first_files[path] != second_files[path]] == []
+    assert first_lock == second_lock
+    # Each training is a new MLflow run: its id is recorded outside the outputs.
+    assert first_run != second_run

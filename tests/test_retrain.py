@@ -11,7 +11,9 @@ import pytest
 
 from flows.local_api import free_port
 from flows.retrain import ALIAS, champion_gate, gate_markdown
-from tests.conftest import VENV_BIN, pipeline_env, run_in, stop_process_group
+from tests.conftest import VENV_BIN, downstream, dvc_stages, pipeline_env, run_in, stop_process_group
+from vae_pipeline import tracking
+from vae_pipeline.params import load_params
 
 
 # ---- the gate, on two real registered versions (no training needed) -------------------------
@@ -128,7 +130,7 @@ def test_the_served_retrain_deployment_runs_on_a_prefect_server_and_names_a_cham
         f"{run.stdout[-2000:]}\n{run.stderr[-2000:]}\nserve log:\n{log.read_text()[-4000:]}"
     print(f"served retrain: triggered to completed in {seconds:.1f} s")
 
-    record = json.loads((project / "models/mlflow_run.json").read_text())
+    record = tracking.training_run(load_params(project / "params.yaml"), project)
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     assert str(client.get_model_version_by_alias(record["model_name"], ALIAS).version) == record["model_version"]
     decision = json.loads((project / "reports/champion.json").read_text())
@@ -167,8 +169,7 @@ def test_a_flow_run_whose_task_crashed_is_retried_from_the_failed_stage(project,
 
     assert not marker.exists()                          # the crash did happen
     ran = {r["stage"]: r["ran"] for r in results}       # the retry's stages
-    assert ran == {"download": False, "train": False, "embed": True, "latent_map": True, "report": True,
-                   "evaluate": True}
+    assert ran == {stage: stage in downstream("embed", project) for stage in dvc_stages(project)}
     # The train stage ran once in all: one registered version, not two.
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     versions = client.search_model_versions("name='vae-decoder'")

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from stages import download, train
-from tests.conftest import run_in
+from tests.conftest import put_data, run_in, set_params
 from tests.reliability import changed_files, run_stage, snapshot
-from tests.test_bad_input import put_data, set_params
 from vae_pipeline.datasets import FILES
 from vae_pipeline.files import ROOT, PipelineError
 from vae_pipeline.model import VAE
@@ -146,7 +145,7 @@ def test_malicious_tarball_through_the_download_stage(project, tiny_source, tmp_
     source = tmp_path / "npm"
     source.mkdir()
     evil_tarball(source / "evil-1.0.0.tgz", {name: (folder / name).read_bytes() for name in FILES}, escape)
-    set_params(project, "data", "sources", [f"npm:{source / 'evil-1.0.0.tgz'}"])
+    set_params(project, data={"sources": [f"npm:{source / 'evil-1.0.0.tgz'}"]})
     before = snapshot(tmp_path)
     result = run_in(project, sys.executable, "-m", "stages.download", check=False)
     after = snapshot(tmp_path)
@@ -234,7 +233,7 @@ def test_redact_uri_masks_credentials(text, expected):
 
 def test_no_credentials_in_a_stage_log_or_error(project, reliability):
     secret = "s3cret-" + uuid.uuid4().hex[:8]
-    set_params(project, "data", "sources", [f"http://alice:{secret}@127.0.0.1:9/", "file:///nonexistent/"])
+    set_params(project, data={"sources": [f"http://alice:{secret}@127.0.0.1:9/", "file:///nonexistent/"]})
     before = snapshot(project)
     result = run_in(project, sys.executable, "-m", "stages.download", check=False)
     stray = changed_files(project, before)

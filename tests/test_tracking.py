@@ -1,6 +1,5 @@
 """MLflow tracking against real stores: the embedded SQLite file, and `mlflow server` over HTTP."""
 import hashlib
-import json
 
 import numpy as np
 import pytest
@@ -21,8 +20,7 @@ def open_store(project):
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    record = json.loads((project / "models" / tracking.RUN_FILE).read_text())
-    return mlflow.MlflowClient(uri), record
+    return mlflow.MlflowClient(uri), tracking.training_run(load_params(project / "params.yaml"), project)
 
 
 def test_tracking_uri_env_then_params_then_embedded(monkeypatch):
@@ -161,7 +159,7 @@ def test_pipeline_logs_to_a_real_server_over_http(project, mlflow_server, monkey
     url, folder = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     run_in(project, "dvc", "repro")
-    record = json.loads((project / "models" / tracking.RUN_FILE).read_text())
+    record = tracking.training_run(load_params(project / "params.yaml"), project)
     assert record["tracking_uri"] == url and record["model_uri"] == "models:/vae-decoder/1"
     assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
 

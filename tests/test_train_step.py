@@ -5,6 +5,8 @@ optional bf16): these tests pin its maths to a straightforward reference, so
 speed work cannot silently change the results. No timings here: see benchmarks/.
 """
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from stages.train import evaluate, train_epoch
 from vae_pipeline.device import idle_cores, setup_torch
 from vae_pipeline.fast_bce import SummedBCEWithLogits
 from vae_pipeline.model import VAE
+from vae_pipeline.files import ROOT
 
 T = {"batch_size": 32, "beta": 1.5, "likelihood": "bernoulli", "precision": "fp32", "seed": 0,
      "eval_batch_size": 50}
@@ -107,3 +110,32 @@ def test_thread_count_zero_means_the_idle_cores():
         assert 1 <= torch.get_num_threads() <= len(os.sched_getaffinity(0))
     finally:
         torch.set_num_threads(before)
+
+
+# Run as a stage runs (through vae_pipeline.cli.main), in a fresh process: MKL fixes its numerics
+# at its first call, and this test process has called it long before.
+SAME_WEIGHTS_ON_1_AND_2_THREADS = f"""
+import torch
+from stages.train import train_epoch
+from vae_pipeline.cli import main
+from vae_pipeline.model import VAE
+
+def weights_on(threads):
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = VAE(4, [400])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    x = torch.rand(512, 784, generator=torch.Generator().manual_seed(1))
+    train_epoch(model, optimizer, x, {T!r}, 1)
+    return list(model.parameters())
+
+main(lambda params: print(all(map(torch.equal, weights_on(1), weights_on(2)))))
+"""
+
+
+def test_a_stage_trains_to_the_same_weights_on_one_and_on_two_threads():
+    """train.threads 0 takes the idle cores, which vary with the load: a rerun must not depend on it."""
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    result = subprocess.run([sys.executable, "-c", SAME_WEIGHTS_ON_1_AND_2_THREADS], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "True", result.stderr[-3000:]

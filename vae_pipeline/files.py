@@ -3,6 +3,8 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 # Every path in the project is anchored here, never at the current directory.
@@ -72,3 +74,21 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def copy_checkout(project: Path, dest: Path) -> None:
+    """Copy what a clone of `project` holds into `dest`: git's tracked files and the untracked
+    ones git does not ignore (so nothing generated: no outputs, caches, venv or stores).
+
+    The one way the sweep's points, the benchmarks and the tests copy the project.
+    """
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=project, capture_output=True)
+    if listed.returncode != 0:
+        raise PipelineError(f"{project}: copying the project needs its git file list, but git ls-files "
+                            f"failed: {listed.stderr.decode(errors='replace').strip()}")
+    for name in map(os.fsdecode, filter(None, listed.stdout.split(b"\0"))):
+        source = Path(project) / name
+        if source.is_file():          # a deleted, not yet staged file is still listed
+            (Path(dest) / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, Path(dest) / name)

@@ -3,7 +3,10 @@
 One place for every knob: a stage calls `load_params()` and reads
 `params["train"]["beta"]`. A wrong type, an out-of-range value or an unknown
 key stops the stage with a message naming the key and what is allowed.
+
+`python -m vae_pipeline.params outputs` prints what `make clean` removes, one path a line.
 """
+import sys
 from pathlib import Path
 
 import yaml
@@ -59,6 +62,7 @@ SCHEMA = {
         # Every file the stages write, named once: dvc.yaml reads these too.
         "raw_dir": text(),            # downloads land in <raw_dir>/<dataset>/
         "model_dir": text(),          # vae.safetensors + vae.json
+        "run_record": text(),         # model hash -> its MLflow run (vae_pipeline.tracking; not a DVC output)
         "checkpoint_dir": text(),     # per-epoch training checkpoints (not a DVC output)
         "train_metrics": text(),
         "train_history": text(),
@@ -194,3 +198,38 @@ def load_params(path: Path | None = None) -> dict:
     except yaml.YAMLError as e:
         raise PipelineError(f"{path}: not valid YAML: {e}") from None
     return validate(params, source=str(path))
+
+
+# The paths `make clean` keeps: the downloaded data (fetching it again needs the network; DVC's
+# cache holds it too) and the run record (MLflow's bookkeeping, kept like mlflow.db).
+KEPT_BY_CLEAN = ("raw_dir", "run_record")
+
+
+def outputs(params: dict, root: Path = ROOT) -> list[str]:
+    """Every path of params `paths` that `make clean` removes, each checked to lie inside the project."""
+    found = []
+    for key, path in params["paths"].items():
+        if key in KEPT_BY_CLEAN:
+            continue
+        resolved = (root / path).resolve()
+        if resolved == root.resolve() or not resolved.is_relative_to(root.resolve()):
+            raise PipelineError(f"params.yaml: paths.{key} is {path!r}, outside the project or the project "
+                                "itself; `make clean` removes only what lies inside it")
+        found.append(path)
+    return found
+
+
+def main(argv: list[str]) -> int:
+    if argv != ["outputs"]:
+        print("usage: python -m vae_pipeline.params outputs", file=sys.stderr)
+        return 2
+    try:
+        print("\n".join(outputs(load_params())))
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -14,13 +14,20 @@ The train stage calls, in order:
     run_id = start_training_run(client, params, device, key, history)
     log_epoch(client, run_id, row)                            # once per epoch, one batched request
     finish_training_run(client, run_id, params, model, metrics)
-and records the run in <model_dir>/mlflow_run.json. Later stages call
-attach_to_training_run(params, metrics=..., artifacts=[...]).
+and records the run in paths.run_record, under the hash of the model's files.
+Later stages call attach_to_training_run(params, metrics=..., artifacts=[...]).
+
+The run record is kept out of the model folder: a run id is new on every
+training, so inside models/ it would give identical weights a new hash in
+dvc.lock and rerun everything downstream. It is no DVC output either (git-ignored,
+like mlflow.db). Keyed by the model's hash, it also names the right run when DVC
+restores an earlier model from its run cache.
 
 Env VAE_RUN_TAGS (a JSON object) adds tags to the run, e.g. the Prefect flow run id.
 """
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -40,8 +47,7 @@ from vae_pipeline.provenance import git_provenance
 
 log = logging.getLogger("tracking")
 
-RUN_FILE = "mlflow_run.json"          # which run trained this model; also, in paths.checkpoint_dir,
-                                      # the run of an unfinished training
+RUN_FILE = "mlflow_run.json"          # in paths.checkpoint_dir: the run of an unfinished training
 RUN_TAGS_ENV = "VAE_RUN_TAGS"
 
 
@@ -274,9 +280,9 @@ def start_training_run(client, params: dict, device, key: str, history: list[dic
 
 
 def finish_training_run(client, run_id: str, params: dict, model, metrics: dict) -> dict:
-    """Final figures, artifacts, the registered decoder; then record the run in the model dir.
+    """Final figures, artifacts, the registered decoder; then record the run in paths.run_record.
 
-    Returns the record written to <model_dir>/mlflow_run.json.
+    Returns the record written there, under the hash of the model's files (model_key).
     """
     paths = params["paths"]
     model_dir = project_path(paths["model_dir"])
@@ -306,22 +312,47 @@ def finish_training_run(client, run_id: str, params: dict, model, metrics: dict)
         "model_version": version,
         "model_uri": f"models:/{name}/{version}",
     }
-    write_json(model_dir / RUN_FILE, record)
+    record_training_run(params, record)
     client.set_terminated(run_id, status="FINISHED")
     (project_path(paths["checkpoint_dir"]) / RUN_FILE).unlink(missing_ok=True)
     log.info("MLflow run %s finished; decoder registered as %s", run_id, record["model_uri"])
     return record
 
 
-def training_run(params: dict) -> dict | None:
-    """The record the train stage wrote in <model_dir>/mlflow_run.json, or None if it has none."""
-    path = project_path(params["paths"]["model_dir"]) / RUN_FILE
+def model_key(model_dir: Path) -> str:
+    """The SHA-256 of a model folder: of each file's name and SHA-256, in name order."""
+    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file())
+    listing = "".join(f"{p.relative_to(model_dir)}\0{sha256_file(p)}\n" for p in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def run_records(params: dict, root: Path = ROOT) -> dict[str, dict]:
+    """paths.run_record: {model_key: the record of the run that trained that model}; {} when missing."""
+    path = Path(root) / params["paths"]["run_record"]   # an absolute path stays as it is
     if not path.exists():
-        return None
+        return {}
     try:
-        return json.loads(path.read_text())
+        records = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise PipelineError(f"{path}: unreadable run record ({e})") from None
+        raise PipelineError(f"{path}: unreadable run record ({e}); delete it (later stages then "
+                            "attach nothing to MLflow until the next training)") from None
+    if not isinstance(records, dict):
+        raise PipelineError(f"{path}: expected a JSON object of run records; delete it")
+    return records
+
+
+def record_training_run(params: dict, record: dict) -> None:
+    """Record `record` as the run that trained the model now in paths.model_dir."""
+    key = model_key(project_path(params["paths"]["model_dir"]))
+    write_json(project_path(params["paths"]["run_record"]), {**run_records(params), key: record})
+
+
+def training_run(params: dict, root: Path = ROOT) -> dict | None:
+    """The run that trained the model now in paths.model_dir (of the project at `root`), or None."""
+    model_dir = Path(root) / params["paths"]["model_dir"]
+    if not model_dir.is_dir():
+        return None
+    return run_records(params, root).get(model_key(model_dir))
 
 
 def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts: list[Path] = (),
@@ -331,22 +362,24 @@ def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts:
     metrics: name -> number, logged at `step` in one request (a rerun adds a
     point, it never conflicts). artifacts: files or folders, stored under
     `artifact_dir` in the run. Params are never logged here: they belong to
-    the training. Returns the run id, or None (with a warning) when the model
-    has no run record (trained before tracking existed).
+    the training. Returns the run id, or None (with a warning) when no run is
+    recorded for the model (trained before tracking existed, or in another workspace).
     """
     record = training_run(params)
     if record is None:
-        log.warning("%s has no %s: nothing attached to MLflow",
-                    project_path(params["paths"]["model_dir"]), RUN_FILE)
+        log.warning("%s records no MLflow run for the model in %s (trained before tracking existed, "
+                    "or elsewhere): nothing attached to MLflow", params["paths"]["run_record"],
+                    params["paths"]["model_dir"])
         return None
     client = connect(params)
     run_id = record["run_id"]
     try:
         client.get_run(run_id)
     except Exception:
-        raise PipelineError(f"MLflow run {run_id} (from {RUN_FILE}, logged to {record['tracking_uri']}) "
-                            f"is not in {masked(client.tracking_uri)}; point MLFLOW_TRACKING_URI "
-                            "at the store the model was trained with, or retrain") from None
+        raise PipelineError(f"MLflow run {run_id} (from {params['paths']['run_record']}, logged to "
+                            f"{record['tracking_uri']}) is not in {masked(client.tracking_uri)}; "
+                            "point MLFLOW_TRACKING_URI at the store the model was trained with, "
+                            "or retrain") from None
     log_metrics(client, run_id, metrics or {}, step)
     for path in map(Path, artifacts):
         if path.is_dir():
