@@ -183,6 +183,21 @@ def experiment_id(client, params: dict) -> str:
         return experiment.experiment_id
 
 
+def ui_runs_page(uri: str, params: dict) -> str:
+    """The page of MLflow's UI, relative to the UI's address, listing the experiment's training runs
+    in the store at `uri`.
+
+    MLflow 3.17's UI opens an experiment in its GenAI view (traces, judges) unless
+    the browser has chosen "Model training" in the sidebar: it does not read the
+    experiment's kind tag (tried in headless Chromium). The `workflowType` query opens the runs.
+    """
+    import mlflow  # imported here: importing mlflow takes seconds
+
+    experiment = mlflow.MlflowClient(uri).get_experiment_by_name(params["mlflow"]["experiment_name"])
+    page = f"#/experiments/{experiment.experiment_id}/runs" if experiment else "#/experiments"
+    return f"{page}?workflowType=machine_learning"
+
+
 def flat_params(params: dict) -> dict[str, str]:
     """The params that shape the model, flattened: data.dataset, data.binarize and every train.* key."""
     flat = {"data.dataset": params["data"]["dataset"], "data.binarize": params["data"]["binarize"]}
