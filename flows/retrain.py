@@ -43,6 +43,30 @@ ALIAS = tracking.CHAMPION_ALIAS
 LIKE_FOR_LIKE = ("data.dataset", "data.binarize", "train.likelihood")
 
 
+@task(cache_policy=NO_CACHE, name="recheck-data")
+def recheck_data(project: str, lock_wait_seconds: float) -> dict:
+    """Download again and check the checksums, through DVC so that dvc.lock stays the record."""
+    logger = get_run_logger()
+    root = Path(project)
+    started = time.perf_counter()
+    with workspace_lock(root, lock_wait_seconds, logger):
+        code, lines = run_logged([sys.executable, "-m", "dvc", "repro", "--force", "--single-item",
+                                  "download"], root, stage_env({}), logger)
+    if code != 0:
+        raise failure("re-checking the data sources", code, lines)
+    return {"seconds": round(time.perf_counter() - started, 1)}
+
+
+def set_seed(project: Path, seed: int) -> bool:
+    """Write train.seed into params.yaml, keeping its comments; True if it changed."""
+    from dvc.utils.serialize import modify_yaml
+
+    with modify_yaml(project / "params.yaml") as params:
+        changed = params["train"]["seed"] != seed
+        params["train"]["seed"] = seed
+    return changed
+
+
 def metric_key(metric: str) -> str:
     """The run metric of the evaluate stage's figure `metric` (params retrain.gate_metric)."""
     return f"eval_{metric}"
