@@ -177,6 +177,11 @@ def test_the_served_retrain_deployment_runs_on_a_prefect_server_and_names_a_cham
     decision = json.loads((project / "reports/champion.json").read_text())
     assert decision["promoted"] and decision["champion"] is None
     assert decision["challenger"]["version"] == record["model_version"]
+    # Both flow runs (the retrain and its pipeline) link the MLflow run and the report.
+    for key, target in (("mlflow-run", f"runs:/{record['run_id']}"), ("report", "file://")):
+        inspected = subprocess.run([str(VENV_BIN / "prefect"), "artifact", "inspect", key],
+                                   env=env, capture_output=True, text=True, timeout=60)
+        assert inspected.stdout.count(target) == 2, inspected.stdout[-2000:]
     # dvc.lock is still the record: nothing is stale after the retrain.
     assert "up to date" in run_in(project, sys.executable, "-m", "dvc", "status").stdout
 

@@ -70,6 +70,7 @@ def test_flat_params_name_every_train_key():
 def test_resumed_training_continues_its_run_other_unfinished_runs_fail(monkeypatch, tmp_path):
     params = load_params()
     params["paths"].update(raw_dir=str(tmp_path / "raw"), checkpoint_dir=str(tmp_path / "checkpoints"))
+    params["mlflow"]["system_metrics_interval"] = None  # these runs never finish: no monitor left behind
     (tmp_path / "raw" / "mnist").mkdir(parents=True)
     (tmp_path / "raw" / "mnist" / "train-images-idx3-ubyte").write_bytes(b"not really")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
