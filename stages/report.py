@@ -30,8 +30,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from vae_pipeline import tracking
-from vae_pipeline.datasets import DATASETS, FILES, IMAGE_PIXELS, IMAGE_SIZE, expected_checksums, raw_dir
-from vae_pipeline.files import PipelineError, atomic_path, project_path, sha256_file, stage_output
+from vae_pipeline.artifacts import (latent_map_rows, read_eval_metrics, read_history, read_latent_map,
+                                    read_literature, read_train_metrics)
+from vae_pipeline.datasets import FILES, IMAGE_PIXELS, IMAGE_SIZE, class_names, expected_checksums, raw_dir
+from vae_pipeline.embeddings import read_embeddings
+from vae_pipeline.files import PipelineError, project_path, replace_together, sha256_file
 from vae_pipeline.idx import read_split
 from vae_pipeline.model import reconstruction_loss
 from vae_pipeline.model_files import load_model
@@ -268,43 +271,52 @@ def plot_kl_per_dimension(kl: np.ndarray, active: np.ndarray) -> bytes:
 
 # ---- what the sections read -----------------------------------------------------------------
 
-def read_output(path, stage: str):
-    """An earlier stage's output: a DataFrame from .csv or .parquet, the object in a .json file."""
-    stage_output(path, stage)
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-
-
 class Inputs:
     """The params, the model and the earlier stages' outputs, each output read once, on first use.
 
     A section reads only what it shows (the walk needs no evaluation, the evaluation no
-    latent map), so a new section costs only what it draws.
+    latent map), so a new section costs only what it draws. Every output is read checked
+    (vae_pipeline.artifacts): against the data set's labels, the model's latent width and
+    each other, so a damaged one stops the report with its name and the stage to rerun.
     """
 
     def __init__(self, params: dict):
         self.params = params
         self.dataset = params["data"]["dataset"]
-        self.classes = DATASETS[self.dataset]["classes"]
+        self.classes = class_names(params)
         self.model, self.config = load_model(project_path(params["paths"]["model_dir"]), "cpu")
-        self.likelihood = self.config.get("likelihood", params["train"]["likelihood"])
+        self.likelihood = self.config["likelihood"]
         self.split_images = {}
 
-    def output(self, key: str, stage: str):
-        return read_output(project_path(self.params["paths"][key]), stage)
+    def path(self, key: str):
+        return project_path(self.params["paths"][key])
 
     @cached_property
     def train_embeddings(self) -> pd.DataFrame:
-        return read_output(project_path(self.params["paths"]["embeddings_dir"]) / "train.parquet", "embed")
+        return read_embeddings(self.path("embeddings_dir") / "train.parquet", "train", self.images("train")[1],
+                               self.config["latent_dim"])
+
+    @cached_property
+    def latent_map(self) -> pd.DataFrame:
+        split, subsample = self.params["latent_map"]["split"], self.params["latent_map"]["subsample"]
+        labels = self.images(split)[1]
+        return read_latent_map(self.path("latent_map"), split, labels, latent_map_rows(len(labels), subsample))
 
     @cached_property
     def metrics(self) -> dict:
-        return self.output("train_metrics", "train")
+        return read_train_metrics(self.path("train_metrics"))
+
+    @cached_property
+    def history(self) -> pd.DataFrame:
+        return read_history(self.path("train_history"), self.metrics["epochs"])
 
     @cached_property
     def evaluation(self) -> dict:
-        return self.output("eval_metrics", "evaluate")
+        return read_eval_metrics(self.path("eval_metrics"), self.config["latent_dim"])
+
+    @cached_property
+    def literature(self) -> list[dict]:
+        return read_literature(self.path("literature"))
 
     @cached_property
     def git(self) -> dict:
@@ -313,7 +325,7 @@ class Inputs:
     def images(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The IDX images and labels of `split`, read once."""
         if split not in self.split_images:
-            self.split_images[split] = read_split(raw_dir(self.params), split)
+            self.split_images[split] = read_split(raw_dir(self.params), split, len(self.classes))
         return self.split_images[split]
 
     def generator(self) -> torch.Generator:
@@ -344,7 +356,7 @@ def summary_section(inputs: Inputs) -> Part:
 def latent_map_section(inputs: Inputs) -> Part:
     """The latent map stage's UMAP, static and interactive; with a 2-D latent space, the plane itself."""
     params, classes, dataset = inputs.params, inputs.classes, inputs.dataset
-    table = inputs.output("latent_map", "latent_map")
+    table = inputs.latent_map
     split = params["latent_map"]["split"]
     log.info("latent map of %d points", len(table))
     figures = {"latent_map.png": plot_latent_map(table, classes,
@@ -400,7 +412,7 @@ def latent_walk_section(inputs: Inputs) -> Part:
 
 def training_curves_section(inputs: Inputs) -> Part:
     """Loss, reconstruction and KL per epoch, train against test."""
-    return {"training_curves.png": plot_training_curves(inputs.output("train_history", "train"))}, {}
+    return {"training_curves.png": plot_training_curves(inputs.history)}, {}
 
 
 def kl_per_dimension_section(inputs: Inputs) -> Part:
@@ -418,7 +430,7 @@ def kl_per_dimension_section(inputs: Inputs) -> Part:
 
 def evaluation_section(inputs: Inputs) -> Part:
     """The evaluate stage's figures and the literature table beside them."""
-    return {}, {"evaluation": inputs.evaluation, "literature": inputs.output("literature", "evaluate")}
+    return {}, {"evaluation": inputs.evaluation, "literature": inputs.literature}
 
 
 @dataclass(frozen=True)
@@ -470,24 +482,21 @@ def render(inputs: Inputs, parts: list[dict]) -> str:
 
 def write_figures(folder, figures: dict[str, bytes]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.iterdir():   # e.g. latent_plane.png of an earlier 2-D model
-        if stale.name not in figures:
-            stale.unlink()
     for name, data in figures.items():
-        with atomic_path(folder / name) as tmp:
-            tmp.write_bytes(data)
+        (folder / name).write_bytes(data)
 
 
 def run(params: dict) -> dict:
     paths = params["paths"]
     inputs = Inputs(params)
     figures, parts = build_sections(inputs)
-    figures_dir = project_path(paths["figures_dir"])
-    write_figures(figures_dir, figures)
     html = render(inputs, parts)
-    path = project_path(paths["report"])
-    with atomic_path(path) as tmp:
-        tmp.write_text(html, encoding="utf-8")
+    path, figures_dir = project_path(paths["report"]), project_path(paths["figures_dir"])
+    # The page and its figures change together; the figures folder is replaced whole, so a figure
+    # of an earlier run (latent_plane.png of a 2-D model) does not linger.
+    with replace_together(path, figures_dir) as (new_page, new_figures):
+        write_figures(new_figures, figures)
+        new_page.write_text(html, encoding="utf-8")
     log.info("%s: %.1f MB, %d figures in %s", path, len(html) / 1e6, len(figures), figures_dir)
     # The report travels with the run that trained the model it shows.
     tracking.attach_to_training_run(params, artifacts=[path, figures_dir], artifact_dir="report")

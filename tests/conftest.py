@@ -159,6 +159,22 @@ def project(tmp_path, tiny_source) -> Path:
     return make_project(tmp_path, tiny_source)
 
 
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory, tiny_source) -> Path:
+    """A tiny project after a full `dvc repro`: every stage's outputs and the MLflow store.
+
+    Shared by the whole session: tests only read it, or work on a copy (copy_project).
+    """
+    project = make_project(tmp_path_factory.mktemp("built"), tiny_source)
+    run_in(project, "dvc", "repro")
+    return project
+
+
+def copy_project(project: Path, folder: Path) -> Path:
+    """A copy of `project`, outputs, DVC cache, git history and MLflow store included, for a test to change."""
+    return Path(shutil.copytree(project, folder / "project", symlinks=True))
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (at the time of asking)."""
     with socket.socket() as s:

@@ -167,7 +167,7 @@ def test_repro_writes_the_latent_map(built):
     latent_map = pd.read_parquet(project / "data/latent_map.parquet")
     assert list(latent_map.columns) == ["x", "y", "label", "index"]
     assert len(latent_map) == 2000 and np.isfinite(latent_map[["x", "y"]]).all().all()
-    _, labels = read_split(project / "data/raw/mnist", "train")
+    _, labels = read_split(project / "data/raw/mnist", "train", 10)
     np.testing.assert_array_equal(latent_map["label"], labels[latent_map["index"]])
     assert (project / ".numba_cache").is_dir() and any((project / ".numba_cache").rglob("*.nbi"))
 
@@ -276,7 +276,7 @@ def test_report_in_headless_chromium(built, request):
     # Hovering a point shows its class and its own image, as stored in the data set.
     hover = seen["hover"]
     assert hover is not None, "no point showed its tip under the mouse"
-    images, labels = read_split(project / "data/raw/mnist", "train")
+    images, labels = read_split(project / "data/raw/mnist", "train", 10)
     row = int(hover["hovered"])
     assert hover["text"].splitlines()[0] == str(labels[row])
     np.testing.assert_array_equal(np.array(hover["pixels"]).reshape(IMAGE_SIZE, IMAGE_SIZE), images[row])

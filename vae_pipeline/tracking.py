@@ -96,7 +96,12 @@ def check_reachable(uri: str, timeout: float) -> None:
 
 
 def connect(params: dict):
-    """An MlflowClient for the tracking URI, after checking that the store answers.
+    """An MlflowClient for the tracking URI, after checking that the store can be read and written.
+
+    Called before any work is spent (the train stage calls it first of all): a store
+    that is unreachable, an SQLite file that is not a database or is damaged, or a store
+    that answers but refuses writes fails here, in seconds, naming the store, instead of
+    after the last epoch. The write is one experiment tag (check_writable).
 
     Also makes the URI mlflow's process-wide default: `mlflow.pytorch.log_model`
     and the model registry read it from there.
@@ -116,12 +121,61 @@ def connect(params: dict):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files, short logs
     try:
         with sqlite_open_lock(uri):
+            check_sqlite_file(uri)             # before mlflow opens it: it would try to build its tables in it
             client = mlflow.MlflowClient(uri)  # opens the store: a new SQLite file gets its tables
             client.search_experiments(max_results=1)
+            check_writable(client, params)
+    except PipelineError:
+        raise
     except Exception as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0].replace(uri, masked(uri))
-        raise PipelineError(f"MLflow tracking store {masked(uri)} is unusable: {reason}") from None
+        raise PipelineError(f"{store_name(uri)}: MLflow tracking store is unusable: {reason}") from None
     return client
+
+
+def store_name(uri: str) -> str:
+    """The store as a message names it: the database file of a sqlite:/// URI, else the URI, masked."""
+    return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else masked(uri)
+
+
+def check_sqlite_file(uri: str) -> None:
+    """For a sqlite:/// store whose file exists: it is an SQLite database and no page of it is damaged.
+
+    SQLite's own check (PRAGMA quick_check) reads every page once: milliseconds for a
+    project's store, seconds for one of a gigabyte. A damaged page would otherwise surface
+    only when mlflow first touches it, e.g. the model registry's at the end of a training.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.exists():
+        return   # a new store: mlflow creates it
+    advice = "move it aside to start a new store, or restore it from a backup"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True,
+                                                timeout=20)) as db:
+            found = [row[0] for row in db.execute("PRAGMA quick_check")]
+    except sqlite3.Error as e:
+        raise PipelineError(f"{path}: not a usable SQLite database ({e}); {advice}") from None
+    if found != ["ok"]:
+        problems = [line for line in "\n".join(found).splitlines() if line and not line.startswith("***")]
+        raise PipelineError(f"{path}: damaged SQLite database (PRAGMA quick_check found {len(problems)} "
+                            f"problems, first: {problems[0] if problems else found[0]}); {advice}")
+
+
+# The tag check_writable sets on the experiment: a write that changes nothing anyone reads.
+STORE_CHECK_TAG = "vae_pipeline.store_writable"
+
+
+def check_writable(client, params: dict) -> None:
+    """Write to the store once: set STORE_CHECK_TAG on the experiment (created on first use).
+
+    A store that reads but cannot be written (a full disk, a read-only file or account)
+    fails here rather than when the training's results are logged.
+    """
+    client.set_experiment_tag(experiment_id(client, params), STORE_CHECK_TAG, "true")
 
 
 @contextlib.contextmanager
