@@ -228,7 +228,8 @@ def test_a_failure_at_model_registration_leaves_the_previous_outputs_whole(built
     reliability("fault", "model registration fails after the last epoch (outputs must stay the old set)",
                 error, code, [name for name in stray if name != checkpoint])
     assert code == 2
-    assert error.startswith("mlflow.db: finishing MLflow run ") and "the registry refuses new versions" in error
+    # (mlflow's message names the registry's failure, not the trigger's words)
+    assert error.startswith("mlflow.db: finishing MLflow run ") and "Model Version creation error" in error
     assert {name: (project / name).read_bytes() for name in outputs} == before
     assert stray == [checkpoint]                                   # kept on purpose: the rerun resumes
     assert not [p for p in snapshot(project) if ".staged-" in p]
