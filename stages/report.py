@@ -178,11 +178,11 @@ def explorer_data(mu: np.ndarray, kl_per_dim: np.ndarray, walk_steps: int, frame
     `mu` holds the μ of the map's hover points, in the map's order (row k is map point k);
     the page decodes them, the straight walks between them and the sliders' z itself.
     """
-    # Slider ranges: the prior's ±3 σ, wider where some μ lies outside it.
-    reach = np.maximum(3.0, np.ceil(np.abs(mu).max(0, initial=0.0) * 2) / 2)
+    # Every slider (and a 2-D plane) spans ±reach: the prior's ±3 σ, wider when some μ lies outside it.
+    reach = max(3.0, float(np.ceil(np.abs(mu).max(initial=0.0) * 2) / 2))
     return {
         "latentDim": int(mu.shape[1]), "mu": base64.b64encode(np.ascontiguousarray(mu, "<f4").tobytes()).decode(),
-        "kl": [float(v) for v in kl_per_dim], "reach": [float(v) for v in reach],
+        "kl": [float(v) for v in kl_per_dim], "reach": reach,
         # The dimensions in order of KL, most first: the sliders shown, in this order.
         "sliders": [int(j) for j in np.argsort(-kl_per_dim, kind="stable")[:MAX_SLIDERS]],
         "walkSteps": walk_steps, "frameMs": frame_ms,
@@ -410,6 +410,7 @@ def latent_map_section(inputs: Inputs) -> Part:
         "sprite": data_uri("sprite.png", sprite) if sprite else None,
         "explorer_json": script_json(explorer), "decoder_json": script_json(decoder),
         "sliders": len(explorer["sliders"]), "decoder": decoder,
+        "reach": explorer["reach"],
     }
 
 

@@ -37,7 +37,7 @@ def fixed_vectors(latent_dim: int) -> np.ndarray:
 
 @torch.no_grad()
 def torch_decode(model, z) -> np.ndarray:
-    return model.decode(torch.as_tensor(np.asarray(z, np.float32))).numpy()
+    return model.decode(torch.from_numpy(np.array(z, np.float32))).numpy()
 
 
 # ---- fast: the packed decoder ---------------------------------------------------------------

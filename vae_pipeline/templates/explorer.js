@@ -246,8 +246,8 @@
     label.appendChild(element("span", "dim", "z" + j));
     const input = element("input");
     input.type = "range";
-    input.min = String(-data.reach[j]);
-    input.max = String(data.reach[j]);
+    input.min = String(-data.reach);
+    input.max = String(data.reach);
     input.step = "0.01";
     input.value = "0";
     input.dataset.dim = String(j);
@@ -297,7 +297,7 @@
   const plane = $("explorer-plane");
   const PLANE_GRID = 15;
   let manifold = null;
-  const reach = d === 2 ? Math.max(data.reach[0], data.reach[1]) : 0;
+  const reach = data.reach;
   function planeXY(z) {
     return [(z[0] + reach) / (2 * reach) * plane.width, (reach - z[1]) / (2 * reach) * plane.height];
   }
@@ -314,12 +314,23 @@
       }
     }
   }
+  let manifoldPending = false;
   function drawPlane() {
     if (!plane || d !== 2) return;
-    if (!manifold) makeManifold();
     const ctx = plane.getContext("2d");
-    ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(manifold, 0, 0, plane.width, plane.height);
+    if (manifold) {
+      ctx.imageSmoothingEnabled = false;
+      ctx.drawImage(manifold, 0, 0, plane.width, plane.height);
+    } else {
+      // Its 225 decodings wait until the page has loaded.
+      ctx.fillStyle = "#000";
+      ctx.fillRect(0, 0, plane.width, plane.height);
+      if (!manifoldPending) {
+        manifoldPending = true;
+        const later = function () { setTimeout(function () { makeManifold(); drawPlane(); }, 0); };
+        if (document.readyState === "complete") later(); else window.addEventListener("load", later);
+      }
+    }
     ctx.font = "700 15px system-ui, sans-serif";
     if (points.length > 1) {         // the walk: a straight line here, as in the latent space
       ctx.strokeStyle = "#ffd166";
