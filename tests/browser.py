@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import stop_process_group
@@ -33,6 +34,13 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 def chromium() -> str | None:
     return shutil.which("chromium")
+
+
+def skip_without_chromium() -> None:
+    """Skip the calling test, saying why, where Chromium is missing."""
+    if chromium() is None:
+        pytest.skip("Debian's chromium is not installed and could not be (`make test` installs it as root "
+                    "with apt-get install -y chromium)")
 
 
 class DevTools:

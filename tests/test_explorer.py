@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from stages.report import MAX_SLIDERS
-from tests.browser import chromium, explore_report
-from tests.conftest import make_project, run_in
+from tests.browser import explore_report, skip_without_chromium
+from tests.conftest import make_project, run_in, set_params
 from vae_pipeline.datasets import DATASETS, IMAGE_PIXELS
 from vae_pipeline.embeddings import read_mu
 from vae_pipeline.model import VAE, load_model
@@ -71,25 +71,13 @@ def test_weights_that_float16_would_spoil_are_packed_as_float32():
 
 # ---- slow: the page in headless Chromium ----------------------------------------------------
 
-def set_params(project: Path, section: str, **values) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params[section].update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 @pytest.fixture(scope="module")
 def fashion(tmp_path_factory, tiny_source) -> Path:
     """A tiny project on Fashion-MNIST's class names, after a full `dvc repro`. Tests only read it."""
     project = make_project(tmp_path_factory.mktemp("explorer"), tiny_source)
-    set_params(project, "data", dataset="fashion-mnist")
+    set_params(project, data={"dataset": "fashion-mnist"})
     run_in(project, "dvc", "repro")
     return project
-
-
-def need_chromium():
-    if chromium() is None:
-        pytest.skip("Debian's chromium is not installed and could not be (`make test` installs it as root "
-                    "with apt-get install -y chromium)")
 
 
 def explored(project: Path, request) -> tuple[dict, object, dict]:
@@ -110,7 +98,7 @@ def check_point(point: dict, table: dict) -> None:
 
 @pytest.mark.slow
 def test_the_explorer_decodes_walks_and_slides_in_the_page(fashion, request):
-    need_chromium()
+    skip_without_chromium()
     seen, model, table = explored(fashion, request)
     assert seen["console_errors"] == [] and seen["narrow_errors"] == []
     assert seen["requests"] and all(url.startswith(("file:", "data:")) for url in seen["requests"])
@@ -179,9 +167,9 @@ def test_the_explorer_decodes_walks_and_slides_in_the_page(fashion, request):
 @pytest.mark.parametrize("latent_dim", [2, 20])
 def test_the_explorer_for_other_latent_sizes(fashion, tmp_path, request, latent_dim):
     """2-D: the plane and its point, moved by the slider; wide: the MAX_SLIDERS dimensions with the most KL."""
-    need_chromium()
+    skip_without_chromium()
     project = Path(shutil.copytree(fashion, tmp_path / "project", symlinks=True))
-    set_params(project, "train", latent_dim=latent_dim)
+    set_params(project, train={"latent_dim": latent_dim})
     run_in(project, "dvc", "repro")
     seen, model, table = explored(project, request)
     assert seen["console_errors"] == []

@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from stages.report import MANIFOLD_GRID, SECTIONS, class_means, map_data
-from tests.browser import check_report, chromium
+from tests.browser import check_report, skip_without_chromium
 from tests.conftest import downstream, dvc_stages, make_project, run_in, set_params, stages_run
 from vae_pipeline.datasets import IMAGE_SIZE
 from vae_pipeline.files import ROOT, PipelineError
@@ -247,9 +247,7 @@ def test_the_same_inputs_give_the_same_bytes(built, own_copy):
 
 @pytest.mark.slow
 def test_report_in_headless_chromium(built, request):
-    if chromium() is None:
-        pytest.skip("Debian's chromium is not installed and could not be (`make test` installs it as root "
-                    "with apt-get install -y chromium)")
+    skip_without_chromium()
     project, _ = built
     screenshot = request.config.cache.mkdir("report-browser") / "report.png"
     seen = check_report(project / "reports/index.html", screenshot)
