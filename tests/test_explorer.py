@@ -20,7 +20,8 @@ from tests.browser import explore_report, skip_without_chromium
 from tests.conftest import make_project, run_in, set_params
 from vae_pipeline.datasets import DATASETS, IMAGE_PIXELS
 from vae_pipeline.embeddings import read_mu
-from vae_pipeline.model import VAE, load_model
+from vae_pipeline.model import VAE
+from vae_pipeline.model_files import load_model
 from vae_pipeline.packed_decoder import TOLERANCE, decode_packed, pack_decoder
 
 CLASSES = DATASETS["fashion-mnist"]["classes"]
@@ -45,7 +46,7 @@ def torch_decode(model, z) -> np.ndarray:
 @pytest.mark.parametrize("latent_dim, hidden", [(1, [400]), (2, [400]), (4, [400]), (64, [400]), (8, [256, 128])])
 def test_the_packed_decoder_decodes_as_pytorch_does(latent_dim, hidden):
     torch.manual_seed(latent_dim)
-    model = VAE(latent_dim, hidden).eval()
+    model = VAE(latent_dim=latent_dim, hidden_dims=hidden).eval()
     z = fixed_vectors(latent_dim)
     packed = pack_decoder(model, z)
     assert packed["layers"][0]["weightType"] == "float16"       # half the bytes
@@ -59,7 +60,7 @@ def test_the_packed_decoder_decodes_as_pytorch_does(latent_dim, hidden):
 
 def test_weights_that_float16_would_spoil_are_packed_as_float32():
     torch.manual_seed(0)
-    model = VAE(4, [400]).eval()
+    model = VAE(latent_dim=4, hidden_dims=[400]).eval()
     with torch.no_grad():          # large weights: float16's rounding moves the logits by whole units
         model.decoder[-1].weight.mul_(300)
         model.decoder[-1].weight.add_(1e-3)
