@@ -276,8 +276,10 @@ def test_report_in_headless_chromium(built, request):
 def test_a_report_param_reruns_only_the_report(own_copy):
     project = own_copy
     set_params(project, latent_map={"min_dist": 0.2})
-    stale = run_in(project, "dvc", "status").stdout
-    assert sorted(re.findall(r"^(\w+):", stale, re.M)) == downstream("latent_map", project)
+    # dvc status names the stages whose own params changed; the rest of downstream() reruns
+    # only once latent_map's output has changed.
+    stale = set(re.findall(r"^(\w+):", run_in(project, "dvc", "status").stdout, re.M))
+    assert "latent_map" in stale and stale <= set(downstream("latent_map", project))
     set_params(project, latent_map={"min_dist": 0.1})
 
     set_params(project, report={"samples_grid": 4})
