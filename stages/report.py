@@ -33,11 +33,12 @@ from vae_pipeline import tracking
 from vae_pipeline.artifacts import (latent_map_rows, read_eval_metrics, read_history, read_latent_map,
                                     read_literature, read_train_metrics)
 from vae_pipeline.datasets import FILES, IMAGE_PIXELS, IMAGE_SIZE, class_names, expected_checksums, raw_dir
-from vae_pipeline.embeddings import read_embeddings
+from vae_pipeline.embeddings import read_mu
 from vae_pipeline.files import PipelineError, project_path, replace_together, sha256_file
 from vae_pipeline.idx import read_split
 from vae_pipeline.model import reconstruction_loss
 from vae_pipeline.model_files import load_model
+from vae_pipeline.packed_decoder import pack_decoder
 from vae_pipeline.provenance import git_provenance
 
 log = logging.getLogger("report")
@@ -47,6 +48,8 @@ COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 SPRITE_COLUMNS = 50    # the hover images are tiled 50 to a row in one PNG
 MANIFOLD_GRID = 15     # a 2-D latent space: the decoder over a 15 x 15 grid of the plane
+MAX_SLIDERS = 16       # the explorer's sliders: the latent dimensions with the most KL, at most this many
+DECODER_CHECKS = 500   # latent vectors drawn to check the page's packed decoder against PyTorch's
 MEDIA_TYPES = {".png": "image/png", ".gif": "image/gif"}
 
 
@@ -93,6 +96,11 @@ def data_uri(name: str, data: bytes) -> str:
     """A figure as a data: URI, its media type from its file name."""
     kind = MEDIA_TYPES[name[name.rindex("."):]]
     return f"data:{kind};base64,{base64.b64encode(data).decode()}"
+
+
+def script_json(value) -> str:
+    """`value` as JSON for a <script type="application/json"> element: a "</" in it must not close the element."""
+    return json.dumps(value).replace("</", "<\\/")
 
 
 @torch.no_grad()
@@ -158,6 +166,29 @@ def map_data(table: pd.DataFrame, images: np.ndarray, classes: list[str], hover_
         "extent": [1.0, float((xy[:, 1].max() - lo[1]) / span)] if len(xy) else [1.0, 1.0],
     }
     return data, sprite
+
+
+def page_decoder(model, mu: np.ndarray, generator: torch.Generator) -> dict:
+    """The decoder packed for the page's JavaScript, checked on the map's μ and on wide prior draws."""
+    draws = 1.5 * torch.randn(DECODER_CHECKS, model.config["latent_dim"], generator=generator).numpy()
+    return pack_decoder(model, np.concatenate([mu, draws]))
+
+
+def explorer_data(mu: np.ndarray, kl_per_dim: np.ndarray, walk_steps: int, frame_ms: int) -> dict:
+    """What the page's latent explorer needs besides the decoder: the μ of the map's selectable points.
+
+    `mu` holds the μ of the map's hover points, in the map's order (row k is map point k);
+    the page decodes them, the straight walks between them and the sliders' z itself.
+    """
+    # Every slider (and a 2-D plane) spans ±reach: the prior's ±3 σ, wider when some μ lies outside it.
+    reach = max(3.0, float(np.ceil(np.abs(mu).max(initial=0.0) * 2) / 2))
+    return {
+        "latentDim": int(mu.shape[1]), "mu": base64.b64encode(np.ascontiguousarray(mu, "<f4").tobytes()).decode(),
+        "kl": [float(v) for v in kl_per_dim], "reach": reach,
+        # The dimensions in order of KL, most first: the sliders shown, in this order.
+        "sliders": [int(j) for j in np.argsort(-kl_per_dim, kind="stable")[:MAX_SLIDERS]],
+        "walkSteps": walk_steps, "frameMs": frame_ms,
+    }
 
 
 def prior_samples(model, n: int, generator: torch.Generator) -> bytes:
@@ -287,14 +318,18 @@ class Inputs:
         self.model, self.config = load_model(project_path(params["paths"]["model_dir"]), "cpu")
         self.likelihood = self.config["likelihood"]
         self.split_images = {}
+        self.split_mu = {}
 
     def path(self, key: str):
         return project_path(self.params["paths"][key])
 
-    @cached_property
-    def train_embeddings(self) -> pd.DataFrame:
-        return read_embeddings(self.path("embeddings_dir") / "train.parquet", "train", self.images("train")[1],
-                               self.config["latent_dim"])
+    def mu(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The embed stage's μ (N, latent_dim) of `split` and their labels, read once, checked against
+        the data set's labels of the split and the model's latent width."""
+        if split not in self.split_mu:
+            self.split_mu[split] = read_mu(self.path("embeddings_dir") / f"{split}.parquet", split,
+                                           self.images(split)[1], self.config["latent_dim"])
+        return self.split_mu[split]
 
     @cached_property
     def latent_map(self) -> pd.DataFrame:
@@ -346,7 +381,7 @@ def summary_section(inputs: Inputs) -> Part:
         actual = sha256_file(raw_dir(inputs.params) / name)
         checksums.append({"file": name, "sha256": actual, "verified": actual == expected.get(name)})
     return {}, {
-        "n_train": len(inputs.train_embeddings), "n_test": inputs.evaluation["test_images"],
+        "n_train": len(inputs.mu("train")[0]), "n_test": inputs.evaluation["test_images"],
         "checksums": checksums,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "umap-learn": importlib.metadata.version("umap-learn")},
@@ -354,7 +389,10 @@ def summary_section(inputs: Inputs) -> Part:
 
 
 def latent_map_section(inputs: Inputs) -> Part:
-    """The latent map stage's UMAP, static and interactive; with a 2-D latent space, the plane itself."""
+    """The latent map stage's UMAP, static and interactive, with the explorer that decodes in the page.
+
+    With a 2-D latent space, also the plane itself.
+    """
     params, classes, dataset = inputs.params, inputs.classes, inputs.dataset
     table = inputs.latent_map
     split = params["latent_map"]["split"]
@@ -364,18 +402,27 @@ def latent_map_section(inputs: Inputs) -> Part:
     interactive, sprite = map_data(table, inputs.images(split)[0], classes, params["report"]["hover_points"],
                                    params["report"]["seed"])
     interactive["split"] = split
+    # The explorer selects the map's hover points: their μ, in the map's order.
+    hover_rows = np.frombuffer(base64.b64decode(interactive["rows"]), "<u4")
+    hover_mu = inputs.mu(split)[0][hover_rows]
+    e, r = inputs.evaluation, params["report"]
+    kl = np.array([e["kl_per_dim"][str(j)] for j in range(e["latent_dim"])])
+    explorer = explorer_data(hover_mu, kl, r["walk_steps"], r["walk_frame_ms"])
+    decoder = page_decoder(inputs.model, hover_mu, inputs.generator())
     if inputs.config["latent_dim"] == 2:
-        train = inputs.train_embeddings
-        plane = pd.DataFrame({"x": train["mu_0"], "y": train["mu_1"], "label": train["label"]})
+        mu, labels = inputs.mu("train")
+        plane = pd.DataFrame({"x": mu[:, 0], "y": mu[:, 1], "label": labels})
         figures["latent_plane.png"] = plot_latent_map(plane, classes,
                                                       f"μ itself: the 2-D latent plane ({dataset} train)")
         figures["latent_manifold.png"] = latent_manifold(inputs.model, MANIFOLD_GRID)
     return figures, {
         "split": split, "n_map": interactive["n"], "n_hover": interactive["hover"], "colours": COLOURS,
         "manifold_grid": MANIFOLD_GRID,
-        # Inside <script>: a "</" in the data must not close the element.
-        "map_json": json.dumps(interactive).replace("</", "<\\/"),
+        "map_json": script_json(interactive),
         "sprite": data_uri("sprite.png", sprite) if sprite else None,
+        "explorer_json": script_json(explorer), "decoder_json": script_json(decoder),
+        "sliders": len(explorer["sliders"]), "decoder": decoder,
+        "reach": explorer["reach"],
     }
 
 
@@ -401,10 +448,10 @@ def reconstructions_section(inputs: Inputs) -> Part:
 
 def latent_walk_section(inputs: Inputs) -> Part:
     """A straight walk between the class means of report.walk_digits: a strip and a GIF."""
-    r, classes, train = inputs.params["report"], inputs.classes, inputs.train_embeddings
-    mu = train[[c for c in train.columns if c.startswith("mu_")]].to_numpy(np.float32)
+    r, classes = inputs.params["report"], inputs.classes
+    mu, labels = inputs.mu("train")
     source = project_path(inputs.params["paths"]["embeddings_dir"]) / "train.parquet"
-    means = class_means(mu, train["label"].to_numpy(), r["walk_digits"], classes, str(source))
+    means = class_means(mu, labels, r["walk_digits"], classes, str(source))
     names = [classes[d] for d in r["walk_digits"]]
     strip, gif, frames = latent_walk(inputs.model, means, names, r["walk_steps"], r["walk_frame_ms"])
     return {"latent_walk.png": strip, "latent_walk.gif": gif}, {"names": names, "frames": frames}

@@ -133,8 +133,8 @@ def downstream(stage: str, project: Path = ROOT) -> list[str]:
 
     with Repo(str(project)) as repo:
         graph = repo.index.graph                        # edges: stage -> the stages it reads from
-        [node] = [s for s in graph if s.addressing == stage]
-        return sorted([stage, *(s.addressing for s in networkx.ancestors(graph, node))])
+        [node] = [s for s in graph if s.name == stage]
+        return sorted([stage, *(s.name for s in networkx.ancestors(graph, node))])
 
 
 def stages_run(output: str) -> list[str]:
