@@ -72,9 +72,11 @@ def pipeline_env() -> dict:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
 
 
-def run_in(project: Path, *cmd: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=project, env=pipeline_env(), capture_output=True, text=True,
-                            timeout=timeout)
+def run_in(project: Path, *cmd: str, check: bool = True, timeout: int = 600,
+           env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `cmd` in `project` with pipeline_env() plus `env`; raise with its output unless it exits 0."""
+    result = subprocess.run(cmd, cwd=project, env={**pipeline_env(), **(env or {})}, capture_output=True,
+                            text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n"
                              f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}")

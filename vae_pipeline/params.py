@@ -161,6 +161,16 @@ SCHEMA = {
         "trustworthiness_samples": integer(0),
         "trustworthiness_neighbors": integer(1),
     },
+    "stack": {                                         # `make stack`: the team's servers (stack/)
+        "state_dir": text(),
+        "postgres_port": integer(1, 65535),
+        "s3_port": integer(1, 65535),
+        "seaweed_port": integer(1, 65527),             # SeaweedFS uses it and the 8 ports above it
+        "mlflow_port": integer(1, 65535),
+        "prefect_port": integer(1, 65535),
+        "bucket": text(),
+        "work_pool": text(),
+    },
 }
 
 

@@ -311,9 +311,16 @@ def start_training_run(client, params: dict, device, key: str, history: list[dic
     if previous and previous.get("tracking_uri") == masked(client.tracking_uri):
         try:
             if history and previous.get("key") == key:
-                client.update_run(previous["run_id"], status="RUNNING")
-                log.info("MLflow run %s resumed (%s)", previous["run_id"], masked(client.tracking_uri))
-                return previous["run_id"]
+                run_id = previous["run_id"]
+                client.update_run(run_id, status="RUNNING")
+                # An epoch checkpointed while its log failed (the store was down) is logged now.
+                metric = next(name for name in history[0] if name != "epoch")
+                logged = {point.step for point in client.get_metric_history(run_id, metric)}
+                for row in history:
+                    if int(row["epoch"]) not in logged:
+                        log_epoch(client, run_id, row)
+                log.info("MLflow run %s resumed (%s)", run_id, masked(client.tracking_uri))
+                return run_id
             client.set_terminated(previous["run_id"], status="FAILED")
         except Exception:  # the run was deleted meanwhile: start a fresh one
             pass
