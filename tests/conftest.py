@@ -128,6 +128,14 @@ def dvc_stages(project: Path = ROOT) -> list[str]:
     return list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
 
 
+def stages_with_param(key: str, project: Path = ROOT) -> list[str]:
+    """The stages whose dvc.yaml `params` name `key` (section.name) or its whole section, sorted:
+    the ones `dvc status` calls stale when the key changes."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    return sorted(name for name, spec in stages.items()
+                  if {key, key.split(".")[0]} & set(map(str, spec.get("params", []))))
+
+
 def downstream(stage: str, project: Path = ROOT) -> list[str]:
     """`stage` and every stage made from its outputs, directly or not (DVC's own graph), sorted."""
     from dvc.repo import Repo
