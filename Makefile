@@ -54,8 +54,15 @@ compare: $(STAMP)  ## reports/compare.html: the experiment's MLflow runs side by
 	python -m commands.compare
 
 mlflow-ui: $(STAMP)  ## MLflow's UI over the embedded store, on http://127.0.0.1:5000 (MLFLOW_PORT=...)
+	@echo "The training runs: http://127.0.0.1:$(MLFLOW_PORT)/$$(python -c 'from vae_pipeline import tracking as t; \
+	  from vae_pipeline.params import load_params as p; print(t.ui_runs_page(t.default_tracking_uri(), p()))')"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
 	  --workers 1 --backend-store-uri "$$(python -c 'from vae_pipeline.tracking import default_tracking_uri as u; print(u())')" --artifacts-destination $(CURDIR)/mlartifacts
+
+# The champion decoder over HTTP (docs/serving.md): latent vectors in, 28x28 images out.
+.PHONY: serve
+serve: $(STAMP)  ## serve the champion decoder on http://127.0.0.1:5002 (params serve.port; VAE_SERVE_PORT=...)
+	python -m commands.serve
 
 # The report's browser test runs Debian's chromium headless; install it when missing
 # (as root, with apt-get). Where it cannot be installed the test is skipped and says why.

@@ -15,7 +15,9 @@ here.
   - one pipeline per workspace: a second one waits for the first (with a
     message), then fails clearly, instead of tripping over DVC's lock midway;
   - at the end, a markdown artifact `vae-pipeline`: what ran, the metrics
-    (reports/metrics/*.json), the report's path and the MLflow run.
+    (reports/metrics/*.json), the report's path and the MLflow run; and link
+    artifacts to the MLflow run and the report, and a table of the metrics
+    (flows/artifacts.py).
 
 The DVC calls, the stage order and the workspace lock are flows/dvc_runner.py's
 (the retrain and sweep flows use them too).
@@ -26,7 +28,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.dvc_runner import mlflow_run_id, read_metrics, run_stage, stage_order, workspace_lock
+from flows.artifacts import metric_rows, publish
+from flows.dvc_runner import mlflow_run_id, run_stage, stage_order, workspace_lock
 from vae_pipeline.files import ROOT
 from vae_pipeline.params import load_params
 
@@ -38,9 +41,7 @@ def summary(project: Path, params: dict, results: list[dict]) -> str:
                (False, False): "skipped: up to date"}
     lines += [f"| {r['stage']} | {outcome[r['ran'], r['restored']]} | {r['seconds']} |" for r in results]
     lines += ["", "## Metrics", "", "| metric | value |", "| --- | ---: |"]
-    for name, values in read_metrics(project, params).items():
-        lines += [f"| {name}.{key} | {value:.6g} |" for key, value in values.items()
-                  if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    lines += [f"| {row['metric']} | {row['value']:.6g} |" for row in metric_rows(project, params)]
     report = project / params["paths"]["report"]
     run_id = mlflow_run_id(project, params)
     lines += ["", f"**Report:** `{report}`" + ("" if report.exists() else " (not built)"),
@@ -75,6 +76,7 @@ def pipeline(project: str | None = None, run_tags: dict | None = None) -> list[d
     logger.info("stages run or restored: %s", ", ".join(ran) if ran else "none, every stage is up to date")
     create_markdown_artifact(key="vae-pipeline", markdown=summary(root, params, results),
                              description="What ran, the metrics, the report and the MLflow run")
+    publish(root, params)
     return results
 
 

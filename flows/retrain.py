@@ -12,10 +12,15 @@ Served on a cron schedule by `python -m flows.serve` (or put on a work pool with
   3. runs the `vae-pipeline` flow (flows/pipeline.py): DVC reruns only what is
      stale, and the train stage registers a new model version in MLflow;
   4. the champion gate: the version the pipeline left (paths.run_record)
-     takes the `champion` alias only when its test loss beats the champion's by
-     at least params retrain.margin; the first version becomes champion.
-     The decision and both figures go to a markdown artifact `champion` and
-     to paths.champion (JSON).
+     takes the `champion` alias only when the evaluate stage's figure named in
+     params retrain.gate_metric (the beta = 1 negative ELBO or the IWAE estimate:
+     the same measure whatever train.beta was) beats the champion's by at least
+     retrain.margin, and only between models of the same data files, pixel
+     treatment (data.binarize) and likelihood; the first version becomes
+     champion. (The training's test_loss weighs the KL by train.beta: a smaller
+     beta would win by construction.) The decision and both figures go to a
+     markdown artifact `champion`, to paths.champion (JSON), and the flow run
+     carries the pipeline's links and metrics table (flows/artifacts.py).
 """
 import sys
 import time
@@ -25,14 +30,17 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import publish
 from flows.dvc_runner import failure, run_logged, stage_env, workspace_lock
 from flows.pipeline import pipeline
 from vae_pipeline import tracking
 from vae_pipeline.files import ROOT, PipelineError, write_json
 from vae_pipeline.params import load_params
 
-ALIAS = "champion"
-LOSS = "test_loss"          # the figure the gate compares (per sample, lower is better)
+ALIAS = tracking.CHAMPION_ALIAS
+# Two models are compared only when their runs agree on these params: the same data set, the same
+# pixel treatment and the same likelihood, else their figures are nats of different things.
+LIKE_FOR_LIKE = ("data.dataset", "data.binarize", "train.likelihood")
 
 
 @task(cache_policy=NO_CACHE, name="recheck-data")
@@ -59,63 +67,86 @@ def set_seed(project: Path, seed: int) -> bool:
     return changed
 
 
-def test_loss(client, run_id: str) -> float:
-    """The run's last logged test loss."""
-    metrics = client.get_run(run_id).data.metrics
-    if LOSS not in metrics:
-        raise PipelineError(f"MLflow run {run_id} has no '{LOSS}' metric")
-    return metrics[LOSS]
+def metric_key(metric: str) -> str:
+    """The run metric of the evaluate stage's figure `metric` (params retrain.gate_metric)."""
+    return f"eval_{metric}"
 
 
-def champion_gate(client, model_name: str, version: str, margin: float) -> dict:
-    """Move the `champion` alias to `version` if it beats the champion by at least `margin`.
+def entry(client, model_name: str, version: str, metric: str) -> dict:
+    """What the gate knows of a version: its run, its figure (None when the run has none),
+    and what must match to compare it (LIKE_FOR_LIKE, the data files' checksums, and for
+    the IWAE estimate its number of draws)."""
+    run = client.get_run(client.get_model_version(model_name, version).run_id)
+    alike = {key: run.data.params.get(key) for key in LIKE_FOR_LIKE}
+    alike |= {key: value for key, value in run.data.tags.items() if key.startswith("data.sha256.")}
+    if metric == "iwae_nll":
+        alike["evaluate.iwae_samples"] = run.data.metrics.get("eval_iwae_samples")
+    return {"version": str(version), "run_id": run.info.run_id,
+            "value": run.data.metrics.get(metric_key(metric)), "alike": alike}
 
-    Returns the decision: {"decision", "promoted", "model_name", "challenger": {version,
-    run_id, test_loss}, "champion": {...} or None (the champion before the gate), "margin"}.
+
+def champion_gate(client, model_name: str, version: str, margin: float, metric: str) -> dict:
+    """Move the `champion` alias to `version` if its `metric` beats the champion's by at least
+    `margin`, both models being alike (see entry); otherwise the champion stays.
+
+    Returns the decision: {"decision", "promoted", "model_name", "metric", "margin",
+    "challenger": {version, run_id, value, alike}, "champion": the same or None (before the gate)}.
     """
     from mlflow.exceptions import MlflowException
 
-    challenger = client.get_model_version(model_name, version)
-    new = {"version": str(version), "run_id": challenger.run_id,
-           "test_loss": test_loss(client, challenger.run_id)}
+    new = entry(client, model_name, version, metric)
+    if new["value"] is None:
+        raise PipelineError(f"MLflow run {new['run_id']} (version {version} of {model_name}) has no "
+                            f"'{metric_key(metric)}' metric: the evaluate stage attaches it; run the "
+                            "whole pipeline (make run)")
     try:
-        current = client.get_model_version_by_alias(model_name, ALIAS)
-        old = {"version": str(current.version), "run_id": current.run_id,
-               "test_loss": test_loss(client, current.run_id)}
+        old = entry(client, model_name, client.get_model_version_by_alias(model_name, ALIAS).version, metric)
     except MlflowException:                 # no alias yet: the first version becomes champion
         old = None
+    differences = [] if old is None else [f"{key} {new['alike'][key]} vs {old['alike'][key]}"
+                                          for key in new["alike"] if new["alike"][key] != old["alike"].get(key)]
 
+    promoted = False
     if old is None:
         promoted, decision = True, f"no champion yet: version {version} becomes champion"
     elif old["version"] == new["version"]:
-        promoted, decision = False, f"version {version} is already the champion (no new model)"
-    elif old["test_loss"] - new["test_loss"] >= margin and new["test_loss"] < old["test_loss"]:
+        decision = f"version {version} is already the champion (no new model)"
+    elif old["value"] is None:
+        decision = (f"champion version {old['version']} has no '{metric_key(metric)}' (trained before the "
+                    "evaluate stage attached it): nothing to compare with, champion kept; move the alias "
+                    "by hand if the new version should serve (docs/serving.md)")
+    elif differences:
+        decision = (f"version {version} is not comparable with champion version {old['version']} ("
+                    + "; ".join(differences) + "): champion kept")
+    elif old["value"] - new["value"] >= margin:
         promoted = True
-        decision = (f"version {version} beats champion version {old['version']} by "
-                    f"{old['test_loss'] - new['test_loss']:.4g} >= margin {margin:g}: promoted")
+        decision = (f"version {version} beats champion version {old['version']} on {metric} by "
+                    f"{old['value'] - new['value']:.4g} >= margin {margin:g}: promoted")
     else:
-        promoted = False
-        decision = (f"version {version} does not beat champion version {old['version']} by the "
-                    f"margin {margin:g} (difference {old['test_loss'] - new['test_loss']:.4g}): "
-                    "champion kept")
+        decision = (f"version {version} does not beat champion version {old['version']} on {metric} by "
+                    f"the margin {margin:g} (difference {old['value'] - new['value']:.4g}): champion kept")
     if promoted:
         client.set_registered_model_alias(model_name, ALIAS, str(version))
-    return {"decision": decision, "promoted": promoted, "model_name": model_name,
-            "challenger": new, "champion": old, "margin": margin}
+    return {"decision": decision, "promoted": promoted, "model_name": model_name, "metric": metric,
+            "margin": margin, "challenger": new, "champion": old}
 
 
 def gate_markdown(result: dict) -> str:
-    """The markdown of the `champion` artifact: the decision and both figures."""
+    """The markdown of the `champion` artifact: the decision, both figures and what was matched."""
     def row(who, entry):
         if entry is None:
-            return f"| {who} | none | | |"
-        return f"| {who} | {entry['version']} | {entry['test_loss']:.6g} | `{entry['run_id']}` |"
+            return f"| {who} | none |" + " |" * (2 + len(LIKE_FOR_LIKE))
+        value = "none" if entry["value"] is None else f"{entry['value']:.6g}"
+        return (f"| {who} | {entry['version']} | {value} | "
+                + " | ".join(str(entry["alike"].get(key)) for key in LIKE_FOR_LIKE) + f" | `{entry['run_id']}` |")
 
     return "\n".join([
         f"# Champion gate: `{result['model_name']}`", "", f"**{result['decision']}**", "",
-        f"| | version | {LOSS} | MLflow run |", "| --- | --- | ---: | --- |",
+        f"| | version | {result['metric']} | " + " | ".join(LIKE_FOR_LIKE) + " | MLflow run |",
+        "| --- | --- | ---: |" + " --- |" * (len(LIKE_FOR_LIKE) + 1),
         row("challenger", result["challenger"]), row("champion before", result["champion"]), "",
-        f"Margin: {result['margin']:g} (the challenger's {LOSS} must be lower by at least this)", ""])
+        f"Margin: {result['margin']:g} nats per test image (the challenger's {result['metric']} must be lower "
+        "by at least this, the two models alike: same data files, pixel treatment and likelihood)", ""])
 
 
 @flow(name="retrain")
@@ -142,11 +173,14 @@ def retrain(project: str | None = None, seed: int | None = None) -> dict:
     # The stages ran in `root`: its own default store, which is this checkout's only when root is ROOT.
     params["mlflow"]["tracking_uri"] = tracking.tracking_uri(params, root)
     client = tracking.connect(params)
-    result = champion_gate(client, record["model_name"], record["model_version"], params["retrain"]["margin"])
+    settings = params["retrain"]
+    result = champion_gate(client, record["model_name"], record["model_version"], settings["margin"],
+                           settings["gate_metric"])
     logger.info(result["decision"])
     write_json(root / params["paths"]["champion"], result)
     create_markdown_artifact(key=ALIAS, markdown=gate_markdown(result),
-                             description="The champion gate: decision, challenger and champion test loss")
+                             description="The champion gate: decision, challenger and champion figures")
+    publish(root, params)
     return result
 
 

@@ -143,15 +143,16 @@ def run(params: dict) -> dict:
         log.info("%s: %s", row["reference"],
                  f"{row['this_run']:.2f} here, {row['reference_value']} there" if row["comparable"]
                  else "not comparable (" + "; ".join(row["differences"][:2]) + ")")
-    # The same figures on the run that trained the model, so MLflow can compare them across runs;
-    # the times there only: in eval.json they would make every rerun a new output.
-    numbers = {f"eval_{k}": v for k, v in metrics.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    numbers |= {f"eval_seconds_{part}": s for part, s in seconds.items()}
-    tracking.attach_to_training_run(params, metrics=numbers,
-                                    artifacts=[project_path(paths["eval_metrics"]),
-                                               project_path(paths["literature"])],
-                                    artifact_dir="metrics")
+    # The same figures on the run that trained the model, so MLflow can compare them across runs,
+    # and on its logged model, so `mlflow.search_logged_models` ranks the models by them (the
+    # champion gate of flows/retrain.py compares them too); the times on the run only: in eval.json
+    # they would make every rerun a new output.
+    tracking.attach_to_training_run(
+        params, metrics={f"eval_seconds_{part}": s for part, s in seconds.items()},
+        model_metrics={f"eval_{k}": v for k, v in metrics.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        artifacts=[project_path(paths["eval_metrics"]), project_path(paths["literature"])],
+        artifact_dir="metrics")
     return metrics
 
 

@@ -18,6 +18,7 @@ from flows.dvc_runner import LOCK_FILE, workspace_lock
 from flows.pipeline import pipeline
 from flows.sweep import dask_runner, sweep
 from tests.conftest import VENV_BIN, dvc_stages, pipeline_env, run_in, set_params
+from vae_pipeline import tracking
 from vae_pipeline.files import PipelineError
 
 
@@ -36,12 +37,17 @@ def task_runs(flow_run_id) -> list:
     return sorted(runs, key=lambda r: r.start_time or r.expected_start_time)
 
 
-def artifact_markdown(flow_run_id) -> str:
+def artifact(flow_run_id, key: str):
+    """The flow run's one artifact of `key`."""
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["vae-pipeline"])),
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
                                           flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     assert len(artifacts) == 1
-    return artifacts[0].data
+    return artifacts[0]
+
+
+def artifact_markdown(flow_run_id) -> str:
+    return artifact(flow_run_id, "vae-pipeline").data
 
 
 def outputs_mtimes(project) -> dict:
@@ -99,6 +105,12 @@ def test_pipeline_flow_runs_the_stages_in_order_then_skips_them_all(project, pre
     metrics = json.loads((project / "reports/metrics/train.json").read_text())
     assert "| train | ran |" in markdown and f"| train.test_loss | {metrics['test_loss']:.6g} |" in markdown
     assert "**MLflow run:** not recorded" in markdown or "**MLflow run:** `" in markdown
+    # Links that lead somewhere: the MLflow run (embedded store: its URI) and the report; the metrics table.
+    record = tracking.training_run(yaml.safe_load((project / "params.yaml").read_text()), project)
+    assert f"(runs:/{record['run_id']})" in artifact(first.state_details.flow_run_id, "mlflow-run").data
+    assert (project / "reports/index.html").as_uri() in artifact(first.state_details.flow_run_id, "report").data
+    table = json.loads(artifact(first.state_details.flow_run_id, "metrics").data)
+    assert {"metric": "train.test_loss", "value": metrics["test_loss"]} in table
 
     before = outputs_mtimes(project)
     lock_before = (project / "dvc.lock").read_text()

@@ -10,58 +10,99 @@ from pathlib import Path
 import pytest
 
 from flows.local_api import free_port
-from flows.retrain import ALIAS, champion_gate, gate_markdown
+from flows.retrain import ALIAS, champion_gate, gate_markdown, metric_key
 from tests.conftest import VENV_BIN, downstream, dvc_stages, pipeline_env, run_in, stop_process_group
 from vae_pipeline import tracking
+from vae_pipeline.datasets import expected_checksums
+from vae_pipeline.files import PipelineError
 from vae_pipeline.params import load_params
 
 
-# ---- the gate, on two real registered versions (no training needed) -------------------------
+# ---- the gate, on real registered versions (no training needed) -----------------------------
 
 @pytest.fixture
 def registry(tmp_path):
+    """A SQLite model registry in tmp, and register(neg_elbo, test_loss, **sections): a version whose
+    run holds the params, data checksums and figures a training of params.yaml + sections would log."""
     import mlflow
+    from mlflow.entities import Param
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("gate", artifact_location=(tmp_path / "artifacts").as_uri())
     client.create_registered_model("decoder")
 
-    def register(loss: float) -> str:
-        run = client.create_run(experiment)
-        client.log_metric(run.info.run_id, "test_loss", loss)
+    def register(neg_elbo: float | None, test_loss: float = 100.0, iwae_samples: int = 50, **sections) -> str:
+        params = load_params()
+        for section, values in sections.items():
+            params[section].update(values)
+        run = client.create_run(experiment, tags={f"data.sha256.{name}": sha256
+                                                  for name, sha256 in expected_checksums(params).items()})
+        client.log_batch(run.info.run_id, params=[Param(key, value)
+                                                   for key, value in tracking.flat_params(params).items()])
+        figures = {"test_loss": test_loss, "eval_iwae_samples": iwae_samples}
+        if neg_elbo is not None:
+            figures |= {metric_key("neg_elbo"): neg_elbo, metric_key("iwae_nll"): neg_elbo - 2}
+        tracking.log_metrics(client, run.info.run_id, figures)
         client.set_terminated(run.info.run_id)
         (tmp_path / run.info.run_id).mkdir()
-        return client.create_model_version("decoder", (tmp_path / run.info.run_id).as_uri(),
-                                           run_id=run.info.run_id).version
+        return str(client.create_model_version("decoder", (tmp_path / run.info.run_id).as_uri(),
+                                               run_id=run.info.run_id).version)
     return client, register
 
 
 def champion(client) -> str:
-    return client.get_model_version_by_alias("decoder", ALIAS).version
+    return str(client.get_model_version_by_alias("decoder", ALIAS).version)
 
 
-def test_the_first_version_becomes_champion_then_only_a_better_one_moves_the_alias(registry):
+def test_the_gate_compares_like_with_like_and_moves_only_for_a_real_improvement(registry):
     client, register = registry
-    first = register(100.0)
-    result = champion_gate(client, "decoder", first, margin=1.0)
+    first = register(neg_elbo=100.0)
+    result = champion_gate(client, "decoder", first, margin=0.5, metric="neg_elbo")
     assert result["promoted"] and result["champion"] is None and champion(client) == first
 
-    # Worse, equal, and better by less than the margin: the alias stays.
-    for loss in (101.0, 100.0, 99.5):
-        version = register(loss)
-        result = champion_gate(client, "decoder", version, margin=1.0)
-        assert not result["promoted"], result["decision"]
-        assert champion(client) == first
-        assert result["champion"]["test_loss"] == 100.0 and result["challenger"]["test_loss"] == loss
+    challengers = [   # (what it is, its version, what the decision must name)
+        # A smaller beta lowers the training loss by construction; the beta = 1 ELBO is no better.
+        ("lower beta", register(neg_elbo=100.2, test_loss=80.0, train={"beta": 0.25}), "does not beat"),
+        ("other data set", register(neg_elbo=60.0, data={"dataset": "fashion-mnist"}), "data.dataset"),
+        ("other pixels", register(neg_elbo=60.0, data={"binarize": "static"}), "data.binarize"),
+        ("other likelihood", register(neg_elbo=60.0, train={"likelihood": "gaussian"}), "train.likelihood"),
+        ("better by less than the margin", register(neg_elbo=99.6), "does not beat"),
+    ]
+    for what, version, named in challengers:
+        result = champion_gate(client, "decoder", version, margin=0.5, metric="neg_elbo")
+        assert not result["promoted"] and champion(client) == first, what
+        assert named in result["decision"] and "champion kept" in result["decision"], (what, result["decision"])
+        assert result["champion"]["value"] == 100.0
+    assert "not comparable" in champion_gate(client, "decoder", challengers[1][1], 0.5, "neg_elbo")["decision"]
 
     # The champion itself again (nothing retrained): kept, not "promoted".
-    assert not champion_gate(client, "decoder", first, margin=1.0)["promoted"]
+    assert not champion_gate(client, "decoder", first, margin=0.5, metric="neg_elbo")["promoted"]
 
-    better = register(98.0)            # beats it by 2 >= 1
-    result = champion_gate(client, "decoder", better, margin=1.0)
-    assert result["promoted"] and champion(client) == better
+    better = register(neg_elbo=99.0)                   # beats it by 1 >= 0.5
+    result = champion_gate(client, "decoder", better, margin=0.5, metric="neg_elbo")
+    assert result["promoted"] and champion(client) == better and "promoted" in result["decision"]
     markdown = gate_markdown(result)
-    assert "promoted" in markdown and "| 98 |" in markdown and "| 100 |" in markdown
+    assert "| challenger | " + better + " | 99 | mnist | none | bernoulli |" in markdown
+    assert "| champion before | " + first + " | 100 |" in markdown and "neg_elbo" in markdown
+
+
+def test_the_iwae_gate_compares_only_estimates_with_the_same_number_of_draws(registry):
+    client, register = registry
+    first = register(neg_elbo=100.0, iwae_samples=50)
+    champion_gate(client, "decoder", first, margin=0.5, metric="iwae_nll")
+    result = champion_gate(client, "decoder", register(neg_elbo=90.0, iwae_samples=5000), 0.5, "iwae_nll")
+    assert not result["promoted"] and "evaluate.iwae_samples 5000" in result["decision"]
+    assert champion_gate(client, "decoder", register(neg_elbo=90.0), 0.5, "iwae_nll")["promoted"]
+
+
+def test_a_champion_without_the_figure_stays_and_a_challenger_without_it_is_an_error(registry):
+    client, register = registry
+    old = register(neg_elbo=None)                      # trained before the evaluate stage attached it
+    client.set_registered_model_alias("decoder", ALIAS, old)
+    result = champion_gate(client, "decoder", register(neg_elbo=50.0), 0.5, "neg_elbo")
+    assert not result["promoted"] and champion(client) == old and "has no 'eval_neg_elbo'" in result["decision"]
+    with pytest.raises(PipelineError, match="has no 'eval_neg_elbo' metric"):
+        champion_gate(client, "decoder", register(neg_elbo=None), 0.5, "neg_elbo")
 
 
 # ---- the served deployment on a real Prefect server ------------------------------------------
@@ -136,6 +177,11 @@ def test_the_served_retrain_deployment_runs_on_a_prefect_server_and_names_a_cham
     decision = json.loads((project / "reports/champion.json").read_text())
     assert decision["promoted"] and decision["champion"] is None
     assert decision["challenger"]["version"] == record["model_version"]
+    # Both flow runs (the retrain and its pipeline) link the MLflow run and the report.
+    for key, target in (("mlflow-run", f"runs:/{record['run_id']}"), ("report", "file://")):
+        inspected = subprocess.run([str(VENV_BIN / "prefect"), "artifact", "inspect", key],
+                                   env=env, capture_output=True, text=True, timeout=60)
+        assert inspected.stdout.count(target) == 2, inspected.stdout[-2000:]
     # dvc.lock is still the record: nothing is stale after the retrain.
     assert "up to date" in run_in(project, sys.executable, "-m", "dvc", "status").stdout
 

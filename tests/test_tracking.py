@@ -1,5 +1,6 @@
 """MLflow tracking against real stores: the embedded SQLite file, and `mlflow server` over HTTP."""
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -61,7 +62,7 @@ def test_run_tags_from_env(monkeypatch):
 
 def test_flat_params_name_every_train_key():
     flat = tracking.flat_params(load_params())
-    assert flat["data.dataset"] == "mnist" and flat["train.beta"] == "1.0"
+    assert flat["data.dataset"] == "mnist" and flat["data.binarize"] == "none" and flat["train.beta"] == "1.0"
     assert flat["train.hidden_dims"] == "[400]"
     assert {k for k in flat if k.startswith("train.")} == {f"train.{k}" for k in load_params()["train"]}
 
@@ -69,6 +70,7 @@ def test_flat_params_name_every_train_key():
 def test_resumed_training_continues_its_run_other_unfinished_runs_fail(monkeypatch, tmp_path):
     params = load_params()
     params["paths"].update(raw_dir=str(tmp_path / "raw"), checkpoint_dir=str(tmp_path / "checkpoints"))
+    params["mlflow"]["system_metrics_interval"] = None  # these runs never finish: no monitor left behind
     (tmp_path / "raw" / "mnist").mkdir(parents=True)
     (tmp_path / "raw" / "mnist" / "train-images-idx3-ubyte").write_bytes(b"not really")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
@@ -96,6 +98,7 @@ def test_pipeline_runs_are_tracked_registered_and_compared(project, monkeypatch)
     import mlflow
 
     monkeypatch.setenv("VAE_RUN_TAGS", '{"sweep": "tiny"}')
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the tiny training takes seconds
     run_in(project, "dvc", "repro")
     client, record = open_store(project)
     run = client.get_run(record["run_id"])
@@ -128,11 +131,28 @@ def test_pipeline_runs_are_tracked_registered_and_compared(project, monkeypatch)
     assert record["model_uri"] == "models:/vae-decoder/1"
     version = client.get_model_version("vae-decoder", "1")
     assert version.run_id == run.info.run_id
-    decoder = mlflow.pytorch.load_model(record["model_uri"])
-    images = decoder(torch.randn(5, 4))
-    assert images.shape == (5, 28, 28) and 0 <= images.min() and images.max() <= 1
     pyfunc = mlflow.pyfunc.load_model(record["model_uri"])
-    assert pyfunc.predict(np.zeros((3, 4), np.float32)).shape == (3, 28, 28)
+    images = pyfunc.predict(np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32))
+    assert images.shape == (5, 28, 28) and 0 <= images.min() and images.max() <= 1
+
+    # MLflow 3's views: the experiment opens on training runs, the data set is the run's input
+    # (its digest from the pinned checksums), the evaluate figures rank the logged models,
+    # system metrics were sampled during training.
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert tracking.EXPERIMENT_KIND.items() <= experiment.tags.items()
+    [data] = run.inputs.dataset_inputs
+    assert data.dataset.name == "mnist" and data.dataset.digest == tracking.data_input(params).dataset.digest
+    assert json.loads(data.dataset.profile)["sha256"] == params["data"]["sha256"]
+    assert {m.model_id for m in run.outputs.model_outputs} == {record["model_id"]}
+    logged = client.get_logged_model(record["model_id"])
+    model_metrics = {m.key: m for m in logged.metrics}
+    assert model_metrics["eval_neg_elbo"].value == run.data.metrics["eval_neg_elbo"]
+    assert model_metrics["eval_neg_elbo"].dataset_digest == data.dataset.digest
+    assert not any(key.startswith("eval_seconds") for key in model_metrics)   # times: the run's only
+    assert [m.model_id for m in mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], order_by=[{"field_name": "metrics.eval_neg_elbo"}],
+        output_format="list")] == [record["model_id"]]
+    assert "system/cpu_utilization_percentage" in run.data.metrics
 
     # Another beta: a second run and a second model version; rerunning train is never a conflict.
     params["train"]["beta"] = 4.0
@@ -174,6 +194,5 @@ def test_pipeline_logs_to_a_real_server_over_http(project, mlflow_server, monkey
     # The artifacts went through the server into its own folder.
     assert list((folder / "artifacts").rglob("vae.safetensors"))
 
-    decoder = mlflow.pytorch.load_model(record["model_uri"])
-    image = decoder(torch.zeros(1, 4))
+    image = mlflow.pyfunc.load_model(record["model_uri"]).predict(np.zeros((1, 4), np.float32))
     assert image.shape == (1, 28, 28) and 0 <= image.min() and image.max() <= 1

@@ -1,10 +1,14 @@
-"""The trained decoder as an MLflow model: what the model registry holds and a server would serve.
+"""The trained decoder as an MLflow model: what the model registry holds and `make serve` serves.
 
 `log_decoder` exports the decoder with torch.export (MLflow's pickle-free `pt2`
-format: a graph plus plain tensors, so loading it runs no pickled code), logs it
-to the training's run and registers it. tracking.finish_training_run calls it.
+format: a graph plus plain tensors, so loading it runs no pickled code) and logs
+it inside a pyfunc model whose code is vae_pipeline/decoder_pyfunc.py (checks
+each request, runs on the CPU; see there why). It registers that model and
+returns the version. tracking.finish_training_run calls it.
 """
 import copy
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,14 +34,19 @@ class ImageDecoder(nn.Module):
         return torch.sigmoid(self.decoder(z)).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
 
 
-def log_decoder(client, run_id: str, model, registered_name: str, model_params: dict[str, str]) -> str:
-    """Log `model`'s decoder to run `run_id` as an MLflow model and register it as `registered_name`.
+def log_decoder(client, run_id: str, model, registered_name: str, model_params: dict[str, str],
+                max_batch: int) -> tuple[str, str]:
+    """Log `model`'s decoder to run `run_id` as an MLflow pyfunc model and register it as `registered_name`.
 
-    `model_params` are the logged model's params (the run's). Returns the registered version.
+    `model_params` are the logged model's params (the run's); `max_batch` the rows a
+    request may hold (params.yaml serve.max_batch). Returns (registered version, logged model id).
     """
     import mlflow  # imported here: importing mlflow takes seconds, and only training logs a model
+    from mlflow.entities import LoggedModelOutput
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
+
+    from vae_pipeline import decoder_pyfunc
 
     latent_dim = model.config["latent_dim"]
     # A CPU copy: exported on the CPU, it loads on any machine; the trained model stays put.
@@ -47,12 +56,20 @@ def log_decoder(client, run_id: str, model, registered_name: str, model_params: 
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, IMAGE_SIZE, IMAGE_SIZE))]))
     # Two rows: torch.export keeps a batch dimension of size 1 fixed, of size 2 it stays dynamic.
     example = np.random.default_rng(0).standard_normal((2, latent_dim)).astype(np.float32)
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
     # Created here, in the run's experiment: left to itself, log_model would use the default one.
     logged = client.create_logged_model(experiment_id=client.get_run(run_id).info.experiment_id,
                                         name=DECODER_NAME, source_run_id=run_id, params=model_params)
-    info = mlflow.pytorch.log_model(
-        decoder, name=DECODER_NAME, run_id=run_id, model_id=logged.model_id,
-        serialization_format="pt2", signature=signature, input_example=example,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        registered_model_name=registered_name, await_registration_for=60)
-    return str(info.registered_model_version)
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = Path(tmp) / decoder_pyfunc.DECODER_ARTIFACT
+        mlflow.pytorch.save_model(decoder, graph, serialization_format="pt2", signature=signature,
+                                  input_example=example, pip_requirements=requirements)
+        info = mlflow.pyfunc.log_model(
+            name=DECODER_NAME, model_id=logged.model_id, python_model=decoder_pyfunc.__file__,
+            artifacts={decoder_pyfunc.DECODER_ARTIFACT: str(graph)},
+            model_config={"latent_dim": latent_dim, "max_batch": max_batch},
+            signature=signature, input_example=example, pip_requirements=requirements,
+            registered_model_name=registered_name, await_registration_for=60)
+    # log_model links the model to the fluent API's active run only; this project logs by run id.
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    return str(info.registered_model_version), logged.model_id

@@ -113,6 +113,7 @@ SCHEMA = {
         "model_name": text(),                          # the registered model (the decoder)
         "connect_timeout": number(above=0),
         "compare_max_runs": integer(1),
+        "system_metrics_interval": optional(number(above=0)),   # null: no system metrics
     },
     "latent_map": {
         "split": choice("train", "test"),
@@ -149,8 +150,13 @@ SCHEMA = {
     "retrain": {
         "schedule_cron": text(),                       # checked by Prefect when the deployment is served
         "deployment": text(),
+        "gate_metric": choice("neg_elbo", "iwae_nll"),  # the evaluate stage's figure the gate compares
         "margin": number(lo=0),
         "seed": optional(integer(0)),                  # the served deployment's default seed
+    },
+    "serve": {
+        "port": integer(1, 65535),
+        "max_batch": integer(1),                       # rows per request
     },
     "evaluate": {
         "iwae_samples": integer(1),

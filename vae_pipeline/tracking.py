@@ -11,11 +11,14 @@ fluent "active run" is not there, and mlflow silently opens a second run.
 
 The train stage calls, in order:
     client = connect(params)                                  # fails here if the URI is unreachable
-    run_id = start_training_run(client, params, device, key, history)
+    run_id = start_training_run(client, params, device, key, history)   # also logs the data set as
+                                                              # an input and starts the system metrics
     log_epoch(client, run_id, row)                            # once per epoch, one batched request
     finish_training_run(client, run_id, params, model, metrics)
 and records the run in paths.run_record, under the hash of the model's files.
-Later stages call attach_to_training_run(params, metrics=..., artifacts=[...]).
+Later stages call attach_to_training_run(params, metrics=..., artifacts=[...]); the
+evaluate stage's figures go to the logged model too (model_metrics=...), so
+`mlflow.search_logged_models` can rank the models by them.
 
 The run record is kept out of the model folder: a run id is new on every
 training, so inside models/ it would give identical weights a new hash in
@@ -38,7 +41,7 @@ from pathlib import Path
 
 import requests
 
-from vae_pipeline.datasets import raw_dir
+from vae_pipeline.datasets import FILES, expected_checksums, raw_dir
 from vae_pipeline.files import ROOT, PipelineError, project_path, sha256_file, write_json
 from vae_pipeline.params import PARAMS_FILE
 from vae_pipeline.provenance import git_provenance
@@ -49,6 +52,9 @@ log = logging.getLogger("tracking")
 
 RUN_FILE = "mlflow_run.json"          # in paths.checkpoint_dir: the run of an unfinished training
 RUN_TAGS_ENV = "VAE_RUN_TAGS"
+CHAMPION_ALIAS = "champion"           # the registered version in use: `make serve` serves it, retrains move it
+# The experiment is one of model training, not a GenAI app: MLflow 3's tag for what kind it is.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def default_tracking_uri(root: Path = ROOT) -> str:
@@ -211,6 +217,9 @@ def experiment_id(client, params: dict) -> str:
     name = params["mlflow"]["experiment_name"]
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if not EXPERIMENT_KIND.items() <= experiment.tags.items():   # made before the tag was set
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     # A SQLite store has no artifact root of its own (mlflow would use ./mlruns in the current
     # directory): keep the artifacts beside the database file.
@@ -220,7 +229,7 @@ def experiment_id(client, params: dict) -> str:
         slug = re.sub(r"[^A-Za-z0-9._-]", "_", name)
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / slug).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException:  # created meanwhile by a parallel run
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -228,9 +237,24 @@ def experiment_id(client, params: dict) -> str:
         return experiment.experiment_id
 
 
+def ui_runs_page(uri: str, params: dict) -> str:
+    """The page of MLflow's UI, relative to the UI's address, listing the experiment's training runs
+    in the store at `uri`.
+
+    MLflow 3.17's UI opens an experiment in its GenAI view (traces, judges) unless
+    the browser has chosen "Model training" in the sidebar: it does not read the
+    experiment's kind tag (tried in headless Chromium). The `workflowType` query opens the runs.
+    """
+    import mlflow  # imported here: importing mlflow takes seconds
+
+    experiment = mlflow.MlflowClient(uri).get_experiment_by_name(params["mlflow"]["experiment_name"])
+    page = f"#/experiments/{experiment.experiment_id}/runs" if experiment else "#/experiments"
+    return f"{page}?workflowType=machine_learning"
+
+
 def flat_params(params: dict) -> dict[str, str]:
-    """The params that shape the model, flattened: data.dataset and every train.* key."""
-    flat = {"data.dataset": params["data"]["dataset"]}
+    """The params that shape the model, flattened: data.dataset, data.binarize and every train.* key."""
+    flat = {"data.dataset": params["data"]["dataset"], "data.binarize": params["data"]["binarize"]}
 
     def add(prefix, value):
         if isinstance(value, dict):
@@ -281,12 +305,85 @@ def run_tags(params: dict, device) -> dict[str, str]:
     return tags
 
 
-def log_metrics(client, run_id: str, metrics: dict, step: int = 0) -> None:
-    """Every numeric value of `metrics` at `step`, in one request."""
+def data_input(params: dict):
+    """The data set as an MLflow run input (an mlflow.entities.DatasetInput, context `training`).
+
+    Named data.dataset. Its digest is the SHA-256 of the pinned checksums listed as
+    `sha256sum` prints them, so in the raw folder `sha256sum train-images-idx3-ubyte
+    train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte | sha256sum`
+    gives it, cut to the 36 characters MLflow stores. The profile holds each file's checksum.
+    """
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.validation import MAX_DATASET_DIGEST_SIZE
+
+    checksums = expected_checksums(params)
+    listing = "".join(f"{checksums[name]}  {name}\n" for name in FILES)
+    dataset = Dataset(name=params["data"]["dataset"],
+                      digest=hashlib.sha256(listing.encode()).hexdigest()[:MAX_DATASET_DIGEST_SIZE],
+                      source_type="local", source=json.dumps({"uri": raw_dir(params).as_uri()}),
+                      profile=json.dumps({"sha256": {name: checksums[name] for name in FILES}}))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
+
+
+def log_data_input(client, run_id: str, params: dict) -> None:
+    """Log the data set (data_input) as an input of the run: MLflow's Dataset column shows it."""
+    client.log_inputs(run_id, datasets=[data_input(params)])
+
+
+# The system metrics monitor of each training run in this process: started by start_training_run,
+# stopped by finish_training_run (a crashed training's stops with the process: it is a daemon thread).
+_monitors = {}
+
+
+def start_system_metrics(client, run_id: str, params: dict) -> None:
+    """Sample CPU, memory, disk and network every mlflow.system_metrics_interval seconds into the
+    run's `system/*` metrics (MLflow's system metrics; null: off). BENCHMARKS.md measures the cost."""
+    interval = params["mlflow"]["system_metrics_interval"]
+    if not interval or run_id in _monitors:
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no "started monitoring" lines
+    # resume_logging: a resumed training carries on after the steps its run already holds.
+    _monitors[run_id] = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True,
+                                             tracking_uri=client.tracking_uri)
+    _monitors[run_id].start()
+
+
+def stop_system_metrics(run_id: str) -> None:
+    """Stop the run's system metrics monitor, logging what it sampled last."""
+    monitor = _monitors.pop(run_id, None)
+    if monitor is not None:
+        monitor.finish()
+
+
+def served_version(client, name: str) -> tuple[str, bool]:
+    """The version of registered model `name` in use: the champion, else the newest (then False)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version), True
+    except MlflowException:              # no such alias, or no such model
+        pass
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise PipelineError(f"MLflow model registry at {masked(client.tracking_uri)}: no version of "
+                            f"model '{name}' (params.yaml mlflow.model_name); train one first (make run)")
+    return str(max(int(v.version) for v in versions)), False
+
+
+def log_metrics(client, run_id: str, metrics: dict, step: int = 0, model_id: str | None = None,
+                dataset=None) -> None:
+    """Every numeric value of `metrics` at `step`, in one request.
+
+    With `model_id` they are the logged model's metrics too; with `dataset` (an
+    mlflow.entities.Dataset) they say which data set they were measured on.
+    """
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(key, float(value), now, step) for key, value in metrics.items()
+    on = {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {}
+    batch = [Metric(key, float(value), now, step, model_id=model_id, **on) for key, value in metrics.items()
              if isinstance(value, (int, float)) and not isinstance(value, bool)]
     if batch:
         client.log_batch(run_id, metrics=batch)
@@ -313,6 +410,7 @@ def start_training_run(client, params: dict, device, key: str, history: list[dic
             if history and previous.get("key") == key:
                 run_id = previous["run_id"]
                 client.update_run(run_id, status="RUNNING")
+                start_system_metrics(client, run_id, params)
                 # An epoch checkpointed while its log failed (the store was down) is logged now.
                 metric = next(name for name in history[0] if name != "epoch")
                 logged = {point.step for point in client.get_metric_history(run_id, metric)}
@@ -334,6 +432,8 @@ def start_training_run(client, params: dict, device, key: str, history: list[dic
                      tags=[RunTag(k, v) for k, v in run_tags(params, device).items()])
     for row in history:  # epochs done before a resume, when the old run is gone
         log_epoch(client, run_id, row)
+    log_data_input(client, run_id, params)
+    start_system_metrics(client, run_id, params)
     write_json(open_file, {"run_id": run_id, "key": key, "tracking_uri": masked(client.tracking_uri)})
     log.info("MLflow run %s in experiment '%s' (%s)", run_id, params["mlflow"]["experiment_name"],
              masked(client.tracking_uri))
@@ -361,7 +461,9 @@ def finish_training_run(client, run_id: str, params: dict, model, metrics: dict)
     from vae_pipeline.mlflow_decoder import log_decoder  # imported here: it imports torch
 
     name = params["mlflow"]["model_name"]
-    version = log_decoder(client, run_id, model, name, flat_params(params))
+    version, model_id = log_decoder(client, run_id, model, name, flat_params(params),
+                                    params["serve"]["max_batch"])
+    stop_system_metrics(run_id)
 
     run = client.get_run(run_id)
     record = {
@@ -372,6 +474,7 @@ def finish_training_run(client, run_id: str, params: dict, model, metrics: dict)
         "model_name": name,
         "model_version": version,
         "model_uri": f"models:/{name}/{version}",
+        "model_id": model_id,
     }
     record_training_run(params, record)
     client.set_terminated(run_id, status="FINISHED")
@@ -417,11 +520,13 @@ def training_run(params: dict, root: Path = ROOT) -> dict | None:
 
 
 def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts: list[Path] = (),
-                           artifact_dir: str | None = None, step: int = 0) -> str | None:
+                           artifact_dir: str | None = None, step: int = 0,
+                           model_metrics: dict | None = None) -> str | None:
     """Log a later stage's metrics and files to the run that trained the current model.
 
     metrics: name -> number, logged at `step` in one request (a rerun adds a
-    point, it never conflicts). artifacts: files or folders, stored under
+    point, it never conflicts). model_metrics: the same, and the logged model's
+    metrics too, measured on the data set (data_input). artifacts: files or folders, stored under
     `artifact_dir` in the run. Params are never logged here: they belong to
     the training. Returns the run id, or None (with a warning) when no run is
     recorded for the model (trained before tracking existed, or in another workspace).
@@ -442,6 +547,11 @@ def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts:
                             "point MLFLOW_TRACKING_URI at the store the model was trained with, "
                             "or retrain") from None
     log_metrics(client, run_id, metrics or {}, step)
+    if model_metrics:
+        # A run recorded before the logged model's id was kept: its metrics go on the run alone.
+        model_id = record.get("model_id")
+        log_metrics(client, run_id, model_metrics, step, model_id=model_id,
+                    dataset=data_input(params).dataset if model_id else None)
     for path in map(Path, artifacts):
         if path.is_dir():
             client.log_artifacts(run_id, str(path), artifact_dir)
@@ -450,5 +560,5 @@ def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts:
         else:
             raise PipelineError(f"{path}: missing, cannot attach it to MLflow run {run_id}")
     log.info("attached %d metrics, %d artifacts to MLflow run %s",
-             len(metrics or {}), len(artifacts), run_id)
+             len(metrics or {}) + len(model_metrics or {}), len(artifacts), run_id)
     return run_id
