@@ -10,7 +10,7 @@ import sys
 
 from stack import control
 from stack.settings import Stack
-from vae_pipeline.files import PipelineError
+from vae_pipeline.cli import exit_code
 
 USAGE = "usage: python -m stack {up,down,status,env,deploy}"
 
@@ -20,7 +20,8 @@ def main(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     command = argv[0]
-    try:
+
+    def act():
         stack = Stack.from_params()
         if command == "up":
             control.up(stack)
@@ -33,10 +34,8 @@ def main(argv: list[str]) -> int:
         else:
             from stack.deploy import deploy
             deploy(stack)
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(act)
 
 
 if __name__ == "__main__":

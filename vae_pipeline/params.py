@@ -239,12 +239,9 @@ def main(argv: list[str]) -> int:
     if argv != ["outputs"]:
         print("usage: python -m vae_pipeline.params outputs", file=sys.stderr)
         return 2
-    try:
-        print("\n".join(outputs(load_params())))
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    from vae_pipeline.cli import exit_code   # cli imports this module
+
+    return exit_code(lambda: print("\n".join(outputs(load_params()))))
 
 
 if __name__ == "__main__":
