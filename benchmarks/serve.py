@@ -57,7 +57,7 @@ def main() -> None:
             seconds = timed_requests(session, url, z, args.requests)
             rate = len(seconds) / seconds.sum()
             print(f"| {batch} | {np.median(seconds) * 1e3:.1f} ms | {np.percentile(seconds, 99) * 1e3:.1f} ms "
-                  f"| {rate:.0f} | {rate * batch:,.0f} |")
+                  f"| {rate:.3g} | {rate * batch:,.0f} |")
 
 
 if __name__ == "__main__":

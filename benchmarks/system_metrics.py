@@ -22,8 +22,9 @@ from benchmarks.common import machine
 from vae_pipeline.params import load_params
 
 
-def one_sample_seconds(store: Path, samples: int = 20) -> float:
-    """Median seconds of one monitor sample: collect the metrics, log them to a run."""
+def one_sample_seconds(store: Path, samples: int = 20) -> tuple[float, float]:
+    """Median wall seconds of one monitor sample (collect the metrics, log them to a run), and its
+    mean CPU seconds (this process; the wall time includes waiting for the store's disk)."""
     import mlflow
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -32,13 +33,14 @@ def one_sample_seconds(store: Path, samples: int = 20) -> float:
     run_id = client.create_run(client.create_experiment("system-metrics")).info.run_id
     monitor = SystemMetricsMonitor(run_id, tracking_uri=uri)
     seconds = []
+    cpu = time.process_time()
     for _ in range(samples):
         started = time.perf_counter()
         monitor.collect_metrics()
         monitor.publish_metrics(monitor.aggregate_metrics())
         monitor.mlflow_logger.flush()
         seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds)
+    return statistics.median(seconds), (time.process_time() - cpu) / samples
 
 
 def training_seconds(params: dict, folder: Path, interval) -> float:
@@ -70,13 +72,16 @@ def main() -> None:
     interval = args.interval or params["mlflow"]["system_metrics_interval"] or 10
     params["train"].update(epochs=args.epochs, threads=1)
     with tempfile.TemporaryDirectory() as tmp:
-        sample = one_sample_seconds(Path(tmp) / "sample.db")
+        sample, sample_cpu = one_sample_seconds(Path(tmp) / "sample.db")
         times = {None: [], interval: []}
         for pair in range(args.pairs):
             for setting in times:
                 times[setting].append(training_seconds(params, Path(tmp) / f"{pair}-{setting}", setting))
     print(f"# {machine(torch)}")
-    print(f"one sample (collect + log): {sample * 1e3:.1f} ms = {sample / interval:.3%} of a {interval:g} s interval")
+    print(f"one sample (collect + log): {sample * 1e3:.1f} ms wall = {sample / interval:.3%} of a {interval:g} s "
+          f"interval; {sample_cpu * 1e3:.1f} ms CPU = {sample_cpu / interval:.3%}")
+    if not args.pairs:
+        return
     off, on = statistics.median(times[None]), statistics.median(times[interval])
     print(f"{args.pairs} pairs of {args.epochs}-epoch trainings, epoch seconds summed:")
     print(f"  without system metrics: {', '.join(f'{s:.2f}' for s in times[None])} s (median {off:.2f})")
