@@ -175,13 +175,25 @@ def check_sqlite_file(uri: str) -> None:
 STORE_CHECK_TAG = "vae_pipeline.store_writable"
 
 
-def check_writable(client, params: dict) -> None:
+def check_writable(client, params: dict, tries: int = 3) -> None:
     """Write to the store once: set STORE_CHECK_TAG on the experiment (created on first use).
 
     A store that reads but cannot be written (a full disk, a read-only file or account)
-    fails here rather than when the training's results are logged.
+    fails here rather than when the training's results are logged. The first time, several
+    trainings starting together all insert the tag and all but one may be refused (a
+    server's UNIQUE constraint); their next try finds it and updates it, so a failure counts
+    only after `tries` tries.
     """
-    client.set_experiment_tag(experiment_id(client, params), STORE_CHECK_TAG, "true")
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, tries + 1):
+        try:
+            client.set_experiment_tag(experiment_id(client, params), STORE_CHECK_TAG, "true")
+            return
+        except MlflowException:
+            if attempt == tries:
+                raise
+            time.sleep(0.5 * attempt)
 
 
 @contextlib.contextmanager
