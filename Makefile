@@ -20,7 +20,7 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,stack]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project (once)
@@ -34,7 +34,7 @@ repro: $(STAMP)  ## the same pipeline through plain `dvc repro` (no Prefect)
 sweep: $(STAMP)  ## train the grid of params.yaml `sweep` on Dask; writes reports/sweep.html
 	python -m flows.sweep
 
-test: $(STAMP) browser  ## run the test suite (slow end-to-end tests included)
+test: $(STAMP) browser postgres  ## run the test suite (slow end-to-end tests included)
 	pytest
 
 test-fast: $(STAMP)  ## run the tests, skipping the slow end-to-end ones
@@ -79,3 +79,30 @@ bench: $(STAMP)  ## benchmarks: training vs the article's loop, UMAP, the pipeli
 	dvc repro embed
 	python -m benchmarks.umap
 	python -m benchmarks.pipeline
+
+# The team stack (docs/team-stack.md): PostgreSQL, SeaweedFS's S3, mlflow server, Prefect server and
+# worker on 127.0.0.1, under supervisord; state, logs and secrets in params.yaml stack.state_dir.
+.PHONY: stack stack-down stack-status stack-env deploy postgres
+stack: $(STAMP) postgres  ## start the team stack (a second call finds it running and does nothing)
+	python -m stack up
+
+stack-down:  ## stop every service of the team stack (no process is left)
+	python -m stack down
+
+stack-status:  ## each service of the team stack: state, address, health
+	python -m stack status
+
+stack-env:  ## the exports that point make run, the flows and MLflow at the stack (as .stack/env)
+	@python -m stack env
+
+deploy: $(STAMP)  ## put the scheduled retrain on the stack's work pool (cron: params.yaml retrain.schedule_cron)
+	python -m stack deploy
+
+# Debian's PostgreSQL, for the stack (its binaries run from /usr/lib/postgresql/*/bin; no system
+# cluster is used). Installed as root with apt-get when missing; elsewhere the stack tests are skipped.
+postgres:  ## install Debian's PostgreSQL for the team stack, when missing
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 postgresql; } \
+	      || echo "postgresql could not be installed: the team stack cannot start, its tests will be skipped"; \
+	  else echo "postgresql is missing and this is not root with apt-get: the team stack tests will be skipped"; fi; }

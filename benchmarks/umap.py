@@ -51,12 +51,15 @@ def child(random_state: int | None, neighbours: str, subsample: int | None, refi
     import umap  # noqa: F401  (timed apart from the fit: numba compiles pynndescent at import)
 
     from stages.latent_map import fit_map
+    from vae_pipeline.datasets import class_names, raw_dir
     from vae_pipeline.embeddings import read_mu
+    from vae_pipeline.idx import read_labels
     figures = {"import": since(start)}
 
     params = load_params()
     p = {**params["latent_map"], "random_state": random_state, "neighbours": neighbours}
-    mu, _ = read_mu(project_path(params["paths"]["embeddings_dir"]) / "train.parquet")
+    labels = read_labels(raw_dir(params), "train", len(class_names(params)))
+    mu, _ = read_mu(project_path(params["paths"]["embeddings_dir"]) / "train.parquet", "train", labels)
     mu = mu[:subsample]
     for run in ["fit", "refit"][:2 if refit else 1]:
         start = clock()

@@ -13,7 +13,8 @@ import torch
 from vae_pipeline import tracking
 from vae_pipeline.data import load_images
 from vae_pipeline.device import setup_torch
-from vae_pipeline.files import atomic_path, project_path
+from vae_pipeline.embeddings import latent_columns
+from vae_pipeline.files import project_path, replace_together
 from vae_pipeline.model_files import load_model
 
 log = logging.getLogger("embed")
@@ -36,18 +37,14 @@ def run(params: dict) -> dict:
     for split in ("train", "test"):
         x, labels = load_images(params, split, device)
         mu, logvar = encode(model, x, params["embed"]["batch_size"])
-        tables[split] = pd.DataFrame({
-            **{f"mu_{j}": mu[:, j].numpy() for j in range(mu.shape[1])},
-            **{f"logvar_{j}": logvar[:, j].numpy() for j in range(logvar.shape[1])},
-            "label": labels,
-        })
-    outputs = {}
-    for split, table in tables.items():
-        path = out_dir / f"{split}.parquet"
-        with atomic_path(path) as tmp:
+        columns = torch.cat([mu, logvar], 1).numpy().T   # mu_0.., then logvar_0..
+        tables[split] = pd.DataFrame({**dict(zip(latent_columns(mu.shape[1]), columns)), "label": labels})
+    outputs = {split: out_dir / f"{split}.parquet" for split in tables}
+    with replace_together(*outputs.values()) as staged:   # both files new, or both as they were
+        for table, tmp in zip(tables.values(), staged):
             table.to_parquet(tmp, index=False)
-        log.info("%s: %d rows, latent dim %d", path, len(table), config["latent_dim"])
-        outputs[split] = path
+    for split, path in outputs.items():
+        log.info("%s: %d rows, latent dim %d", path, len(tables[split]), config["latent_dim"])
     # logvar is the test split's (the loop's last)
     tracking.attach_to_training_run(params, {"embed_mean_posterior_var": float(logvar.exp().mean())})
     return outputs

@@ -26,12 +26,14 @@ import pandas as pd
 import torch
 
 from vae_pipeline import tracking
+from vae_pipeline.artifacts import latent_map_rows, read_latent_map
 from vae_pipeline.data import load_images
-from vae_pipeline.datasets import DATASETS
+from vae_pipeline.datasets import class_names, raw_dir
 from vae_pipeline.device import setup_torch
 from vae_pipeline.embeddings import read_mu
 from vae_pipeline.evaluation import active_units, elbo_parts, iwae_nll
-from vae_pipeline.files import PipelineError, project_path, stage_output, write_json
+from vae_pipeline.files import project_path, replace_together, write_json
+from vae_pipeline.idx import read_labels
 from vae_pipeline.literature import compare
 from vae_pipeline.model_files import load_model
 
@@ -47,14 +49,11 @@ def knn_accuracy(train_mu, train_labels, test_mu, test_labels, neighbours: int, 
     return float(correct.mean()), per_class
 
 
-def map_trustworthiness(mu: np.ndarray, map_path, samples: int, neighbours: int, seed: int) -> float:
-    """Trustworthiness (sklearn) of the latent map in `map_path` on `samples` of its points picked
+def map_trustworthiness(mu: np.ndarray, latent_map: pd.DataFrame, samples: int, neighbours: int,
+                        seed: int) -> float:
+    """Trustworthiness (sklearn) of the latent map stage's table on `samples` of its points picked
     with `seed`: their 2-D positions against their rows of `mu` (the mapped split's)."""
     from sklearn.manifold import trustworthiness  # imported here: slow, and only this stage needs it
-    latent_map = pd.read_parquet(stage_output(map_path, "latent_map"))
-    if latent_map["index"].max() >= len(mu):
-        raise PipelineError(f"{map_path}: rows point past the {len(mu)} rows of the mapped split's "
-                            "embeddings; rerun the latent_map stage (dvc repro latent_map)")
     picked = np.random.default_rng(seed).choice(len(latent_map), size=min(samples, len(latent_map)),
                                                 replace=False)
     rows = latent_map.iloc[picked]
@@ -65,9 +64,20 @@ def map_trustworthiness(mu: np.ndarray, map_path, samples: int, neighbours: int,
 def run(params: dict) -> dict:
     t, e, paths = params["train"], params["evaluate"], params["paths"]
     device = setup_torch(t["device"], t["threads"])
+    # Everything this stage reads, read (and checked) first: a damaged input stops it in seconds.
     model, config = load_model(project_path(paths["model_dir"]), device)
     likelihood = config["likelihood"]
-    x, _ = load_images(params, "test", device)
+    x, test_labels = load_images(params, "test", device)
+    embeddings, classes = project_path(paths["embeddings_dir"]), class_names(params)
+    # Each split's table must be of the model's width and hold the data set's labels, row for row.
+    split_labels = {"train": read_labels(raw_dir(params), "train", len(classes)), "test": test_labels}
+    mu_of = {split: read_mu(embeddings / f"{split}.parquet", split, labels, config["latent_dim"])[0]
+             for split, labels in split_labels.items()}
+    latent_map = None
+    if e["trustworthiness_samples"]:
+        split = params["latent_map"]["split"]
+        latent_map = read_latent_map(project_path(paths["latent_map"]), split, split_labels[split],
+                                     latent_map_rows(len(split_labels[split]), params["latent_map"]["subsample"]))
     seconds = {}
 
     started = time.perf_counter()
@@ -107,32 +117,28 @@ def run(params: dict) -> dict:
                     "difference is sampling noise; raise evaluate.iwae_samples")
 
     started = time.perf_counter()
-    embeddings = project_path(paths["embeddings_dir"])
-    train_mu, train_labels = read_mu(embeddings / "train.parquet")
-    test_mu, test_labels = read_mu(embeddings / "test.parquet")
-    classes = DATASETS[params["data"]["dataset"]]["classes"]
     metrics["knn_accuracy"], metrics["knn_accuracy_per_class"] = knn_accuracy(
-        train_mu, train_labels, test_mu, test_labels, e["knn_neighbors"], classes)
+        mu_of["train"], split_labels["train"], mu_of["test"], split_labels["test"], e["knn_neighbors"], classes)
     metrics["knn_neighbors"] = e["knn_neighbors"]
     seconds["knn"] = time.perf_counter() - started
     log.info("kNN (k = %d) class accuracy of test mu against train mu: %.4f",
              e["knn_neighbors"], metrics["knn_accuracy"])
 
     metrics["trustworthiness"] = None
-    if e["trustworthiness_samples"]:
+    if latent_map is not None:
         started = time.perf_counter()
-        mapped_mu = train_mu if params["latent_map"]["split"] == "train" else test_mu
         metrics["trustworthiness"] = map_trustworthiness(
-            mapped_mu, project_path(paths["latent_map"]), e["trustworthiness_samples"],
+            mu_of[params["latent_map"]["split"]], latent_map, e["trustworthiness_samples"],
             e["trustworthiness_neighbors"], e["seed"])
         seconds["trustworthiness"] = time.perf_counter() - started
         log.info("trustworthiness %.4f (%d neighbours)", metrics["trustworthiness"],
                  e["trustworthiness_neighbors"])
     metrics["trustworthiness_neighbors"] = e["trustworthiness_neighbors"]
 
-    write_json(project_path(paths["eval_metrics"]), metrics)
     rows = compare(params, metrics)
-    write_json(project_path(paths["literature"]), rows)
+    with replace_together(project_path(paths["eval_metrics"]), project_path(paths["literature"])) as staged:
+        write_json(staged[0], metrics)   # both files new, or both as they were
+        write_json(staged[1], rows)
     for row in rows:
         log.info("%s: %s", row["reference"],
                  f"{row['this_run']:.2f} here, {row['reference_value']} there" if row["comparable"]

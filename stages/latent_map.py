@@ -25,8 +25,11 @@ import numpy as np
 import pandas as pd
 
 from vae_pipeline import tracking
+from vae_pipeline.artifacts import latent_map_rows
+from vae_pipeline.datasets import class_names, raw_dir
 from vae_pipeline.embeddings import read_mu
 from vae_pipeline.files import ROOT, PipelineError, atomic_path, project_path
+from vae_pipeline.idx import read_labels
 
 log = logging.getLogger("latent_map")
 
@@ -72,9 +75,11 @@ def fit_map(points: np.ndarray, p: dict) -> np.ndarray:
 def run(params: dict) -> dict:
     p, paths = params["latent_map"], params["paths"]
     source = project_path(paths["embeddings_dir"]) / f"{p['split']}.parquet"
-    mu, labels = read_mu(source)
+    # Checked row for row against the data set's labels (its smallest file): a table cut short or of
+    # other data stops here. The model is not read here, so any latent width will do.
+    mu, labels = read_mu(source, p["split"], read_labels(raw_dir(params), p["split"], len(class_names(params))))
     index = np.arange(len(mu))
-    if p["subsample"] is not None and p["subsample"] < len(mu):
+    if latent_map_rows(len(mu), p["subsample"]) < len(mu):
         rng = np.random.default_rng(p["random_state"] or 0)
         index = np.sort(rng.choice(len(mu), p["subsample"], replace=False))
     if len(index) <= p["n_neighbors"]:

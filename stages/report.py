@@ -30,11 +30,15 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from vae_pipeline import tracking
-from vae_pipeline.datasets import DATASETS, FILES, IMAGE_PIXELS, IMAGE_SIZE, expected_checksums, raw_dir
-from vae_pipeline.files import PipelineError, atomic_path, project_path, sha256_file, stage_output
+from vae_pipeline.artifacts import (latent_map_rows, read_eval_metrics, read_history, read_latent_map,
+                                    read_literature, read_train_metrics)
+from vae_pipeline.datasets import FILES, IMAGE_PIXELS, IMAGE_SIZE, class_names, expected_checksums, raw_dir
+from vae_pipeline.embeddings import read_mu
+from vae_pipeline.files import PipelineError, project_path, replace_together, sha256_file
 from vae_pipeline.idx import read_split
 from vae_pipeline.model import reconstruction_loss
 from vae_pipeline.model_files import load_model
+from vae_pipeline.packed_decoder import pack_decoder
 from vae_pipeline.provenance import git_provenance
 
 log = logging.getLogger("report")
@@ -44,6 +48,8 @@ COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 SPRITE_COLUMNS = 50    # the hover images are tiled 50 to a row in one PNG
 MANIFOLD_GRID = 15     # a 2-D latent space: the decoder over a 15 x 15 grid of the plane
+MAX_SLIDERS = 16       # the explorer's sliders: the latent dimensions with the most KL, at most this many
+DECODER_CHECKS = 500   # latent vectors drawn to check the page's packed decoder against PyTorch's
 MEDIA_TYPES = {".png": "image/png", ".gif": "image/gif"}
 
 
@@ -90,6 +96,11 @@ def data_uri(name: str, data: bytes) -> str:
     """A figure as a data: URI, its media type from its file name."""
     kind = MEDIA_TYPES[name[name.rindex("."):]]
     return f"data:{kind};base64,{base64.b64encode(data).decode()}"
+
+
+def script_json(value) -> str:
+    """`value` as JSON for a <script type="application/json"> element: a "</" in it must not close the element."""
+    return json.dumps(value).replace("</", "<\\/")
 
 
 @torch.no_grad()
@@ -155,6 +166,29 @@ def map_data(table: pd.DataFrame, images: np.ndarray, classes: list[str], hover_
         "extent": [1.0, float((xy[:, 1].max() - lo[1]) / span)] if len(xy) else [1.0, 1.0],
     }
     return data, sprite
+
+
+def page_decoder(model, mu: np.ndarray, generator: torch.Generator) -> dict:
+    """The decoder packed for the page's JavaScript, checked on the map's μ and on wide prior draws."""
+    draws = 1.5 * torch.randn(DECODER_CHECKS, model.config["latent_dim"], generator=generator).numpy()
+    return pack_decoder(model, np.concatenate([mu, draws]))
+
+
+def explorer_data(mu: np.ndarray, kl_per_dim: np.ndarray, walk_steps: int, frame_ms: int) -> dict:
+    """What the page's latent explorer needs besides the decoder: the μ of the map's selectable points.
+
+    `mu` holds the μ of the map's hover points, in the map's order (row k is map point k);
+    the page decodes them, the straight walks between them and the sliders' z itself.
+    """
+    # Every slider (and a 2-D plane) spans ±reach: the prior's ±3 σ, wider when some μ lies outside it.
+    reach = max(3.0, float(np.ceil(np.abs(mu).max(initial=0.0) * 2) / 2))
+    return {
+        "latentDim": int(mu.shape[1]), "mu": base64.b64encode(np.ascontiguousarray(mu, "<f4").tobytes()).decode(),
+        "kl": [float(v) for v in kl_per_dim], "reach": reach,
+        # The dimensions in order of KL, most first: the sliders shown, in this order.
+        "sliders": [int(j) for j in np.argsort(-kl_per_dim, kind="stable")[:MAX_SLIDERS]],
+        "walkSteps": walk_steps, "frameMs": frame_ms,
+    }
 
 
 def prior_samples(model, n: int, generator: torch.Generator) -> bytes:
@@ -268,43 +302,56 @@ def plot_kl_per_dimension(kl: np.ndarray, active: np.ndarray) -> bytes:
 
 # ---- what the sections read -----------------------------------------------------------------
 
-def read_output(path, stage: str):
-    """An earlier stage's output: a DataFrame from .csv or .parquet, the object in a .json file."""
-    stage_output(path, stage)
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-
-
 class Inputs:
     """The params, the model and the earlier stages' outputs, each output read once, on first use.
 
     A section reads only what it shows (the walk needs no evaluation, the evaluation no
-    latent map), so a new section costs only what it draws.
+    latent map), so a new section costs only what it draws. Every output is read checked
+    (vae_pipeline.artifacts): against the data set's labels, the model's latent width and
+    each other, so a damaged one stops the report with its name and the stage to rerun.
     """
 
     def __init__(self, params: dict):
         self.params = params
         self.dataset = params["data"]["dataset"]
-        self.classes = DATASETS[self.dataset]["classes"]
+        self.classes = class_names(params)
         self.model, self.config = load_model(project_path(params["paths"]["model_dir"]), "cpu")
-        self.likelihood = self.config.get("likelihood", params["train"]["likelihood"])
+        self.likelihood = self.config["likelihood"]
         self.split_images = {}
+        self.split_mu = {}
 
-    def output(self, key: str, stage: str):
-        return read_output(project_path(self.params["paths"][key]), stage)
+    def path(self, key: str):
+        return project_path(self.params["paths"][key])
+
+    def mu(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The embed stage's μ (N, latent_dim) of `split` and their labels, read once, checked against
+        the data set's labels of the split and the model's latent width."""
+        if split not in self.split_mu:
+            self.split_mu[split] = read_mu(self.path("embeddings_dir") / f"{split}.parquet", split,
+                                           self.images(split)[1], self.config["latent_dim"])
+        return self.split_mu[split]
 
     @cached_property
-    def train_embeddings(self) -> pd.DataFrame:
-        return read_output(project_path(self.params["paths"]["embeddings_dir"]) / "train.parquet", "embed")
+    def latent_map(self) -> pd.DataFrame:
+        split, subsample = self.params["latent_map"]["split"], self.params["latent_map"]["subsample"]
+        labels = self.images(split)[1]
+        return read_latent_map(self.path("latent_map"), split, labels, latent_map_rows(len(labels), subsample))
 
     @cached_property
     def metrics(self) -> dict:
-        return self.output("train_metrics", "train")
+        return read_train_metrics(self.path("train_metrics"))
+
+    @cached_property
+    def history(self) -> pd.DataFrame:
+        return read_history(self.path("train_history"), self.metrics["epochs"])
 
     @cached_property
     def evaluation(self) -> dict:
-        return self.output("eval_metrics", "evaluate")
+        return read_eval_metrics(self.path("eval_metrics"), self.config["latent_dim"])
+
+    @cached_property
+    def literature(self) -> list[dict]:
+        return read_literature(self.path("literature"))
 
     @cached_property
     def git(self) -> dict:
@@ -313,7 +360,7 @@ class Inputs:
     def images(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The IDX images and labels of `split`, read once."""
         if split not in self.split_images:
-            self.split_images[split] = read_split(raw_dir(self.params), split)
+            self.split_images[split] = read_split(raw_dir(self.params), split, len(self.classes))
         return self.split_images[split]
 
     def generator(self) -> torch.Generator:
@@ -334,7 +381,7 @@ def summary_section(inputs: Inputs) -> Part:
         actual = sha256_file(raw_dir(inputs.params) / name)
         checksums.append({"file": name, "sha256": actual, "verified": actual == expected.get(name)})
     return {}, {
-        "n_train": len(inputs.train_embeddings), "n_test": inputs.evaluation["test_images"],
+        "n_train": len(inputs.mu("train")[0]), "n_test": inputs.evaluation["test_images"],
         "checksums": checksums,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "umap-learn": importlib.metadata.version("umap-learn")},
@@ -342,9 +389,12 @@ def summary_section(inputs: Inputs) -> Part:
 
 
 def latent_map_section(inputs: Inputs) -> Part:
-    """The latent map stage's UMAP, static and interactive; with a 2-D latent space, the plane itself."""
+    """The latent map stage's UMAP, static and interactive, with the explorer that decodes in the page.
+
+    With a 2-D latent space, also the plane itself.
+    """
     params, classes, dataset = inputs.params, inputs.classes, inputs.dataset
-    table = inputs.output("latent_map", "latent_map")
+    table = inputs.latent_map
     split = params["latent_map"]["split"]
     log.info("latent map of %d points", len(table))
     figures = {"latent_map.png": plot_latent_map(table, classes,
@@ -352,18 +402,27 @@ def latent_map_section(inputs: Inputs) -> Part:
     interactive, sprite = map_data(table, inputs.images(split)[0], classes, params["report"]["hover_points"],
                                    params["report"]["seed"])
     interactive["split"] = split
+    # The explorer selects the map's hover points: their μ, in the map's order.
+    hover_rows = np.frombuffer(base64.b64decode(interactive["rows"]), "<u4")
+    hover_mu = inputs.mu(split)[0][hover_rows]
+    e, r = inputs.evaluation, params["report"]
+    kl = np.array([e["kl_per_dim"][str(j)] for j in range(e["latent_dim"])])
+    explorer = explorer_data(hover_mu, kl, r["walk_steps"], r["walk_frame_ms"])
+    decoder = page_decoder(inputs.model, hover_mu, inputs.generator())
     if inputs.config["latent_dim"] == 2:
-        train = inputs.train_embeddings
-        plane = pd.DataFrame({"x": train["mu_0"], "y": train["mu_1"], "label": train["label"]})
+        mu, labels = inputs.mu("train")
+        plane = pd.DataFrame({"x": mu[:, 0], "y": mu[:, 1], "label": labels})
         figures["latent_plane.png"] = plot_latent_map(plane, classes,
                                                       f"μ itself: the 2-D latent plane ({dataset} train)")
         figures["latent_manifold.png"] = latent_manifold(inputs.model, MANIFOLD_GRID)
     return figures, {
         "split": split, "n_map": interactive["n"], "n_hover": interactive["hover"], "colours": COLOURS,
         "manifold_grid": MANIFOLD_GRID,
-        # Inside <script>: a "</" in the data must not close the element.
-        "map_json": json.dumps(interactive).replace("</", "<\\/"),
+        "map_json": script_json(interactive),
         "sprite": data_uri("sprite.png", sprite) if sprite else None,
+        "explorer_json": script_json(explorer), "decoder_json": script_json(decoder),
+        "sliders": len(explorer["sliders"]), "decoder": decoder,
+        "reach": explorer["reach"],
     }
 
 
@@ -389,10 +448,10 @@ def reconstructions_section(inputs: Inputs) -> Part:
 
 def latent_walk_section(inputs: Inputs) -> Part:
     """A straight walk between the class means of report.walk_digits: a strip and a GIF."""
-    r, classes, train = inputs.params["report"], inputs.classes, inputs.train_embeddings
-    mu = train[[c for c in train.columns if c.startswith("mu_")]].to_numpy(np.float32)
+    r, classes = inputs.params["report"], inputs.classes
+    mu, labels = inputs.mu("train")
     source = project_path(inputs.params["paths"]["embeddings_dir"]) / "train.parquet"
-    means = class_means(mu, train["label"].to_numpy(), r["walk_digits"], classes, str(source))
+    means = class_means(mu, labels, r["walk_digits"], classes, str(source))
     names = [classes[d] for d in r["walk_digits"]]
     strip, gif, frames = latent_walk(inputs.model, means, names, r["walk_steps"], r["walk_frame_ms"])
     return {"latent_walk.png": strip, "latent_walk.gif": gif}, {"names": names, "frames": frames}
@@ -400,7 +459,7 @@ def latent_walk_section(inputs: Inputs) -> Part:
 
 def training_curves_section(inputs: Inputs) -> Part:
     """Loss, reconstruction and KL per epoch, train against test."""
-    return {"training_curves.png": plot_training_curves(inputs.output("train_history", "train"))}, {}
+    return {"training_curves.png": plot_training_curves(inputs.history)}, {}
 
 
 def kl_per_dimension_section(inputs: Inputs) -> Part:
@@ -418,7 +477,7 @@ def kl_per_dimension_section(inputs: Inputs) -> Part:
 
 def evaluation_section(inputs: Inputs) -> Part:
     """The evaluate stage's figures and the literature table beside them."""
-    return {}, {"evaluation": inputs.evaluation, "literature": inputs.output("literature", "evaluate")}
+    return {}, {"evaluation": inputs.evaluation, "literature": inputs.literature}
 
 
 @dataclass(frozen=True)
@@ -470,24 +529,21 @@ def render(inputs: Inputs, parts: list[dict]) -> str:
 
 def write_figures(folder, figures: dict[str, bytes]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.iterdir():   # e.g. latent_plane.png of an earlier 2-D model
-        if stale.name not in figures:
-            stale.unlink()
     for name, data in figures.items():
-        with atomic_path(folder / name) as tmp:
-            tmp.write_bytes(data)
+        (folder / name).write_bytes(data)
 
 
 def run(params: dict) -> dict:
     paths = params["paths"]
     inputs = Inputs(params)
     figures, parts = build_sections(inputs)
-    figures_dir = project_path(paths["figures_dir"])
-    write_figures(figures_dir, figures)
     html = render(inputs, parts)
-    path = project_path(paths["report"])
-    with atomic_path(path) as tmp:
-        tmp.write_text(html, encoding="utf-8")
+    path, figures_dir = project_path(paths["report"]), project_path(paths["figures_dir"])
+    # The page and its figures change together; the figures folder is replaced whole, so a figure
+    # of an earlier run (latent_plane.png of a 2-D model) does not linger.
+    with replace_together(path, figures_dir) as (new_page, new_figures):
+        write_figures(new_figures, figures)
+        new_page.write_text(html, encoding="utf-8")
     log.info("%s: %.1f MB, %d figures in %s", path, len(html) / 1e6, len(figures), figures_dir)
     # The report travels with the run that trained the model it shows.
     tracking.attach_to_training_run(params, artifacts=[path, figures_dir], artifact_dir="report")

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -17,19 +18,17 @@ import torch
 from tqdm import tqdm
 
 from vae_pipeline import tracking
+from vae_pipeline.artifacts import CURVE_COLUMNS, HISTORY_COLUMNS
 from vae_pipeline.data import SPLIT_STREAM, binarize, load_images
 from vae_pipeline.device import setup_torch, uses_bf16
-from vae_pipeline.files import PipelineError, atomic_path, project_path, write_json
+from vae_pipeline.files import PipelineError, atomic_path, project_path, replace_together, write_json
 from vae_pipeline.model import VAE, reparameterize, vae_loss
 from vae_pipeline.model_files import save_model
 
 log = logging.getLogger("train")
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_recon", "train_kl",
-                   "test_loss", "test_recon", "test_kl", "seconds"]
 # The outputs (paths.train_history, paths.train_metrics) hold figures only: a rerun with the same
 # params writes them byte for byte again (dvc.lock unchanged). Times and the thread count vary
 # from run to run; they go to the MLflow run alone.
-CURVE_COLUMNS = HISTORY_COLUMNS[:-1]
 
 
 # On a GPU, looking at a loss makes the host wait for the device, so a CUDA run
@@ -183,8 +182,48 @@ def write_history(path: Path, history: list) -> None:
         tmp.write_text("\n".join(lines) + "\n")
 
 
+def save_outputs(params: dict, client, run_id: str, model, metrics: dict, history: list, seconds: float) -> None:
+    """The model, the metrics, the history and the run record, all new or (on any failure) all old.
+
+    They are written to staging names first, the MLflow run finished and the decoder
+    registered from there, and only then moved into place together (files.replace_together):
+    a failure on the way, e.g. at the model registry, leaves the previous run's set whole,
+    never new weights beside the previous run record. The checkpoint of the last epoch stays,
+    so a rerun goes straight to saving.
+    """
+    paths = params["paths"]
+    record = project_path(paths["run_record"])
+    # The record first, the model last: killed between two moves, the record already names the new
+    # model (records are keyed by the model's hash), and the old model still finds its own record.
+    outputs = [record, project_path(paths["train_metrics"]), project_path(paths["train_history"]),
+               project_path(paths["model_dir"])]
+    with replace_together(*outputs) as (new_record, new_metrics, new_history, new_model):
+        save_model(model, new_model, {"likelihood": params["train"]["likelihood"]})
+        write_history(new_history, history)
+        write_json(new_metrics, metrics)
+        if record.exists():
+            shutil.copy2(record, new_record)   # the records of earlier models stay in it
+        # finish_training_run logs the files at these paths and records the run there.
+        staged = {**params, "paths": {**paths, "run_record": str(new_record), "train_metrics": str(new_metrics),
+                                      "train_history": str(new_history), "model_dir": str(new_model)}}
+        try:
+            # (The thread count is the run's `threads` tag.)
+            tracking.finish_training_run(client, run_id, staged, model, {**metrics, "train_seconds": seconds})
+        except PipelineError:
+            raise
+        except Exception as e:  # the store failed on the way (MLflow's own errors, SQLAlchemy's, HTTP, disk)
+            raise PipelineError(
+                f"{tracking.store_name(client.tracking_uri)}: finishing MLflow run {run_id} failed "
+                f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}); the previous model, "
+                "metrics and run record are kept, and so is the checkpoint of the last epoch: rerun the train "
+                "stage (dvc repro train) once the store works") from None
+
+
 def run(params: dict) -> dict:
     t, paths = params["train"], params["paths"]
+    # The tracking store first: one that is unreachable, damaged or read-only fails here, in
+    # seconds, not after the last epoch.
+    mlflow_client = tracking.connect(params)
     device = setup_torch(t["device"], t["threads"])
     torch.manual_seed(t["seed"])
     # Dynamic binarization keeps the grey training images: epoch_images draws from them.
@@ -195,7 +234,6 @@ def run(params: dict) -> dict:
                             f"{len(x_train)} training images")
     log.info("%d train / %d test images on %s (%d threads)", len(x_train), len(x_test), device,
              torch.get_num_threads())
-    mlflow_client = tracking.connect(params)  # an unreachable tracking store fails here, before training
 
     model = VAE.from_config(t).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t["lr"], fused=True)  # one kernel for all tensors
@@ -231,11 +269,7 @@ def run(params: dict) -> dict:
         "device": str(device),
     }
     seconds = sum(row[-1] for row in history)
-    save_model(model, project_path(paths["model_dir"]), {"likelihood": t["likelihood"]})
-    write_history(project_path(paths["train_history"]), history)
-    write_json(project_path(paths["train_metrics"]), metrics)
-    # Also records the run in paths.run_record. (The thread count is the run's `threads` tag.)
-    tracking.finish_training_run(mlflow_client, run_id, params, model, {**metrics, "train_seconds": seconds})
+    save_outputs(params, mlflow_client, run_id, model, metrics, history, seconds)
     checkpoint.unlink(missing_ok=True)
     log.info("test loss %.2f per sample (z = mu: %.2f) after %d epochs, %.0fs",
              test_loss, test_loss_mu, t["epochs"], seconds)

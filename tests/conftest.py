@@ -72,9 +72,11 @@ def pipeline_env() -> dict:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
 
 
-def run_in(project: Path, *cmd: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=project, env=pipeline_env(), capture_output=True, text=True,
-                            timeout=timeout)
+def run_in(project: Path, *cmd: str, check: bool = True, timeout: int = 600,
+           env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `cmd` in `project` with pipeline_env() plus `env`; raise with its output unless it exits 0."""
+    result = subprocess.run(cmd, cwd=project, env={**pipeline_env(), **(env or {})}, capture_output=True,
+                            text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n"
                              f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}")
@@ -126,6 +128,14 @@ def dvc_stages(project: Path = ROOT) -> list[str]:
     return list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
 
 
+def stages_with_param(key: str, project: Path = ROOT) -> list[str]:
+    """The stages whose dvc.yaml `params` name `key` (section.name) or its whole section, sorted:
+    the ones `dvc status` calls stale when the key changes."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    return sorted(name for name, spec in stages.items()
+                  if {key, key.split(".")[0]} & set(map(str, spec.get("params", []))))
+
+
 def downstream(stage: str, project: Path = ROOT) -> list[str]:
     """`stage` and every stage made from its outputs, directly or not (DVC's own graph), sorted."""
     from dvc.repo import Repo
@@ -133,8 +143,8 @@ def downstream(stage: str, project: Path = ROOT) -> list[str]:
 
     with Repo(str(project)) as repo:
         graph = repo.index.graph                        # edges: stage -> the stages it reads from
-        [node] = [s for s in graph if s.addressing == stage]
-        return sorted([stage, *(s.addressing for s in networkx.ancestors(graph, node))])
+        [node] = [s for s in graph if s.name == stage]
+        return sorted([stage, *(s.name for s in networkx.ancestors(graph, node))])
 
 
 def stages_run(output: str) -> list[str]:
@@ -157,6 +167,22 @@ def own_tracking_store(monkeypatch):
 def project(tmp_path, tiny_source) -> Path:
     """A fresh git repo holding a copy of the project, its params set to the tiny config."""
     return make_project(tmp_path, tiny_source)
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory, tiny_source) -> Path:
+    """A tiny project after a full `dvc repro`: every stage's outputs and the MLflow store.
+
+    Shared by the whole session: tests only read it, or work on a copy (copy_project).
+    """
+    project = make_project(tmp_path_factory.mktemp("built"), tiny_source)
+    run_in(project, "dvc", "repro")
+    return project
+
+
+def copy_project(project: Path, folder: Path) -> Path:
+    """A copy of `project`, outputs, DVC cache, git history and MLflow store included, for a test to change."""
+    return Path(shutil.copytree(project, folder / "project", symlinks=True))
 
 
 def free_port() -> int:

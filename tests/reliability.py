@@ -17,7 +17,7 @@ from vae_pipeline.params import load_params
 from vae_pipeline.tracking import RUN_FILE
 
 ROWS = pytest.StashKey[list]()
-KIND_ORDER = ["bad input", "fuzz", "fault", "attack", "secret", "concurrency"]
+KIND_ORDER = ["bad input", "damaged output", "fuzz", "fault", "attack", "secret", "concurrency"]
 failed_tests: set[str] = set()
 
 # Checks of issue 8 that land with other work; their rows show as pending until then.

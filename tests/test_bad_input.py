@@ -218,10 +218,10 @@ def test_on_cuda_training_stops_within_a_check_interval(tiny_source):
 
 
 def test_damaged_model_config_or_mismatched_weights_are_clear_errors(tmp_path):
-    save_model(VAE.from_config({"latent_dim": 3, "hidden_dims": [16]}), tmp_path)
+    save_model(VAE.from_config({"latent_dim": 3, "hidden_dims": [16]}), tmp_path, {"likelihood": "bernoulli"})
     (tmp_path / "vae.json").write_text("{not json")
     with pytest.raises(PipelineError, match="vae.json: not a model config"):
         load_model(tmp_path)
-    write_json(tmp_path / "vae.json", {"latent_dim": 4, "hidden_dims": [16]})
+    write_json(tmp_path / "vae.json", {"latent_dim": 4, "hidden_dims": [16], "likelihood": "bernoulli"})
     with pytest.raises(PipelineError, match="vae.safetensors: weights do not match vae.json"):
         load_model(tmp_path)

@@ -6,7 +6,6 @@ killed mid-file leaves nothing in data/raw, and the rerun completes.
 """
 import gzip
 import http.server
-import os
 import re
 import shutil
 import signal
@@ -24,7 +23,6 @@ from stages import train
 from tests.conftest import pipeline_env, put_data, run_in, set_params
 from tests.reliability import snapshot
 from vae_pipeline.datasets import FILES
-from vae_pipeline.files import write_json
 from vae_pipeline.model import VAE
 
 pytestmark = pytest.mark.reliability
@@ -101,17 +99,6 @@ def test_evaluation_leaves_the_training_random_state_alone():
     # and it is itself repeatable: the same z every epoch
     assert train.evaluate(model, x, {"seed": 0, "eval_batch_size": 20, "beta": 1.0,
                                      "likelihood": "bernoulli"}) == figures
-
-
-def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    left_by_the_dead = tmp_path / f".vae.json.tmp-{dead.pid}"
-    of_a_live_writer = tmp_path / f".vae.json.tmp-{os.getppid()}"
-    for path in (left_by_the_dead, of_a_live_writer):
-        path.write_text("half")
-    write_json(tmp_path / "vae.json", {"latent_dim": 4})
-    assert sorted(p.name for p in tmp_path.iterdir()) == [of_a_live_writer.name, "vae.json"]
 
 
 class SlowGzipServer(http.server.ThreadingHTTPServer):

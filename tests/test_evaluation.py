@@ -129,7 +129,7 @@ def test_literature_rows_compare_only_matching_setups(tmp_path):
     assert "objective: beta-ELBO, beta = 4 here, IWAE bound, k = 50 there" in rows[2]["differences"]
 
 
-def test_trustworthiness_is_measured_on_the_latent_map_stages_output(tmp_path):
+def test_trustworthiness_is_measured_on_the_latent_map_stages_output():
     """A map that keeps the neighbours scores near 1, the same points shuffled score near 0.5,
     and the map's `index` column, not its row order, says which mu each point is."""
     import pandas as pd
@@ -140,8 +140,8 @@ def test_trustworthiness_is_measured_on_the_latent_map_stages_output(tmp_path):
     mu[:, 2:] *= 0.01                                # all the structure in the first two dimensions
 
     def score(xy, index):
-        pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "label": 0, "index": index}).to_parquet(tmp_path / "map.parquet")
-        return map_trustworthiness(mu, tmp_path / "map.parquet", samples=300, neighbours=5, seed=0)
+        latent_map = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "label": 0, "index": index})
+        return map_trustworthiness(mu, latent_map, samples=300, neighbours=5, seed=0)
 
     order = rng.permutation(600)                     # the map's rows in another order than the split's
     assert score(mu[order, :2], order) > 0.99

@@ -35,19 +35,19 @@ def test_labels_must_match_images(tmp_path):
     write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 28, 28), np.uint8))
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(3, np.uint8))
     with pytest.raises(PipelineError, match="3 labels for 4 images"):
-        read_split(tmp_path, "train")
+        read_split(tmp_path, "train", 10)
 
 
 def test_images_must_be_28_by_28(tmp_path):
     write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 27, 28), np.uint8))
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(2, np.uint8))
     with pytest.raises(PipelineError, match=r"\(27, 28\), expected 28x28"):
-        read_split(tmp_path, "test")
+        read_split(tmp_path, "test", 10)
 
 
 def test_missing_file_is_named_with_the_stage_to_run(tmp_path):
     with pytest.raises(PipelineError, match="train-images-idx3-ubyte: missing; run the download stage"):
-        read_split(tmp_path, "train")
+        read_split(tmp_path, "train", 10)
     with pytest.raises(PipelineError, match="x: cannot read IDX file"):
         read_idx(tmp_path / "x", 1)
 
@@ -56,7 +56,7 @@ def test_empty_split_is_refused(tmp_path):
     write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(0, np.uint8))
     with pytest.raises(PipelineError, match="train-images-idx3-ubyte: holds no images"):
-        read_split(tmp_path, "train")
+        read_split(tmp_path, "train", 10)
 
 
 def test_huge_dimensions_do_not_overflow(tmp_path):

@@ -1,4 +1,7 @@
-"""Property-based tests: whatever bytes the IDX reader gets, it returns valid data or raises PipelineError."""
+"""Property-based tests: whatever bytes the IDX reader gets, it returns valid data or raises PipelineError.
+
+The labels are checked too: each one a class of the data set.
+"""
 import math
 from collections import Counter
 
@@ -7,12 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzzing import FUZZ, fuzz_reader, mutate, mutation, outcome_row
 from vae_pipeline.files import PipelineError
-from vae_pipeline.idx import read_idx, read_split, write_idx
+from vae_pipeline.idx import read_idx, read_labels, read_split, write_idx
 
 pytestmark = pytest.mark.reliability
-
-FUZZ = settings(max_examples=300, deadline=None)
 
 
 def read_or_refuse(path, ndim: int):
@@ -32,10 +34,6 @@ def read_or_refuse(path, ndim: int):
     assert len(raw) == 4 + 4 * ndim + math.prod(array.shape)
     assert array.tobytes() == raw[4 + 4 * ndim:]
     return array
-
-
-def outcome_row(counts: Counter) -> str:
-    return f"{counts['read']} read as valid data, {counts['refused']} PipelineError, 0 other exceptions"
 
 
 def test_random_bytes(tmp_path, reliability):
@@ -76,33 +74,6 @@ def valid_file(ndim: int) -> bytes:
     return header + array.tobytes()
 
 
-mutation = st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 10_000), st.integers(1, 255)),
-    st.tuples(st.just("set"), st.integers(0, 10_000), st.integers(0, 255)),
-    st.tuples(st.just("truncate"), st.integers(0, 10_000), st.just(0)),
-    st.tuples(st.just("append"), st.integers(1, 50), st.integers(0, 255)),
-    st.tuples(st.just("delete"), st.integers(0, 10_000), st.just(0)),
-)
-
-
-def mutate(data: bytes, mutations) -> bytes:
-    data = bytearray(data)
-    for kind, position, value in mutations:
-        if kind == "append":
-            data += bytes([value]) * position
-        elif not data:
-            continue
-        elif kind == "flip":
-            data[position % len(data)] ^= value
-        elif kind == "set":
-            data[position % len(data)] = value
-        elif kind == "truncate":
-            del data[position % len(data):]
-        elif kind == "delete":
-            del data[position % len(data)]
-    return bytes(data)
-
-
 def test_mutated_valid_files(tmp_path, reliability):
     counts = Counter()
 
@@ -130,7 +101,7 @@ def test_read_split_of_damaged_pairs(tmp_path, reliability):
         images.write_bytes(mutate(images.read_bytes(), image_mutations))
         labels.write_bytes(mutate(labels.read_bytes(), label_mutations))
         try:
-            x, y = read_split(tmp_path, "test")
+            x, y = read_split(tmp_path, "test", 10)
         except PipelineError:
             counts["refused"] += 1
             return
@@ -139,6 +110,25 @@ def test_read_split_of_damaged_pairs(tmp_path, reliability):
 
     check()
     reliability("fuzz", "read_split on damaged image/label pairs (hypothesis)", outcome_row(counts))
+
+
+def test_read_labels_of_damaged_files(tmp_path, reliability):
+    """A labels file holds one byte per image, each a class of the data set; anything else is a PipelineError."""
+    path = tmp_path / "train-labels-idx1-ubyte"
+    n_classes = 10
+
+    def write(damage):
+        labels, mutations = damage
+        write_idx(path, np.array(labels, np.uint8))
+        path.write_bytes(mutate(path.read_bytes(), mutations))
+
+    def valid(found):
+        assert found.tobytes() == path.read_bytes()[8:] and (found < n_classes).all()
+
+    counts = fuzz_reader(st.tuples(st.lists(st.integers(0, 15), max_size=20), st.lists(mutation, max_size=3)),
+                         write, lambda: read_labels(tmp_path, "train", n_classes), path, valid)
+    reliability("fuzz", "read_labels on damaged label files, labels outside the classes (hypothesis)",
+                outcome_row(counts))
 
 
 def test_fuzzing_found_valid_files_too(tmp_path):

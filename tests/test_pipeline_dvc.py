@@ -41,21 +41,10 @@ def test_dvc_repro_runs_every_stage_then_nothing(project):
     assert "download" not in downstream("train", project)
 
 
-# TODO(lead): empty this once the report stage is deterministic (issue 12, item 2: its generation
-# time and more); until then its outputs, and its entry in dvc.lock, are left out of the comparison.
-NOT_YET_REPRODUCIBLE = {"report"}
-
-
-def lock_without(lock: dict, stages: set) -> dict:
-    return {**lock, "stages": {name: entry for name, entry in lock["stages"].items() if name not in stages}}
-
-
 def output_bytes(project, lock: dict) -> dict:
     """Every file of every output dvc.lock records (outs, metrics, plots): {path: bytes}."""
     files = {}
     for name, entry in lock["stages"].items():
-        if name in NOT_YET_REPRODUCIBLE:
-            continue
         for out in entry.get("outs", []):
             path = project / out["path"]
             found = [f for f in (sorted(path.rglob("*")) if path.is_dir() else [path]) if f.is_file()]
@@ -72,7 +61,7 @@ def test_a_forced_rerun_changes_nothing(project):
         assert stages_run(forced.stdout) == sorted(dvc_stages(project))   # every stage really ran again
         lock = yaml.safe_load((project / "dvc.lock").read_text())
         record = training_run(load_params(project / "params.yaml"), project)
-        runs.append((lock_without(lock, NOT_YET_REPRODUCIBLE), output_bytes(project, lock), record["run_id"]))
+        runs.append((lock, output_bytes(project, lock), record["run_id"]))
     (first_lock, first_files, first_run), (second_lock, second_files, second_run) = runs
     assert first_files.keys() == second_files.keys()
     assert [path for path in first_files if first_files[path] != second_files[path]] == []

@@ -19,8 +19,9 @@ import yaml
 from PIL import Image
 
 from stages.report import MANIFOLD_GRID, SECTIONS, class_means, map_data
-from tests.browser import check_report, chromium
-from tests.conftest import make_project, run_in
+from tests.browser import check_report, skip_without_chromium
+from tests.conftest import (downstream, dvc_stages, make_project, run_in, set_params, stages_run,
+                            stages_with_param)
 from vae_pipeline.datasets import IMAGE_SIZE
 from vae_pipeline.files import ROOT, PipelineError
 from vae_pipeline.idx import read_split
@@ -34,10 +35,6 @@ FIGURES = {"latent_map.png", "prior_samples.png", "reconstructions.png", "latent
 
 def embedded_images(html: str) -> list[bytes]:
     return [base64.b64decode(b) for b in re.findall(r'src="data:image/(?:png|gif);base64,([^"]+)"', html)]
-
-
-def stages_run(stdout: str) -> list[str]:
-    return sorted(line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage"))
 
 
 def section_html(html: str, section_id: str) -> str:
@@ -57,12 +54,6 @@ def png_text_chunks(data: bytes) -> list[bytes]:
             found.append(kind)
         at += 12 + length
     return found
-
-
-def set_params(project, section: str, **values) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params[section].update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
@@ -163,11 +154,11 @@ def test_bad_map_and_report_params_are_refused(section, key, value, message):
 @pytest.mark.slow
 def test_repro_writes_the_latent_map(built):
     project, output = built
-    assert stages_run(output) == ["download", "embed", "evaluate", "latent_map", "report", "train"]
+    assert stages_run(output) == sorted(dvc_stages(project))
     latent_map = pd.read_parquet(project / "data/latent_map.parquet")
     assert list(latent_map.columns) == ["x", "y", "label", "index"]
     assert len(latent_map) == 2000 and np.isfinite(latent_map[["x", "y"]]).all().all()
-    _, labels = read_split(project / "data/raw/mnist", "train")
+    _, labels = read_split(project / "data/raw/mnist", "train", 10)
     np.testing.assert_array_equal(latent_map["label"], labels[latent_map["index"]])
     assert (project / ".numba_cache").is_dir() and any((project / ".numba_cache").rglob("*.nbi"))
 
@@ -257,9 +248,7 @@ def test_the_same_inputs_give_the_same_bytes(built, own_copy):
 
 @pytest.mark.slow
 def test_report_in_headless_chromium(built, request):
-    if chromium() is None:
-        pytest.skip("Debian's chromium is not installed and could not be (`make test` installs it as root "
-                    "with apt-get install -y chromium)")
+    skip_without_chromium()
     project, _ = built
     screenshot = request.config.cache.mkdir("report-browser") / "report.png"
     seen = check_report(project / "reports/index.html", screenshot)
@@ -276,7 +265,7 @@ def test_report_in_headless_chromium(built, request):
     # Hovering a point shows its class and its own image, as stored in the data set.
     hover = seen["hover"]
     assert hover is not None, "no point showed its tip under the mouse"
-    images, labels = read_split(project / "data/raw/mnist", "train")
+    images, labels = read_split(project / "data/raw/mnist", "train", 10)
     row = int(hover["hovered"])
     assert hover["text"].splitlines()[0] == str(labels[row])
     np.testing.assert_array_equal(np.array(hover["pixels"]).reshape(IMAGE_SIZE, IMAGE_SIZE), images[row])
@@ -287,13 +276,14 @@ def test_report_in_headless_chromium(built, request):
 @pytest.mark.slow
 def test_a_report_param_reruns_only_the_report(own_copy):
     project = own_copy
-    set_params(project, "latent_map", min_dist=0.2)
+    set_params(project, latent_map={"min_dist": 0.2})
     stale = run_in(project, "dvc", "status").stdout
-    assert re.findall(r"^(\w+):", stale, re.M) == ["latent_map", "report"]
-    set_params(project, "latent_map", min_dist=0.1)
+    assert sorted(re.findall(r"^(\w+):", stale, re.M)) == stages_with_param("latent_map.min_dist", project)
+    set_params(project, latent_map={"min_dist": 0.1})
 
-    set_params(project, "report", samples_grid=4)
-    assert re.findall(r"^(\w+):", run_in(project, "dvc", "status").stdout, re.M) == ["report"]
+    set_params(project, report={"samples_grid": 4})
+    assert re.findall(r"^(\w+):", run_in(project, "dvc", "status").stdout, re.M) == ["report"] \
+        == stages_with_param("report.samples_grid", project)
     assert stages_run(run_in(project, "dvc", "repro").stdout) == ["report"]
     assert Image.open(project / "reports/figures/prior_samples.png").size == ((4 * (IMAGE_SIZE + 2) + 2) * 2,) * 2
 
@@ -301,8 +291,8 @@ def test_a_report_param_reruns_only_the_report(own_copy):
 @pytest.mark.slow
 def test_a_2d_latent_space_shows_the_raw_plane(own_copy):
     project = own_copy
-    set_params(project, "train", latent_dim=2)
-    assert stages_run(run_in(project, "dvc", "repro").stdout) == ["embed", "evaluate", "latent_map", "report", "train"]
+    set_params(project, train={"latent_dim": 2})
+    assert stages_run(run_in(project, "dvc", "repro").stdout) == downstream("train", project)
     html = (project / "reports/index.html").read_text()
     assert "No projection needed" in html and "only its UMAP projection is shown" not in html
     figures = {p.name for p in (project / "reports/figures").iterdir()}

@@ -83,7 +83,7 @@ def test_pickle_planted_as_model_is_refused_without_running(project, tiny_source
     marker = tmp_path / "pickle-ran"
     (project / "models").mkdir()
     (project / "models/vae.safetensors").write_bytes(malicious_pickle(marker))
-    (project / "models/vae.json").write_text(json.dumps({"latent_dim": 4, "hidden_dims": [400]}))
+    (project / "models/vae.json").write_text(json.dumps({"latent_dim": 4, "hidden_dims": [400], "likelihood": "bernoulli"}))
     code, error, stray = run_stage(project, "embed")
     reliability("attack", "pickle planted as models/vae.safetensors", error, code,
                 stray + (["code ran!"] if marker.exists() else []))

@@ -81,6 +81,10 @@ def test_resumed_training_continues_its_run_other_unfinished_runs_fail(monkeypat
     tracking.log_epoch(client, first, row)
     # Killed after epoch 1, resumed from its checkpoint: the same run goes on.
     assert tracking.start_training_run(client, params, torch.device("cpu"), "key-a", [row]) == first
+    # Epoch 2 was checkpointed but its log failed (the store was down): the resume logs it, once.
+    row_2 = {**row, "epoch": 2}
+    assert tracking.start_training_run(client, params, torch.device("cpu"), "key-a", [row, row_2]) == first
+    assert sorted(m.step for m in client.get_metric_history(first, "test_loss")) == [1, 2]
     # Other params (another checkpoint key): a fresh run that logs the restored epochs; the old one failed.
     second = tracking.start_training_run(client, params, torch.device("cpu"), "key-b", [row])
     assert second != first and client.get_run(first).info.status == "FAILED"

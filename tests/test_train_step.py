@@ -4,6 +4,7 @@ train_epoch is tuned for speed (fused Adam, a hand-written BCE, index_select,
 optional bf16): these tests pin its maths to a straightforward reference, so
 speed work cannot silently change the results. No timings here: see benchmarks/.
 """
+import json
 import os
 import subprocess
 import sys
@@ -15,8 +16,8 @@ import torch.nn.functional as F
 from stages.train import evaluate, train_epoch
 from vae_pipeline.device import idle_cores, setup_torch
 from vae_pipeline.fast_bce import SummedBCEWithLogits
-from vae_pipeline.model import VAE
 from vae_pipeline.files import ROOT
+from vae_pipeline.model import VAE
 
 T = {"batch_size": 32, "beta": 1.5, "likelihood": "bernoulli", "precision": "fp32", "seed": 0,
      "eval_batch_size": 50}
@@ -114,28 +115,47 @@ def test_thread_count_zero_means_the_idle_cores():
 
 # Run as a stage runs (through vae_pipeline.cli.main), in a fresh process: MKL fixes its numerics
 # at its first call, and this test process has called it long before.
-SAME_WEIGHTS_ON_1_AND_2_THREADS = f"""
+ON_ONE_AND_ON_TWO_THREADS = f"""
+import json
 import torch
-from stages.train import train_epoch
+from stages.train import evaluate, train_epoch
 from vae_pipeline.cli import main
 from vae_pipeline.model import VAE
 
-def weights_on(threads):
+def train_on(threads):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = VAE(4, [400])
+    model = VAE.from_config({{"latent_dim": 4, "hidden_dims": [400]}})
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     x = torch.rand(512, 784, generator=torch.Generator().manual_seed(1))
-    train_epoch(model, optimizer, x, {T!r}, 1)
-    return list(model.parameters())
+    figures = train_epoch(model, optimizer, x, {T!r}, 1)
+    figures += evaluate(model, x, {T!r}) + evaluate(model, x, {T!r}, sample=False)
+    return list(model.parameters()), figures
 
-main(lambda params: print(all(map(torch.equal, weights_on(1), weights_on(2)))))
+def compare(params):
+    (weights_1, figures_1), (weights_2, figures_2) = train_on(1), train_on(2)
+    print(json.dumps({{"weights": all(map(torch.equal, weights_1, weights_2)), "figures": [figures_1, figures_2]}}))
+
+main(compare)
 """
 
 
-def test_a_stage_trains_to_the_same_weights_on_one_and_on_two_threads():
-    """train.threads 0 takes the idle cores, which vary with the load: a rerun must not depend on it."""
+@pytest.fixture(scope="module")
+def on_one_and_on_two_threads():
+    """An epoch of training and the figures of `evaluate`, on 1 and on 2 threads (read-only)."""
     env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
-    result = subprocess.run([sys.executable, "-c", SAME_WEIGHTS_ON_1_AND_2_THREADS], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-c", ON_ONE_AND_ON_TWO_THREADS], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
-    assert result.stdout.strip() == "True", result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_a_stage_trains_to_the_same_weights_on_one_and_on_two_threads(on_one_and_on_two_threads):
+    """train.threads 0 takes the idle cores, which vary with the load: a rerun must not depend on it."""
+    assert on_one_and_on_two_threads["weights"]
+
+
+def test_the_loss_figures_are_the_same_on_one_and_on_two_threads(on_one_and_on_two_threads):
+    """The losses of train.json (train_epoch, evaluate) too, to the last bit."""
+    first, second = on_one_and_on_two_threads["figures"]
+    assert first == second

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from vae_pipeline.datasets import raw_dir
+from vae_pipeline.datasets import class_names, raw_dir
 from vae_pipeline.idx import read_split
 
 
@@ -14,7 +14,7 @@ def load_images(params: dict, split: str, device: torch.device,
     draw made with a fixed seed (the same draw every time), unless `fixed_draw`
     is False: then the grey pixels, for training to draw afresh each epoch.
     """
-    images, labels = read_split(raw_dir(params), split)
+    images, labels = read_split(raw_dir(params), split, len(class_names(params)))
     x = torch.from_numpy(images.copy()).to(device).reshape(len(images), -1).float().div_(255)
     if fixed_draw and params["data"]["binarize"] != "none":
         x = binarize(x, params["data"]["binarize_seed"], SPLIT_STREAM[split], 0)

@@ -67,3 +67,8 @@ def raw_dir(params: dict) -> Path:
 def expected_checksums(params: dict) -> dict[str, str]:
     """The SHA-256 each IDX file must have: params.yaml data.sha256, else the data set's pinned ones."""
     return params["data"]["sha256"] or DATASETS[params["data"]["dataset"]]["sha256"]
+
+
+def class_names(params: dict) -> list[str]:
+    """The names of the data set's classes; label c is class_names(params)[c]."""
+    return DATASETS[params["data"]["dataset"]]["classes"]

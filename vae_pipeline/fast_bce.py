@@ -12,12 +12,16 @@ class SummedBCEWithLogits(torch.autograd.Function):
     sigmoid and log are vectorised (0.1 and 0.35 ms). The value is the same
     up to float rounding (below 1e-7 per pixel); the gradient is the exact one,
     sigmoid(l) - x, written out so the backward pass is one sigmoid.
+
+    Summed per image first, then over the batch: one .sum() over a whole batch is a
+    parallel reduction whose rounding follows the thread count (train.threads 0 takes
+    the idle cores), and the loss figures in train.json would differ from rerun to rerun.
     """
 
     @staticmethod
     def forward(ctx, logits, x):
         ctx.save_for_backward(logits, x)
-        return (F.relu(logits) - x * logits - torch.log(torch.sigmoid(logits.abs()))).sum()
+        return (F.relu(logits) - x * logits - torch.log(torch.sigmoid(logits.abs()))).sum(-1).sum()
 
     @staticmethod
     def backward(ctx, grad):

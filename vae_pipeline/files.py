@@ -31,6 +31,11 @@ def stage_output(path: Path, stage: str) -> Path:
     return path
 
 
+def damaged_output(path: Path, what: str, stage: str) -> PipelineError:
+    """The error for `path`, written by `stage`, found damaged: the file, what is wrong, the stage to rerun."""
+    return PipelineError(f"{path}: {what}; rerun the {stage} stage (dvc repro {stage})")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path):
     """Yield a temporary name beside `path`; rename it into place on success.
@@ -39,18 +44,87 @@ def atomic_path(path: Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A process killed mid-write (SIGKILL runs no `finally`) leaves its temporary file behind;
-    # remove those of dead processes so they never end up in an output folder.
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            stale.unlink(missing_ok=True)
+    remove_stale(path.parent, f".{path.name}.tmp-*")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def replace_together(*paths: Path):
+    """Yield a staged name for each of `paths` (files or folders); move them all in when the block ends.
+
+    A stage's outputs change together or not at all. Written into place one by one, a
+    failure after the first would leave it beside the others of an earlier run (new
+    weights beside the previous run record). Here each output is written under a staging
+    folder beside its target, `.<name>.staged-<pid>/<name>` (its own name, so a tool that
+    names things after their file, as MLflow's artifacts do, sees the right one; the same
+    file system, so moving it in is a rename). Only when the block has finished are they
+    moved into place, in the order given; the old ones are kept aside until all are in, and
+    put back if a move fails. An error in the block leaves every old output as it was.
+    A folder replaces the old folder whole: nothing of the old one lingers in the new.
+
+    Only a SIGKILL in the microseconds of the moves can leave a mix; the staging folders
+    of a killed process are removed by the next call for the same outputs.
+    """
+    paths = [Path(p) for p in paths]
+    folders = []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale(path.parent, f".{path.name}.staged-*")
+            folder = path.with_name(f".{path.name}.staged-{os.getpid()}")
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            folders.append(folder)
+        staged = [folder / path.name for folder, path in zip(folders, paths)]
+        yield staged
+        for new in staged:
+            if not new.exists():
+                raise FileNotFoundError(f"{new}: nothing was written under this staged name")
+        moved = []   # (target, its staging folder, whether an old one stepped aside)
+        try:
+            for path, new, folder in zip(paths, staged, folders):
+                # A folder cannot be renamed over a folder that holds files: the old one steps aside first.
+                had_old = path.exists() or path.is_symlink()
+                if had_old:
+                    os.replace(path, folder / f"{path.name}.previous")
+                moved.append((path, folder, had_old))
+                os.replace(new, path)
+        except BaseException:
+            for path, folder, had_old in reversed(moved):   # put the old set back as it was
+                if not (folder / path.name).exists():         # the new one had moved in
+                    remove(path)
+                if had_old:
+                    os.replace(folder / f"{path.name}.previous", path)
+            raise
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove(path: Path) -> None:
+    """Remove a file, a link or a whole folder."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale(folder: Path, pattern: str) -> None:
+    """Remove what writers that died left in `folder`: names matching `pattern`, ending in -<pid>.
+
+    A process killed mid-write (SIGKILL runs no `finally`) leaves its temporary file or
+    staging folder behind; those of dead processes are removed so they never end up in an
+    output folder.
+    """
+    for stale in folder.glob(pattern):
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            remove(stale)
 
 
 def process_alive(pid: int) -> bool:

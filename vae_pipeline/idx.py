@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from vae_pipeline.datasets import IMAGE_SIZE
-from vae_pipeline.files import PipelineError, stage_output
+from vae_pipeline.files import PipelineError, damaged_output, stage_output
 
 UBYTE = 0x08
 
@@ -49,15 +49,30 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     Path(path).write_bytes(header + array.tobytes())
 
 
-def read_split(raw_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 28, 28) and labels (N,) of the `train` or `test` split in `raw_dir`."""
+def split_files(raw_dir: Path, split: str) -> tuple[Path, Path]:
+    """The images and the labels IDX file of the `train` or `test` split in `raw_dir`."""
     prefix = "train" if split == "train" else "t10k"
-    images_path = Path(raw_dir) / f"{prefix}-images-idx3-ubyte"
-    labels_path = Path(raw_dir) / f"{prefix}-labels-idx1-ubyte"
+    return Path(raw_dir) / f"{prefix}-images-idx3-ubyte", Path(raw_dir) / f"{prefix}-labels-idx1-ubyte"
+
+
+def read_labels(raw_dir: Path, split: str, n_classes: int) -> np.ndarray:
+    """The labels (N,) of `split`, each checked to be one of the data set's `n_classes` classes."""
+    labels_path = stage_output(split_files(raw_dir, split)[1], "download")
+    labels = read_idx(labels_path, 1)
+    if len(labels) and labels.max() >= n_classes:
+        row = int(np.argmax(labels >= n_classes))
+        raise damaged_output(labels_path, f"label {labels[row]} at row {row}, but the data set has "
+                             f"{n_classes} classes (0..{n_classes - 1})", "download")
+    return labels
+
+
+def read_split(raw_dir: Path, split: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) and labels (N,) of the `train` or `test` split in `raw_dir`."""
+    images_path, labels_path = split_files(raw_dir, split)
     for path in (images_path, labels_path):
         stage_output(path, "download")
     images = read_idx(images_path, 3)
-    labels = read_idx(labels_path, 1)
+    labels = read_labels(raw_dir, split, n_classes)
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise PipelineError(f"{images_path}: images are {images.shape[1:]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
     if len(images) == 0:

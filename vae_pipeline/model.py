@@ -82,7 +82,9 @@ def reconstruction_loss(logits, x, likelihood: str):
     logits = logits.float()  # under bf16 autocast the decoder's logits are bf16: sum in float32
     if likelihood == "bernoulli":
         return SummedBCEWithLogits.apply(logits, x)
-    return F.mse_loss(torch.sigmoid(logits), x, reduction="sum") / (2 * GAUSSIAN_VARIANCE)
+    # Per image first, then the batch (as the fast BCE): one whole-batch sum would round by thread count.
+    squared_error = F.mse_loss(torch.sigmoid(logits), x, reduction="none").sum(-1).sum()
+    return squared_error / (2 * GAUSSIAN_VARIANCE)
 
 
 def vae_loss(logits, x, mu, logvar, beta: float, likelihood: str):

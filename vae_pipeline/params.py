@@ -167,6 +167,16 @@ SCHEMA = {
         "trustworthiness_samples": integer(0),
         "trustworthiness_neighbors": integer(1),
     },
+    "stack": {                                         # `make stack`: the team's servers (stack/)
+        "state_dir": text(),
+        "postgres_port": integer(1, 65535),
+        "s3_port": integer(1, 65535),
+        "seaweed_port": integer(1, 65527),             # SeaweedFS uses it and the 8 ports above it
+        "mlflow_port": integer(1, 65535),
+        "prefect_port": integer(1, 65535),
+        "bucket": text(),
+        "work_pool": text(),
+    },
 }
 
 
@@ -229,12 +239,9 @@ def main(argv: list[str]) -> int:
     if argv != ["outputs"]:
         print("usage: python -m vae_pipeline.params outputs", file=sys.stderr)
         return 2
-    try:
-        print("\n".join(outputs(load_params())))
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    from vae_pipeline.cli import exit_code   # cli imports this module
+
+    return exit_code(lambda: print("\n".join(outputs(load_params()))))
 
 
 if __name__ == "__main__":

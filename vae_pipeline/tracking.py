@@ -102,7 +102,12 @@ def check_reachable(uri: str, timeout: float) -> None:
 
 
 def connect(params: dict):
-    """An MlflowClient for the tracking URI, after checking that the store answers.
+    """An MlflowClient for the tracking URI, after checking that the store can be read and written.
+
+    Called before any work is spent (the train stage calls it first of all): a store
+    that is unreachable, an SQLite file that is not a database or is damaged, or a store
+    that answers but refuses writes fails here, in seconds, naming the store, instead of
+    after the last epoch. The write is one experiment tag (check_writable).
 
     Also makes the URI mlflow's process-wide default: `mlflow.pytorch.log_model`
     and the model registry read it from there.
@@ -122,12 +127,73 @@ def connect(params: dict):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files, short logs
     try:
         with sqlite_open_lock(uri):
+            check_sqlite_file(uri)             # before mlflow opens it: it would try to build its tables in it
             client = mlflow.MlflowClient(uri)  # opens the store: a new SQLite file gets its tables
             client.search_experiments(max_results=1)
+            check_writable(client, params)
+    except PipelineError:
+        raise
     except Exception as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0].replace(uri, masked(uri))
-        raise PipelineError(f"MLflow tracking store {masked(uri)} is unusable: {reason}") from None
+        raise PipelineError(f"{store_name(uri)}: MLflow tracking store is unusable: {reason}") from None
     return client
+
+
+def store_name(uri: str) -> str:
+    """The store as a message names it: the database file of a sqlite:/// URI, else the URI, masked."""
+    return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else masked(uri)
+
+
+def check_sqlite_file(uri: str) -> None:
+    """For a sqlite:/// store whose file exists: it is an SQLite database and no page of it is damaged.
+
+    SQLite's own check (PRAGMA quick_check) reads every page once: milliseconds for a
+    project's store, seconds for one of a gigabyte. A damaged page would otherwise surface
+    only when mlflow first touches it, e.g. the model registry's at the end of a training.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.exists():
+        return   # a new store: mlflow creates it
+    advice = "move it aside to start a new store, or restore it from a backup"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True,
+                                                timeout=20)) as db:
+            found = [row[0] for row in db.execute("PRAGMA quick_check")]
+    except sqlite3.Error as e:
+        raise PipelineError(f"{path}: not a usable SQLite database ({e}); {advice}") from None
+    if found != ["ok"]:
+        problems = [line for line in "\n".join(found).splitlines() if line and not line.startswith("***")]
+        raise PipelineError(f"{path}: damaged SQLite database (PRAGMA quick_check found {len(problems)} "
+                            f"problems, first: {problems[0] if problems else found[0]}); {advice}")
+
+
+# The tag check_writable sets on the experiment: a write that changes nothing anyone reads.
+STORE_CHECK_TAG = "vae_pipeline.store_writable"
+
+
+def check_writable(client, params: dict, tries: int = 3) -> None:
+    """Write to the store once: set STORE_CHECK_TAG on the experiment (created on first use).
+
+    A store that reads but cannot be written (a full disk, a read-only file or account)
+    fails here rather than when the training's results are logged. The first time, several
+    trainings starting together all insert the tag and all but one may be refused (a
+    server's UNIQUE constraint); their next try finds it and updates it, so a failure counts
+    only after `tries` tries.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, tries + 1):
+        try:
+            client.set_experiment_tag(experiment_id(client, params), STORE_CHECK_TAG, "true")
+            return
+        except MlflowException:
+            if attempt == tries:
+                raise
+            time.sleep(0.5 * attempt)
 
 
 @contextlib.contextmanager
@@ -354,10 +420,17 @@ def start_training_run(client, params: dict, device, key: str, history: list[dic
     if previous and previous.get("tracking_uri") == masked(client.tracking_uri):
         try:
             if history and previous.get("key") == key:
-                client.update_run(previous["run_id"], status="RUNNING")
-                start_system_metrics(client, previous["run_id"], params)
-                log.info("MLflow run %s resumed (%s)", previous["run_id"], masked(client.tracking_uri))
-                return previous["run_id"]
+                run_id = previous["run_id"]
+                client.update_run(run_id, status="RUNNING")
+                start_system_metrics(client, run_id, params)
+                # An epoch checkpointed while its log failed (the store was down) is logged now.
+                metric = next(name for name in history[0] if name != "epoch")
+                logged = {point.step for point in client.get_metric_history(run_id, metric)}
+                for row in history:
+                    if int(row["epoch"]) not in logged:
+                        log_epoch(client, run_id, row)
+                log.info("MLflow run %s resumed (%s)", run_id, masked(client.tracking_uri))
+                return run_id
             client.set_terminated(previous["run_id"], status="FAILED")
         except Exception:  # the run was deleted meanwhile: start a fresh one
             pass

@@ -1,0 +1,138 @@
+"""`make stack`, `make stack-down`, `make stack-status`: bring the stack up in order, down, and report.
+
+up: secrets (first start), the PostgreSQL cluster (first start), supervisord, then each
+service in order once the one before answers: postgres (and its two databases), s3,
+mlflow and prefect-server, prefect-worker. A service already running is left alone, so a
+second `up` does nothing. Then the checkout's DVC remote `stack` gets the S3 keys (in
+.dvc/config.local, mode 600) and becomes its default remote, and <state>/env is written:
+`source .stack/env` points `make run`, the flows and MLflow's clients at the stack.
+"""
+import sys
+import time
+
+from stack import health, postgres, supervisor
+from stack.settings import DVC_REMOTE, S3_REGION, SERVICES, Stack, load_secrets, write_private
+from vae_pipeline.files import PipelineError
+
+START_TIMEOUT = 240         # seconds for one service to answer; a loaded 2-core machine is slow
+
+
+def up(stack: Stack, out=sys.stdout) -> bool:
+    """Start what is not running; return False if everything already ran (nothing done)."""
+    for folder in (stack.logs, stack.run_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    stack.state.chmod(0o755)   # the postgres user must pass through it when root starts the stack
+    secrets = load_secrets(stack)
+    if postgres.init_cluster(stack, secrets["postgres_password"]):
+        print(f"postgres: new cluster in {postgres.data_dir(stack)}", file=out)
+    running = supervisor.processes(stack)
+    if running and all(running.get(name, {}).get("statename") == "RUNNING" for name in SERVICES):
+        print(f"the stack is already running ({stack.state})", file=out)
+        return False
+    if not running:
+        supervisor.write_config(stack, secrets)
+        supervisor.start_daemon(stack)
+    elif supervisor.config_path(stack).read_text() != supervisor.render(stack, secrets):
+        raise PipelineError(f"{supervisor.config_path(stack)}: the running stack was started with other "
+                            "settings (params.yaml `stack`); `make stack-down`, then `make stack`")
+    started = time.monotonic()
+
+    def start_and_wait(*names: str) -> None:
+        for name in names:
+            supervisor.start(stack, name)
+        for name in names:
+            seconds = health.wait_healthy(name, stack, secrets, START_TIMEOUT, is_up=still_starting(stack, name))
+            print(f"{name}: up at {stack.address(name)} ({seconds:.0f} s)", file=out, flush=True)
+
+    start_and_wait("postgres")
+    made = postgres.ensure_databases(stack, secrets["postgres_password"])
+    if made:
+        print(f"postgres: created databases {', '.join(made)}", file=out)
+    start_and_wait("s3")
+    start_and_wait("mlflow", "prefect-server")     # both only need the two above: start together
+    start_and_wait("prefect-worker")
+    configure_dvc(stack, secrets)
+    write_private(stack.env_file, env_text(stack))
+    print(f"the stack is up in {time.monotonic() - started:.0f} s; point this shell at it with: "
+          f"source {stack.env_file.relative_to(stack.root) if stack.env_file.is_relative_to(stack.root) else stack.env_file}",
+          file=out)
+    return True
+
+
+def still_starting(stack: Stack, name: str):
+    """A function that is False once the program has died since its start: supervisord restarts a
+    crashing server again and again, so a new pid means the first one died."""
+    first_pid = []
+
+    def check() -> bool:
+        info = supervisor.processes(stack).get(name, {})
+        if info.get("statename") in ("FATAL", "EXITED", "STOPPED", "BACKOFF"):
+            return False
+        if info.get("pid"):
+            first_pid[:] = first_pid or [info["pid"]]
+            return info["pid"] == first_pid[0]
+        return True
+    return check
+
+
+def down(stack: Stack, out=sys.stdout) -> None:
+    """Stop every service and supervisord; the checkout's default DVC remote goes back to .dvc/config's."""
+    if not supervisor.is_running(stack):
+        print("the stack is not running", file=out)
+    else:
+        pid = supervisor.shutdown(stack)
+        print(f"the stack is stopped (supervisord {pid} and every service)", file=out)
+    unset_dvc_default(stack)
+
+
+def status(stack: Stack, out=sys.stdout) -> bool:
+    """Print each service, its state, address and health; True if all are running and healthy."""
+    running = supervisor.processes(stack)
+    if not running:
+        print(f"the stack is not running ({stack.state}); start it with `make stack`", file=out)
+        return False
+    secrets = load_secrets(stack)
+    healthy = True
+    print(f"{'service':<16}{'state':<10}{'pid':>8}  {'address':<34}health", file=out)
+    for name in SERVICES:
+        info = running.get(name, {})
+        state = info.get("statename", "UNKNOWN")
+        problem = health.check(name, stack, secrets) if state == "RUNNING" else "not running"
+        healthy &= problem is None
+        print(f"{name:<16}{state:<10}{info.get('pid') or '-':>8}  {stack.address(name):<34}"
+              f"{'ok' if problem is None else problem}", file=out)
+    print(f"logs: {stack.logs}", file=out)
+    return healthy
+
+
+def env_text(stack: Stack) -> str:
+    lines = [f"export {key}={value}" for key, value in stack.client_env().items()]
+    return "# The team stack's clients (`source` this file; no secret in it)\n" + "\n".join(lines) + "\n"
+
+
+def configure_dvc(stack: Stack, secrets: dict) -> None:
+    """The remote `stack` of .dvc/config, with this stack's bucket, endpoint and keys, as the
+    checkout's default: all in .dvc/config.local, which DVC keeps out of git (made mode 600 here)."""
+    local = stack.root / ".dvc" / "config.local"
+    if not local.exists():
+        write_private(local, "")
+    local.chmod(0o600)
+    with dvc_config(stack).edit("local") as config:
+        config["remote"][DVC_REMOTE] = {
+            **config["remote"].get(DVC_REMOTE, {}),
+            "url": f"s3://{stack.bucket}/dvc", "endpointurl": stack.s3_url, "region": S3_REGION,
+            "access_key_id": secrets["s3_access_key"], "secret_access_key": secrets["s3_secret_key"]}
+        config["core"]["remote"] = DVC_REMOTE
+
+
+def unset_dvc_default(stack: Stack) -> None:
+    """Back to the default remote of .dvc/config (the keys stay, for the next start)."""
+    if (stack.root / ".dvc" / "config.local").exists():
+        with dvc_config(stack).edit("local") as config:
+            config["core"].pop("remote", None)
+
+
+def dvc_config(stack: Stack):
+    from dvc.config import Config   # imported here: a second of imports that only these two need
+
+    return Config(dvc_dir=str(stack.root / ".dvc"))

@@ -1,0 +1,32 @@
+"""`make deploy`: `prefect deploy` of prefect.yaml's retrain deployment onto the stack's work pool.
+
+prefect.yaml takes the cron and the work pool from the environment
+(`{{ $VAE_RETRAIN_CRON }}`, `{{ $VAE_WORK_POOL }}`); this sets them from params.yaml
+(retrain.schedule_cron, stack.work_pool), so the schedule has one source. The
+deployment's runs then happen in this checkout (prefect.yaml's pull step), run by the
+stack's worker, with the stack's environment.
+"""
+import os
+import subprocess
+import sys
+
+from stack.settings import Stack
+from vae_pipeline.files import PipelineError
+from vae_pipeline.params import load_params
+
+CRON_ENV, POOL_ENV = "VAE_RETRAIN_CRON", "VAE_WORK_POOL"
+
+
+def deploy(stack: Stack) -> None:
+    params = load_params(stack.root / "params.yaml")
+    env = {**os.environ, **stack.client_env(),
+           CRON_ENV: params["retrain"]["schedule_cron"], POOL_ENV: stack.work_pool,
+           "PWD": str(stack.root)}              # prefect.yaml's pull step: the runs happen here
+    result = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy",
+                             "--name", params["retrain"]["deployment"]],
+                            cwd=stack.root, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PipelineError(f"prefect deploy failed (exit {result.returncode}): "
+                            f"{(result.stdout + result.stderr).strip()[-1500:]}")
+    print(f"deployment retrain/{params['retrain']['deployment']} on work pool '{stack.work_pool}', "
+          f"cron '{params['retrain']['schedule_cron']}' (params.yaml retrain.schedule_cron)")

@@ -1,0 +1,376 @@
+"""The team stack for real: `python -m stack up` in a fresh copy of the project, on free ports.
+
+One stack serves the whole module (starting it takes half a minute or more), in this
+order: it starts once and reports health; eight writers log to the MLflow server on
+PostgreSQL; `make run` against it, `dvc push`, and `dvc pull` in a fresh clone; a retrain
+fired by its schedule and run by the worker; the three faults; `down` leaves no process
+and no secret was ever written where it should not be. The eight writers come first
+because they count every run in the store.
+"""
+import hashlib
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from stack import health, postgres, supervisor
+from stack.settings import SERVICES, Stack, load_secrets
+from tests.conftest import free_port, make_project, pipeline_env, run_in, set_params
+from tests.test_concurrency import check_nothing_lost, eight_writers_at_once
+from vae_pipeline import tracking
+from vae_pipeline.files import ROOT
+from vae_pipeline.params import load_params
+from vae_pipeline.tracking import RUN_FILE
+
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+
+try:
+    postgres.bin_dir()
+    NO_POSTGRES = None
+except Exception as e:  # PipelineError: not installed (`make test` installs it as root)
+    NO_POSTGRES = str(e)
+
+
+def free_block(size: int) -> int:
+    """The first of `size` consecutive free ports on 127.0.0.1 (SeaweedFS's inner servers)."""
+    for _ in range(200):
+        base = random.randrange(20000, 40000)
+        try:
+            for port in range(base, base + size):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no block of free ports")
+
+
+def run_record(project: Path) -> dict:
+    """The MLflow run that trained the project's current model (paths.run_record)."""
+    return tracking.training_run(load_params(project / "params.yaml"), project)
+
+
+def digest(folder: Path, outputs: list[str]) -> dict[str, str]:
+    """SHA-256 of every file under the given outputs."""
+    files = [p for name in outputs for p in sorted((folder / name).rglob("*")) + [folder / name] if p.is_file()]
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def report(reliability, kind: str, case: str, outcome: str) -> None:
+    """A row of the reliability table, also printed whole (`pytest -rP` shows it; the table shortens it)."""
+    print(f"{kind}: {case}: {outcome}")
+    reliability(kind, case, outcome)
+
+
+OUTPUTS = ["data/raw", "models", "data/embeddings", "data/latent_map.parquet", "reports/index.html",
+           "reports/figures"]
+
+
+class Running:
+    """The started stack and what the tests need to reach it."""
+
+    def __init__(self, base: Path, project: Path):
+        self.base, self.project = base, project
+        self.stack = Stack.from_params(project)
+        self.secrets = load_secrets(self.stack)
+        # What `source .stack/env` gives a shell, plus the Makefile's PREFECT_HOME.
+        self.env = {**self.stack.client_env(), "PREFECT_HOME": str(project / ".prefect"),
+                    "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))}
+        self.outputs = []            # every command's output, searched for secrets at the end
+
+    def run(self, project: Path, *cmd, check=True, env=None, timeout=600):
+        result = run_in(project, *cmd, check=check, env={**self.env, **(env or {})}, timeout=timeout)
+        self.outputs.append(result.stdout + result.stderr)
+        return result
+
+    def sql(self, query: str, *args, database="mlflow") -> list[tuple]:
+        connection = postgres.connect(self.stack, self.secrets["postgres_password"], database)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(query, args)
+                return cursor.fetchall()
+        finally:
+            connection.close()
+
+    def s3_keys(self, prefix: str) -> list[str]:
+        s3 = health.s3_client(self.stack, self.secrets)
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.stack.bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    def control(self, action: str, service: str) -> None:
+        """Stop or start one service through supervisord, as `supervisorctl stop NAME` would."""
+        rpc = supervisor.proxy(self.stack).supervisor
+        if action == "stop":
+            rpc.stopProcess(service, True)
+        else:
+            rpc.startProcess(service, False)
+            health.wait_healthy(service, self.stack, self.secrets, timeout=240)
+
+    def mlflow(self):
+        import mlflow
+        return mlflow.MlflowClient(self.stack.mlflow_url)
+
+
+@pytest.fixture(scope="module")
+def running(tiny_source):
+    if NO_POSTGRES:
+        pytest.skip(NO_POSTGRES)
+    # Not under pytest's tmp folder: that is mode 700, and when root starts the stack PostgreSQL runs
+    # as the `postgres` user, which must reach its data folder.
+    base = Path(tempfile.mkdtemp(prefix="vae-stack-"))
+    base.chmod(0o755)
+    project = make_project(base / "p", tiny_source)
+    (base / "p").chmod(0o755)
+    seaweed = free_block(9)
+    set_params(project, stack={"postgres_port": free_port(), "s3_port": free_port(), "seaweed_port": seaweed,
+                               "mlflow_port": free_port(), "prefect_port": free_port()})
+    run_in(project, "git", "commit", "-qam", "stack on free ports")
+    started = time.monotonic()
+    first = run_in(project, "python", "-m", "stack", "up", timeout=900,
+                   env={"NUMBA_CACHE_DIR": str(ROOT / ".numba_cache")})
+    stack = Running(base, project)
+    stack.up_seconds = time.monotonic() - started
+    stack.outputs.append(first.stdout + first.stderr)
+    try:
+        yield stack
+    finally:
+        run_in(project, "python", "-m", "stack", "down", check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_second_up_does_nothing_and_status_shows_every_service_healthy(running, reliability):
+    before = supervisor.processes(running.stack)
+    again = running.run(running.project, "python", "-m", "stack", "up")
+    assert "already running" in again.stdout
+    assert {n: i["pid"] for n, i in supervisor.processes(running.stack).items()} == \
+        {n: i["pid"] for n, i in before.items()}
+    status = running.run(running.project, "python", "-m", "stack", "status")
+    for name in SERVICES:
+        line = next(line for line in status.stdout.splitlines() if line.startswith(name + " "))
+        assert "RUNNING" in line and line.rstrip().endswith("ok") and running.stack.address(name) in line
+    # Bound to 127.0.0.1 only; secrets and configuration readable by the owner only.
+    for name in ("secrets.json", "supervisord.conf", "s3.json", "env"):
+        assert (running.stack.state / name).stat().st_mode & 0o077 == 0, name
+    assert (running.project / ".dvc/config.local").stat().st_mode & 0o077 == 0
+    assert run_in(running.project, "git", "status", "--porcelain").stdout == ""   # all of it git-ignored
+    report(reliability, "stack", "`python -m stack up` on a fresh copy, then again",
+                f"first start {running.up_seconds:.0f} s; the second found it running and changed nothing")
+
+
+def test_eight_writers_on_the_stack_lose_nothing(running, tmp_path, reliability):
+    found = eight_writers_at_once(running.stack.mlflow_url, tmp_path)
+    check_nothing_lost(found, "the stack's MLflow server on PostgreSQL", reliability)
+
+
+def test_make_run_on_the_stack_then_dvc_push_and_pull_in_a_fresh_clone(running, reliability):
+    project = running.project
+    started = time.monotonic()
+    running.run(project, "python", "-m", "flows.pipeline", timeout=900)          # what `make run` runs
+    seconds = time.monotonic() - started
+    record = run_record(project)
+    assert running.sql("SELECT status FROM runs WHERE run_uuid = %s", record["run_id"]) == [("FINISHED",)]
+    keys = running.s3_keys("mlflow/")
+    assert any(key.endswith(f"{record['run_id']}/artifacts/model/vae.safetensors") for key in keys)
+    assert any(key.endswith("/artifacts/data/model.pt2") for key in keys)       # the registered decoder
+
+    run_in(project, "git", "add", "-A")
+    run_in(project, "git", "commit", "-qm", "a run on the stack")
+    running.run(project, "dvc", "push", "--run-cache")
+    assert running.s3_keys("dvc/")
+
+    clone = running.base / "clone"
+    run_in(running.base, "git", "clone", "-q", str(project), str(clone))
+    shutil.copy(project / ".dvc/config.local", clone / ".dvc/config.local")    # a colleague given the keys
+    running.run(clone, "dvc", "pull", "--run-cache")
+    assert running.run(clone, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+    assert digest(clone, OUTPUTS) == digest(project, OUTPUTS)
+    rerun = running.run(clone, "python", "-m", "flows.pipeline", timeout=900)
+    assert "stages run or restored: none, every stage is up to date" in rerun.stdout + rerun.stderr
+
+    import torch
+
+    from vae_pipeline.model_files import load_model
+    z = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        images = [load_model(folder / "models")[0].decode(z) for folder in (project, clone)]
+    assert torch.equal(*images)
+    report(reliability, "stack", "`make run` on the stack, `dvc push`, `dvc pull` in a fresh clone",
+                f"pipeline {seconds:.0f} s; run FINISHED in PostgreSQL, {len(keys)} MLflow objects in S3; "
+                f"the clone: dvc status clean, no stage rerun, decoder output bit-identical")
+
+
+def test_a_schedule_fires_a_retrain_that_the_worker_runs(running, reliability):
+    project = running.project
+    api = running.stack.prefect_url + "/api"
+    # Every minute, with a seed: the challenger trains, so the retrain logs a new MLflow run.
+    set_params(project, retrain={"schedule_cron": "* * * * *", "seed": 1})
+    deployed_at = time.time()
+    running.run(project, "python", "-m", "stack", "deploy")
+    deployment = requests.get(f"{api}/deployments/name/retrain/scheduled", timeout=10).json()
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["* * * * *"]
+    try:
+        deadline = time.monotonic() + 420
+        while True:
+            runs = requests.post(f"{api}/flow_runs/filter", timeout=10, json={
+                "deployments": {"id": {"any_": [deployment["id"]]}}, "sort": "EXPECTED_START_TIME_ASC",
+                "limit": 1, "flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}}).json()
+            if runs or time.monotonic() > deadline:
+                break
+            time.sleep(5)
+    finally:   # no more retrains for the tests after this one
+        requests.delete(f"{api}/deployments/{deployment['id']}", timeout=10)
+    assert runs, "no retrain finished within 7 minutes"
+    flow_run = runs[0]
+    assert flow_run["state_type"] == "COMPLETED", flow_run["state"]
+    assert flow_run["auto_scheduled"] and flow_run["work_pool_name"] == running.stack.work_pool
+    slot = datetime.fromisoformat(flow_run["expected_start_time"]).timestamp()
+    fired = datetime.fromisoformat(flow_run["start_time"]).timestamp()
+    assert slot - deployed_at <= 61 and fired - slot < 120     # the next minute; then the worker's poll
+
+    record = run_record(project)
+    tags = dict(running.sql("SELECT key, value FROM tags WHERE run_uuid = %s", record["run_id"]))
+    assert tags.get("retrain") == "true"
+    assert running.sql("SELECT status FROM runs WHERE run_uuid = %s", record["run_id"]) == [("FINISHED",)]
+    assert any(record["run_id"] in key and key.endswith("model/vae.safetensors")
+               for key in running.s3_keys("mlflow/"))
+    artifacts = requests.post(f"{api}/artifacts/filter", timeout=10, json={
+        "artifacts": {"key": {"any_": ["champion"]}, "flow_run_id": {"any_": [flow_run["id"]]}}}).json()
+    assert len(artifacts) == 1 and f"version {record['model_version']}" in artifacts[0]["data"]
+    report(reliability, "stack", "a retrain fired by its schedule (cron `* * * * *`), run by the worker",
+                f"scheduled {slot - deployed_at:.0f} s after `deploy`, started {fired - slot:.0f} s later, COMPLETED in "
+                f"{flow_run['total_run_time']:.0f} s; its MLflow run in PostgreSQL, model in S3, champion artifact")
+
+
+@pytest.fixture(scope="module")
+def second(running, tiny_source) -> Path:
+    """Another fresh copy of the project on the same stack (its own DVC workspace), data downloaded."""
+    project = make_project(running.base / "q", tiny_source)
+    shutil.copy(running.project / ".dvc/config.local", project / ".dvc/config.local")
+    running.run(project, "dvc", "repro", "download")
+    return project
+
+
+def test_mlflow_server_stopped_during_a_training(running, second, reliability):
+    set_params(second, train={"epochs": 40})                      # long enough to stop the server meanwhile
+    checkpoint = second / ".checkpoints/train.pt"
+    # The MLflow client's retries would wait minutes for the dead server: none here, so it fails at once.
+    env = {**pipeline_env(), **running.env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    training = subprocess.Popen(["dvc", "repro", "train"], cwd=second, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and training.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    running.control("stop", "mlflow")
+    output = training.communicate(timeout=600)[0]
+    running.outputs.append(output)
+    run_id = json.loads((second / ".checkpoints" / RUN_FILE).read_text())["run_id"]
+    running.control("start", "mlflow")
+    client = running.mlflow()
+
+    assert training.returncode != 0
+    error = [line for line in output.splitlines() if running.stack.mlflow_url in line][-1]
+    assert "Exception" in error or "Error" in error                       # the failure, naming the server
+    assert client.get_run(run_id).info.status == "RUNNING"                 # not marked finished
+    assert client.search_model_versions(f"run_id = '{run_id}'") == []      # nothing registered
+    assert not (second / "models").exists() and checkpoint.exists()
+
+    running.run(second, "dvc", "repro", "train")                           # resumes from the checkpoint
+    assert client.get_run(run_id).info.status == "FINISHED"                # in the same run
+    assert len(client.search_model_versions(f"run_id = '{run_id}'")) == 1
+    steps = sorted(point.step for point in client.get_metric_history(run_id, "test_loss"))
+    assert steps == list(range(1, 41))                                     # every epoch, once
+    report(reliability, "fault", "stack: the MLflow server stopped during a 40-epoch training",
+                f"the stage failed naming {running.stack.mlflow_url} ({error.strip()[:120]}); no model "
+                f"version, run left RUNNING; the rerun resumed the same run, FINISHED, one version, "
+                f"all 40 epochs logged once")
+
+
+def test_s3_stopped_then_dvc_push_fails_and_completes_after_a_restart(running, second, reliability):
+    running.control("stop", "s3")
+    started = time.monotonic()
+    failed = running.run(second, "dvc", "push", check=False)
+    seconds = time.monotonic() - started
+    running.control("start", "s3")
+    assert failed.returncode != 0
+    error = next(line for line in (failed.stdout + failed.stderr).splitlines() if line.startswith("ERROR"))
+    running.run(second, "dvc", "push")
+
+    clone = running.base / "q2"
+    run_in(second, "git", "add", "-A")
+    run_in(second, "git", "commit", "-qm", "the trained model")
+    run_in(running.base, "git", "clone", "-q", str(second), str(clone))
+    shutil.copy(second / ".dvc/config.local", clone / ".dvc/config.local")
+    stages = ["download"] + ["train"] * (second / "models").exists()       # those that ran in this copy
+    running.run(clone, "dvc", "pull", *stages)
+    assert digest(clone, ["data/raw", "models"]) == digest(second, ["data/raw", "models"])
+    report(reliability, "fault", "stack: S3 stopped, `dvc push`; S3 started, `dvc push` again",
+                f"failed in {seconds:.0f} s: {error[:120]}; the second push completed and a fresh clone "
+                f"pulled identical files")
+
+
+def test_postgres_restarted_then_the_next_training_logs_normally(running, second, reliability):
+    running.control("stop", "postgres")
+    running.control("start", "postgres")
+    set_params(second, train={"epochs": 2, "seed": 7})
+    running.run(second, "dvc", "repro", "train")
+    record = run_record(second)
+    assert running.sql("SELECT status FROM runs WHERE run_uuid = %s", record["run_id"]) == [("FINISHED",)]
+    assert len(running.sql("SELECT step FROM metrics WHERE run_uuid = %s AND key = 'test_loss'",
+                           record["run_id"])) == 2
+    flow_runs = requests.post(f"{running.stack.prefect_url}/api/flow_runs/filter", json={"limit": 1}, timeout=10)
+    assert flow_runs.status_code == 200                                   # Prefect's server reconnected too
+    report(reliability, "fault", "stack: PostgreSQL restarted while the stack runs",
+                "the next training logged every epoch, FINISHED; Prefect's API answered")
+
+
+def descendants(pid: int) -> set[int]:
+    """`pid` and every process below it."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = {pid}, {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_down_leaves_no_process_and_no_secret_was_written_anywhere(running, reliability):
+    stack = running.stack
+    pid = int((stack.run_dir / "supervisord.pid").read_text())
+    processes = descendants(pid)
+    assert len(processes) > len(SERVICES)                # supervisord, the services and their children
+
+    # The secrets: never in a log, a command's output, or an MLflow param or tag.
+    client = running.mlflow()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    texts = [p.read_text(errors="replace") for p in stack.logs.rglob("*") if p.is_file()]
+    texts += running.outputs + [json.dumps([r.data.params, r.data.tags]) for r in runs]
+    texts += [(stack.state / "env").read_text()]
+    leaks = [name for name, value in running.secrets.items() if any(value in text for text in texts)]
+    assert leaks == []
+
+    down = running.run(running.project, "python", "-m", "stack", "down")
+    assert "stopped" in down.stdout
+    left = sorted(p for p in processes if supervisor.alive(p))
+    assert left == []
+    status = running.run(running.project, "python", "-m", "stack", "status", check=False)
+    assert status.returncode == 3 and "not running" in status.stdout
+    assert "stack" not in running.run(running.project, "dvc", "remote", "default").stdout
+    report(reliability, "stack", "`python -m stack down`",
+                f"{len(processes)} processes before, none left; no secret in {len(texts)} logs, outputs "
+                f"and MLflow records")

@@ -1,0 +1,226 @@
+"""What one stage hands to the next, read back with checks: tables, metrics, the training curve.
+
+A stage reads what an earlier one wrote, and that file may have been damaged since: a disk
+that filled up mid-write, a copy cut short, an edit by hand. The readers here check a whole
+file before anything uses it (it parses; it holds the columns or keys its readers use, of
+the right types; every number is finite; labels are classes of the data set and rows match
+the data set) and otherwise raise the project's error, naming the file, what is wrong and
+the stage that writes it:
+
+    data/latent_map.parquet: 1999 rows, expected 2000 (...); rerun the latent_map stage (dvc repro latent_map)
+
+Here: the shared checks, and the readers of the latent map, the metrics JSON files and the
+training curve. The embed stage's tables are read by embeddings.py, the model by
+model_files.py and the IDX files by idx.py, each beside the code that knows its format.
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vae_pipeline.files import damaged_output, stage_output
+from vae_pipeline.params import boolean, integer, list_of, mapping_of, optional, text
+
+# The train stage's history, one row per epoch. MLflow gets every column; train.csv (paths.train_history)
+# holds the figures alone, so a rerun with the same params writes it byte for byte again.
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_recon", "train_kl",
+                   "test_loss", "test_recon", "test_kl", "seconds"]
+CURVE_COLUMNS = HISTORY_COLUMNS[:-1]
+
+
+def reason(error: Exception) -> str:
+    """An exception as a short phrase for a message: its type and the first line of its text."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first[:160]}" if first else type(error).__name__
+
+
+def shown(value) -> str:
+    """A value as it appears in a message, cut to a readable length."""
+    written = repr(value)
+    return written if len(written) <= 60 else written[:57] + "..."
+
+
+# ---- tables -------------------------------------------------------------------------------
+
+def read_table(path: Path, stage: str, columns: dict[str, str]) -> pd.DataFrame:
+    """The parquet (or .csv) file `path` written by `stage`, holding `columns` as checked by check_columns."""
+    path = stage_output(Path(path), stage)
+    try:
+        table = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    except Exception as e:  # pyarrow and pandas raise many types for a damaged file (ArrowInvalid, OSError, ...)
+        raise damaged_output(path, f"not a readable {path.suffix[1:]} file ({reason(e)})", stage) from None
+    if table.columns.duplicated().any():
+        raise damaged_output(path, f"column {shown(table.columns[table.columns.duplicated()][0])} appears "
+                             "twice", stage)
+    check_columns(path, table, columns, stage)
+    return table
+
+
+def check_columns(path: Path, table: pd.DataFrame, columns: dict[str, str], stage: str) -> None:
+    """Each of `columns` is there with no value missing: "int" columns hold integers, "float" columns
+    numbers that are finite as float32 (what the stages compute with)."""
+    missing = [name for name in columns if name not in table.columns]
+    if missing:
+        found = ", ".join(map(str, table.columns[:12])) + (", ..." if len(table.columns) > 12 else "")
+        raise damaged_output(path, f"missing column{'s' * (len(missing) > 1)} {', '.join(missing)} "
+                             f"(found: {found or 'none'})", stage)
+    for name, kind in columns.items():
+        column = table[name]
+        numeric = pd.api.types.is_integer_dtype(column) or (
+            kind == "float" and pd.api.types.is_float_dtype(column))
+        if not numeric or pd.api.types.is_bool_dtype(column):
+            raise damaged_output(path, f"column {name} holds {column.dtype}, expected "
+                                 f"{'integers' if kind == 'int' else 'numbers'}", stage)
+        if kind == "int" and column.isna().any():
+            raise damaged_output(path, f"column {name} has a missing value at row "
+                                 f"{int(np.flatnonzero(column.isna().to_numpy())[0])}", stage)
+        if kind == "float":    # a missing value reads as NaN here
+            with np.errstate(over="ignore"):
+                finite = np.isfinite(column.to_numpy(np.float64, na_value=np.nan).astype(np.float32))
+            if not finite.all():
+                row = int(np.flatnonzero(~finite)[0])
+                raise damaged_output(path, f"column {name} holds {column.iloc[row]} at row {row} "
+                                     "(NaN, infinite or beyond float32)", stage)
+
+
+def check_labels(path: Path, labels: np.ndarray, expected: np.ndarray, split: str, stage: str) -> None:
+    """The table's labels are the data set's labels of `split`, row for row."""
+    if len(labels) != len(expected):
+        raise damaged_output(path, f"{len(labels)} rows, but the data set's {split} split has {len(expected)} "
+                             "images", stage)
+    wrong = np.flatnonzero(labels != expected)
+    if len(wrong):
+        i = int(wrong[0])
+        raise damaged_output(path, f"row {i} has label {labels[i]}, but the data set's {split} image {i} is "
+                             f"labelled {expected[i]} ({len(wrong)} rows differ)", stage)
+
+
+# ---- the latent map -----------------------------------------------------------------------
+
+LATENT_MAP_COLUMNS = {"x": "float", "y": "float", "label": "int", "index": "int"}
+
+
+def latent_map_rows(split_rows: int, subsample: int | None) -> int:
+    """How many points the latent map has: the split's rows, or latent_map.subsample of them."""
+    return split_rows if subsample is None else min(subsample, split_rows)
+
+
+def read_latent_map(path: Path, split: str, labels: np.ndarray, rows: int) -> pd.DataFrame:
+    """The latent_map stage's table (x, y, label, index): `rows` points of the data set's `split`,
+    whose labels are `labels`; each point's `index` is its row in the split, once."""
+    table = read_table(path, "latent_map", LATENT_MAP_COLUMNS)
+    if len(table) != rows:
+        raise damaged_output(path, f"{len(table)} rows, expected {rows} (the {split} split has {len(labels)} "
+                             "images; latent_map.subsample)", "latent_map")
+    index = table["index"].to_numpy()
+    outside = np.flatnonzero((index < 0) | (index >= len(labels)))
+    if len(outside):
+        raise damaged_output(path, f"row {int(outside[0])} has index {index[outside[0]]}, outside the "
+                             f"{len(labels)} images of the {split} split", "latent_map")
+    if len(np.unique(index)) != len(index):
+        raise damaged_output(path, "an index appears twice: each point must be a different image", "latent_map")
+    wrong = np.flatnonzero(table["label"].to_numpy() != labels[index])
+    if len(wrong):
+        i = int(wrong[0])
+        raise damaged_output(path, f"row {i} has label {table['label'].iloc[i]}, but its image ({split} image "
+                             f"{index[i]}) is labelled {labels[index[i]]}", "latent_map")
+    return table
+
+
+# ---- JSON ----------------------------------------------------------------------------------
+
+def finite():
+    return ("a finite number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v))
+
+
+# What each metrics file holds, as params.yaml's rules (vae_pipeline.params): a key its readers
+# use that is missing or of the wrong type stops them with the key named. Extra keys are allowed.
+TRAIN_METRICS = {
+    "train_loss": finite(), "test_loss": finite(), "test_recon": finite(), "test_kl": finite(),
+    "test_loss_mu": finite(), "test_recon_mu": finite(), "best_test_loss": finite(),
+    "epochs": integer(1), "device": text(),
+}
+EVAL_METRICS = {
+    "dataset": text(), "binarize": text(), "likelihood": text(), "test_images": integer(1),
+    "neg_elbo": finite(), "recon": finite(), "kl": finite(), "neg_elbo_mu": finite(), "recon_mu": finite(),
+    "iwae_nll": finite(), "iwae_samples": integer(1), "iwae_nll_se": finite(),
+    "kl_per_dim": mapping_of(finite()), "mu_variance": mapping_of(finite()),
+    "active_units": integer(0), "latent_dim": integer(1),
+    "knn_accuracy": finite(), "knn_accuracy_per_class": mapping_of(finite()), "knn_neighbors": integer(1),
+    "trustworthiness": optional(finite()), "trustworthiness_neighbors": integer(1),
+}
+LITERATURE_ROW = {
+    "reference": text(), "source": text(), "figure": text(), "reference_value": finite(),
+    "this_run": optional(finite()), "comparable": boolean(), "same_recipe": boolean(),
+    "differences": list_of(text(), min_len=0),
+}
+
+
+def read_json(path: Path, stage: str):
+    """The JSON value in `path`, written by `stage`."""
+    path = stage_output(Path(path), stage)
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bad UTF-8
+        raise damaged_output(path, f"not valid JSON ({reason(e)})", stage) from None
+
+
+def check_fields(path: Path, data, rules: dict, stage: str, where: str = "") -> dict:
+    """`data` is a JSON object whose keys follow `rules` (name -> (allowed, check)); `where` prefixes the key."""
+    if not isinstance(data, dict):
+        raise damaged_output(path, f"{where or 'the file '}holds {type(data).__name__}, expected a JSON object",
+                             stage)
+    for key, (allowed, check) in rules.items():
+        if key not in data:
+            raise damaged_output(path, f"missing key '{where}{key}' ({allowed})", stage)
+        if not check(data[key]):
+            raise damaged_output(path, f"'{where}{key}' is {shown(data[key])}; expected {allowed}", stage)
+    return data
+
+
+def read_train_metrics(path: Path) -> dict:
+    """The train stage's final figures (paths.train_metrics)."""
+    return check_fields(path, read_json(path, "train"), TRAIN_METRICS, "train")
+
+
+def read_eval_metrics(path: Path, latent_dim: int) -> dict:
+    """The evaluate stage's figures (paths.eval_metrics), for a model of `latent_dim` dimensions."""
+    metrics = check_fields(path, read_json(path, "evaluate"), EVAL_METRICS, "evaluate")
+    if metrics["latent_dim"] != latent_dim:
+        raise damaged_output(path, f"'latent_dim' is {metrics['latent_dim']}, but the model has {latent_dim}",
+                             "evaluate")
+    dims = {str(j) for j in range(latent_dim)}
+    for key in ("kl_per_dim", "mu_variance"):
+        if metrics[key].keys() != dims:
+            raise damaged_output(path, f"'{key}' has dimensions {shown(sorted(metrics[key]))}, expected "
+                                 f"0..{latent_dim - 1}", "evaluate")
+    if metrics["active_units"] > latent_dim:
+        raise damaged_output(path, f"'active_units' is {metrics['active_units']}, more than the {latent_dim} "
+                             "dimensions", "evaluate")
+    return metrics
+
+
+def read_literature(path: Path) -> list[dict]:
+    """The evaluate stage's rows beside published figures (paths.literature)."""
+    rows = read_json(path, "evaluate")
+    if not isinstance(rows, list):
+        raise damaged_output(path, f"holds {type(rows).__name__}, expected a JSON list of rows", "evaluate")
+    for i, row in enumerate(rows):
+        check_fields(path, row, LITERATURE_ROW, "evaluate", where=f"row {i}: ")
+        if row["comparable"] and row["this_run"] is None:
+            raise damaged_output(path, f"row {i} is comparable but has no figure of this run", "evaluate")
+    return rows
+
+
+# ---- the training curve --------------------------------------------------------------------
+
+def read_history(path: Path, epochs: int) -> pd.DataFrame:
+    """The train stage's curve (paths.train_history): CURVE_COLUMNS, one row per epoch 1..`epochs`."""
+    table = read_table(path, "train", {c: "int" if c == "epoch" else "float" for c in CURVE_COLUMNS})
+    if table["epoch"].tolist() != list(range(1, epochs + 1)):
+        raise damaged_output(path, f"holds epochs {shown(table['epoch'].tolist())}, expected 1 to {epochs} "
+                             "(the epochs of the train metrics)", "train")
+    return table
