@@ -172,9 +172,9 @@ def test_eight_writers_on_the_stack_lose_nothing(running, tmp_path, reliability)
     check_nothing_lost(found, "the stack's MLflow server on PostgreSQL", reliability)
 
 
-# Failed in the final CI run after the issue 14/17 merges (passed on the team-stack branch before them);
-# not yet diagnosed: issue 13 stays open until it passes again.
-@pytest.mark.xfail(reason="failed after the issue 14/17 merges; being diagnosed (issue 13)", strict=False)
+# Failed in the final CI run after the issue 14 merge: the decoder's pt2 now sits inside the pyfunc
+# (artifacts/decoder/data/model.pt2), the assertion is fixed but not yet rerun: xfail until it is.
+@pytest.mark.xfail(reason="pt2 path fixed after the issue 14 merge, not yet rerun (issue 13)", strict=False)
 def test_make_run_on_the_stack_then_dvc_push_and_pull_in_a_fresh_clone(running, reliability):
     project = running.project
     started = time.monotonic()
@@ -184,7 +184,7 @@ def test_make_run_on_the_stack_then_dvc_push_and_pull_in_a_fresh_clone(running, 
     assert running.sql("SELECT status FROM runs WHERE run_uuid = %s", record["run_id"]) == [("FINISHED",)]
     keys = running.s3_keys("mlflow/")
     assert any(key.endswith(f"{record['run_id']}/artifacts/model/vae.safetensors") for key in keys)
-    assert any(key.endswith("/artifacts/data/model.pt2") for key in keys)       # the registered decoder
+    assert any(key.endswith("/data/model.pt2") for key in keys)   # the registered decoder (in the pyfunc)
 
     run_in(project, "git", "add", "-A")
     run_in(project, "git", "commit", "-qm", "a run on the stack")
