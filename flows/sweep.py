@@ -1,58 +1,172 @@
 """The `sweep` flow: train the VAE over a grid of beta x latent_dim, the points fanned out on Dask.
 
 `make sweep` (`python -m flows.sweep`) reads the grid from params.yaml's `sweep`
-section. Each point is a Prefect task on a Dask worker (prefect-dask): a local
-cluster by default, or the Dask scheduler at `sweep.scheduler` to spread the
-points over more machines (their workers must see the project at the same path).
+section. Each point is a Prefect task on a Dask worker (prefect-dask) that runs a
+recipe (flows/sweep_point.py): it clones the sweep's git commit, pulls the inputs
+from a DVC remote, runs the point as a DVC experiment (`dvc exp run -S ...`) and
+pushes it (`dvc exp push`). The same code runs in two places:
 
-DVC allows one `dvc repro` per workspace at a time, so every point works in its
-own copy of the project (what a clone holds, sharing the project's DVC cache),
-with params.yaml set for the point, and runs `dvc repro <sweep.stage>` there; the
-copy is removed afterwards. Each point records the `dvc exp run -S ...` that
-reproduces it in the project, logs to the project's MLflow store with a `sweep`
-tag, and the sweep writes reports/sweep.html: the rate-distortion picture (KL
-against reconstruction, one point per run) and a table.
+  - local (sweep.scheduler null): a local Dask cluster; the points clone the
+    project itself (a path) and use its DVC cache as their remote;
+  - the team stack (sweep.scheduler `stack`, or a Dask address): the workers may sit
+    on other machines with only the venv and the worker kit; they clone from the
+    stack's git server (the sweep pushes its commit there as branch sweep/<name>),
+    use the stack's DVC remote and log to the stack's MLflow server.
+
+Before the points, the sweep runs the stages they share (those upstream of
+sweep.stage that no override touches: the download) in the project and puts them,
+with DVC's run cache, where the points pull from: they are done once, not per point.
+MLflow gets a parent run "sweep <name>" and each point's training run is its child.
+A worker that dies in the middle of a point leaves its child run RUNNING; Dask runs
+the point again elsewhere, and the sweep then marks the dead attempt's run FAILED.
+Afterwards the points are experiments of the project (`dvc exp show`), and the
+sweep writes reports/sweep.html and reports/sweep.json and a Prefect table artifact.
 """
 import io
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import cloudpickle
 import yaml
 from jinja2 import Environment, PackageLoader
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
-from flows.dvc_runner import failure, mlflow_run_id, read_metrics, run_logged, stage_env
+import flows.sweep_point
+from flows.artifacts import mlflow_run_link
+from flows.dvc_runner import read_metrics, run_logged, stage_env, workspace_lock
+from flows.sweep_point import run_point
 from vae_pipeline import tracking
-from vae_pipeline.files import ROOT, PipelineError, atomic_path, copy_checkout, write_json
+from vae_pipeline.files import ROOT, PipelineError, atomic_path, write_json
 from vae_pipeline.params import load_params
+from vae_pipeline.provenance import git_provenance
+
+# The workers never import the project: the point runner travels with each task, by value.
+cloudpickle.register_pickle_by_value(flows.sweep_point)
+
+STACK = "stack"                          # sweep.scheduler for the team stack's Dask scheduler
+STACK_REMOTE = "stack"                   # the stack's DVC remote (.dvc/config)
+STACK_ENV = {"git_url": "VAE_STACK_GIT_URL", "dask": "VAE_STACK_DASK_ADDRESS"}   # `.stack/env`, the kit's env
 
 
-def dvc_cache_dir(project: Path) -> str:
-    """The project's DVC cache: the points share it, so none downloads the data again and a point
-    trained before with the same code, data and params is restored from DVC's run cache."""
-    found = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=project,
-                           capture_output=True, text=True)
+def dvc(project: Path, *args: str) -> str:
+    """Run `dvc <args>` in `project`; its output, or PipelineError naming the command."""
+    found = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
+                           env=stage_env({}))
     if found.returncode != 0:
-        raise PipelineError(f"{project}: `dvc cache dir` failed: {found.stderr.strip()}")
+        raise PipelineError(f"{project}: `dvc {' '.join(args)}` failed: {found.stderr.strip()[-1500:]}")
     return found.stdout.strip()
 
 
-def copy_project(project: Path, dest: Path, cache_dir: str) -> None:
-    """Copy what a clone of `project` holds into `dest`, its DVC cache set to `cache_dir`."""
-    copy_checkout(project, dest)
-    # DVC needs a git repository (or core.no_scm); an empty one is enough for `dvc repro`.
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    (dest / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {cache_dir}\n")
+def sweep_commit(project: Path, params: dict) -> str:
+    """The commit every point runs: the project's HEAD, refused when a tracked input differs from it
+    (the points would silently run other code or params than the workspace holds)."""
+    git = git_provenance(params, project)
+    if git["dirty"] is None:
+        raise PipelineError(f"{project}: a sweep runs a git commit, but {git['commit']}; commit the project first")
+    if git["dirty"]:
+        raise PipelineError(f"{project}: uncommitted changes to {', '.join(git['changes'])}; the sweep runs "
+                            f"commit {git['commit'][:12]} on its workers: commit (or stash) them first")
+    return git["commit"]
+
+
+def target(project: Path, settings: dict) -> dict:
+    """Where the points get the project from and put their results: {git_url, dvc_remote, push}."""
+    if settings["scheduler"] is None:
+        # This machine: the points clone the project itself, and its DVC cache is their remote
+        # (a DVC 3 cache and a local remote have the same layout), so nothing is copied twice.
+        return {"git_url": str(project), "dvc_remote": {"name": "sweep-cache", "url": dvc(project, "cache", "dir")},
+                "push": False}
+    git_url = os.environ.get(STACK_ENV["git_url"])
+    if not git_url:
+        raise PipelineError(f"params.yaml sweep.scheduler is {settings['scheduler']!r}, so the points run on "
+                            f"other machines and clone the stack's git server, but env {STACK_ENV['git_url']} "
+                            "is not set; `source .stack/env` (the stack host) or the worker kit's env first")
+    return {"git_url": git_url, "push": True,
+            "dvc_remote": {"name": STACK_REMOTE, "url": dvc(project, "config", f"remote.{STACK_REMOTE}.url")}}
+
+
+def scheduler_address(settings: dict) -> str | None:
+    """The Dask scheduler: None (a local cluster), the stack's (env VAE_STACK_DASK_ADDRESS; its TLS
+    certificates come from the DASK_DISTRIBUTED__COMM__TLS__* variables), or the address given."""
+    if settings["scheduler"] != STACK:
+        return settings["scheduler"]
+    address = os.environ.get(STACK_ENV["dask"])
+    if not address:
+        raise PipelineError(f"params.yaml sweep.scheduler is 'stack' but env {STACK_ENV['dask']} is not set; "
+                            "`source .stack/env` first")
+    return address
+
+
+def shared_stages(project: Path, stage: str, overrides: set[str]) -> list[str]:
+    """The stages upstream of `stage` that no override touches (nor any stage they read from), in
+    dvc.yaml's order: the same for every point, so the sweep runs them once, before the points."""
+    from flows.dvc_runner import stage_order
+    from dvc.repo import Repo
+
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    with Repo(str(project)) as repo:
+        graph = repo.index.graph          # an edge goes from a stage to a stage it reads from
+        by_name = {s.name: s for s in graph}
+        if stage not in by_name:
+            raise PipelineError(f"params.yaml sweep.stage: no stage '{stage}' in dvc.yaml")
+        import networkx
+        upstream = {s.name for s in networkx.descendants(graph, by_name[stage])}
+        reads = {s.name: {d.name for d in networkx.descendants(graph, s)} for s in graph}
+
+    def touched(name: str) -> bool:
+        listed = {str(p) for p in stages[name].get("params", [])}
+        return any(key in listed or key.split(".")[0] in listed for key in overrides)
+
+    own = {name for name in upstream if touched(name)}
+    return [name for name in stage_order(project)
+            if name in upstream and name not in own and not reads[name] & own]
+
+
+def put_shared_stages(project: Path, params: dict, stages: list[str], where: dict, logger) -> None:
+    """Run the shared stages in the project (DVC skips them when up to date) and, for the stack,
+    push their outputs and run cache to its remote, where the points pull them from."""
+    if not stages:
+        return
+    with workspace_lock(project, params["prefect"]["lock_wait_seconds"], logger):
+        code, lines = run_logged([sys.executable, "-m", "dvc", "repro", *stages], project, stage_env({}), logger)
+        if code != 0:
+            raise PipelineError(f"the shared stages {stages} failed in {project}:\n  " + "\n  ".join(lines[-5:]))
+    if where["push"]:
+        code, lines = run_logged([sys.executable, "-m", "dvc", "push", "--run-cache", "-r",
+                                  where["dvc_remote"]["name"], *stages], project, stage_env({}), logger)
+        if code != 0:
+            raise PipelineError(f"dvc push of the shared stages to remote '{where['dvc_remote']['name']}' "
+                                "failed:\n  " + "\n  ".join(lines[-5:]))
+
+
+def push_commit(project: Path, git_url: str, commit: str, branch: str, logger) -> None:
+    """Put the sweep's commit on the stack's git server as `branch` (credentials through the
+    environment, as the workers send them: never on a command line)."""
+    env = {**os.environ, **flows.sweep_point.git_auth_env(git_url)}
+    logger.info("pushing commit %s to %s as %s", commit[:12], tracking.masked(git_url), branch)
+    pushed = subprocess.run(["git", "push", "-q", "--force", git_url, f"{commit}:refs/heads/{branch}"],
+                            cwd=project, env=env, capture_output=True, text=True)
+    if pushed.returncode != 0:
+        message = flows.sweep_point.scrub(pushed.stderr.strip(), flows.sweep_point.secrets_of(env))
+        raise PipelineError(f"git push of commit {commit[:12]} to {tracking.masked(git_url)} failed: {message}")
+
+
+def point_name(point: dict) -> str:
+    return f"beta={point['train.beta']:g} latent={point['train.latent_dim']}"
+
+
+def exp_name(sweep_name: str, point: dict) -> str:
+    """The point's DVC experiment: a git ref name, unique in the sweep."""
+    return f"{sweep_name}-b{point['train.beta']:g}-z{point['train.latent_dim']}".replace(".", "p")
 
 
 def reproduce_command(point: dict) -> str:
@@ -61,42 +175,81 @@ def reproduce_command(point: dict) -> str:
                                      if key != "train.threads")
 
 
-# Every point trains: Prefect must never skip one from a cache of its own.
-@task(cache_policy=NO_CACHE)
-def run_point(project: str, point: dict, stage: str, run_tags: dict, tracking_uri: str, cache_dir: str) -> dict:
-    """Train and evaluate one grid point in a fresh copy of the project; return its figures."""
-    logger = get_run_logger()
-    started = time.time()
-    workdir = Path(tempfile.mkdtemp(prefix="vae-sweep-"))
-    logger.info("point %s in %s", point, workdir)
-    copy_project(Path(project), workdir, cache_dir)
-
-    point_params = yaml.safe_load((workdir / "params.yaml").read_text())
-    for key, value in point.items():
-        section, name = key.split(".")
-        point_params[section][name] = value
-    (workdir / "params.yaml").write_text(yaml.safe_dump(point_params, sort_keys=False))
-
-    env = {**stage_env({**run_tags, "sweep_point": json.dumps(point)}), "MLFLOW_TRACKING_URI": tracking_uri}
-    code, lines = run_logged([sys.executable, "-m", "dvc", "repro", stage], workdir, env, logger)
-    if code != 0:
-        raise failure(f"point {point} (kept in {workdir})", code, lines)
-    result = {
-        "beta": point["train.beta"], "latent_dim": point["train.latent_dim"],
-        "epochs": point["train.epochs"],
-        "metrics": read_metrics(workdir, point_params),
-        "mlflow_run_id": mlflow_run_id(workdir, point_params),
-        "command": reproduce_command(point),
-        "restored": any(line.startswith(f"Stage '{stage}' is cached") for line in lines),
-        "workdir": str(workdir), "started": started, "seconds": round(time.time() - started, 1),
-    }
-    shutil.rmtree(workdir)
-    return result
+def recipe(point: dict, sweep_name: str, commit: str, where: dict, settings: dict, params: dict,
+           tags: dict, uri: str) -> dict:
+    """What a worker needs to run `point` (flows/sweep_point.py): no credential in it."""
+    return {"git_url": where["git_url"], "commit": commit,
+            "ref": f"sweep/{sweep_name}" if where["push"] else None,
+            "stage": settings["stage"], "overrides": point, "exp_name": exp_name(sweep_name, point),
+            "dvc_remote": where["dvc_remote"],
+            "tags": {**tags, "sweep.point": point_name(point)},
+            # A URI with a password in it stays out: the worker's own env names the store then.
+            "tracking_uri": uri if tracking.masked(uri) == uri else None,
+            "metrics_dir": str(Path(params["paths"]["train_metrics"]).parent),
+            "run_record": params["paths"]["run_record"]}
 
 
-def tracking_uri(project: Path, params: dict) -> str:
-    """Where the points log: the project's MLflow store, so all sweeps land in one place."""
-    return tracking.tracking_uri(params, project)
+def point_metrics(result: dict, params: dict) -> dict:
+    """The point's metrics files, read with the pipeline's own reader (flows/dvc_runner.read_metrics)."""
+    with tempfile.TemporaryDirectory() as folder:
+        metrics_dir = Path(folder) / Path(params["paths"]["train_metrics"]).parent
+        metrics_dir.mkdir(parents=True)
+        for name, text in result.pop("metrics_files").items():
+            (metrics_dir / name).write_text(text)
+        return read_metrics(Path(folder), params)
+
+
+def start_parent_run(client, params: dict, name: str, settings: dict, commit: str, tags: dict) -> str:
+    """The sweep's MLflow run "sweep <name>": every point's training run is its child."""
+    from mlflow.entities import Param, RunTag
+
+    run = client.create_run(tracking.experiment_id(client, params), run_name=f"sweep {name}")
+    grid_params = {f"sweep.{key}": json.dumps(value) if isinstance(value, list) else str(value)
+                   for key, value in settings.items()}
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in grid_params.items()],
+                     tags=[RunTag(k, v) for k, v in {**tags, "git.commit": commit,
+                                                     "mlflow.source.git.commit": commit,
+                                                     "mlflow.source.name": "flows.sweep"}.items()])
+    return run.info.run_id
+
+
+def close_dead_attempts(client, parent_id: str, results: list[dict], logger) -> list[str]:
+    """Mark FAILED every child run of the parent that is still running: an attempt whose worker died
+    (its point ran again elsewhere, or failed). Returns their run ids."""
+    from mlflow.entities import RunStatus
+
+    done = {r["mlflow_run_id"] for r in results}
+    children = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000)
+    dead = [run for run in children if run.info.run_id not in done
+            and run.info.status in (RunStatus.to_string(RunStatus.RUNNING), RunStatus.to_string(RunStatus.SCHEDULED))]
+    for run in dead:
+        point = run.data.tags.get("sweep.point", "?")
+        logger.warning("MLflow run %s (point %s, on %s pid %s) never finished: its worker died; marked FAILED",
+                       run.info.run_id, point, run.data.tags.get("sweep.attempt.host"),
+                       run.data.tags.get("sweep.attempt.pid"))
+        client.set_tag(run.info.run_id, "sweep.attempt.outcome", "worker lost; the point ran again")
+        client.set_terminated(run.info.run_id, status="FAILED")
+    return [run.info.run_id for run in dead]
+
+
+def finish_parent_run(client, parent_id: str, results: list[dict], failed: list[str], dead: list[str],
+                      files: list[Path]) -> None:
+    """One entry per point on the parent: the counts, once, and the sweep's page and table."""
+    tracking.log_metrics(client, parent_id, {"points_done": len(results), "points_failed": len(failed),
+                                             "attempts_lost": len(dead)})
+    for path in files:
+        client.log_artifact(parent_id, str(path))
+    client.set_terminated(parent_id, status="FAILED" if failed else "FINISHED")
+
+
+def table_rows(results: list[dict]) -> list[dict]:
+    """The Prefect table artifact: one row per point."""
+    return [{"beta": r["beta"], "latent_dim": r["latent_dim"], "epochs": r["epochs"],
+             "test_loss": r["metrics"]["train"]["test_loss"], "test_kl": r["metrics"]["train"]["test_kl"],
+             "test_recon": r["metrics"]["train"]["test_recon"], "host": r["host"], "address": r["address"],
+             "seconds": r["seconds"], "experiment": r["exp_name"], "mlflow_run_id": r["mlflow_run_id"]}
+            for r in results]
 
 
 def rate_distortion_svg(results: list[dict]) -> str:
@@ -123,11 +276,13 @@ def rate_distortion_svg(results: list[dict]) -> str:
     return svg.getvalue()[svg.getvalue().index("<svg"):]     # drop the XML prologue: inline SVG
 
 
-def write_report(project: Path, params: dict, name: str, results: list[dict], failed: list[str]) -> Path:
+def write_report(project: Path, params: dict, name: str, results: list[dict], failed: list[str],
+                 extra: dict | None = None) -> tuple[Path, Path]:
     """reports/sweep.json (every point's figures) and reports/sweep.html (one self-contained page,
     from vae_pipeline/templates/sweep.html.j2)."""
     results = sorted(results, key=lambda r: (r["latent_dim"], r["beta"]))
-    write_json(project / params["paths"]["sweep_results"], {"sweep": name, "points": results, "failed": failed})
+    data_path = project / params["paths"]["sweep_results"]
+    write_json(data_path, {"sweep": name, **(extra or {}), "points": results, "failed": failed})
     env = Environment(loader=PackageLoader("vae_pipeline", "templates"), autoescape=True)
     page = env.get_template("sweep.html.j2").render(
         name=name, results=results, failed=failed, epochs=params["sweep"]["epochs"],
@@ -135,7 +290,7 @@ def write_report(project: Path, params: dict, name: str, results: list[dict], fa
     path = project / params["paths"]["sweep_report"]
     with atomic_path(path) as tmp:
         tmp.write_text(page)
-    return path
+    return path, data_path
 
 
 def grid(settings: dict) -> list[dict]:
@@ -145,46 +300,89 @@ def grid(settings: dict) -> list[dict]:
             for latent_dim in settings["latent_dim"] for beta in settings["beta"]]
 
 
+def pull_experiments(project: Path, where: dict, names: list[str], logger) -> None:
+    """Bring the points' experiments into the project, so `dvc exp show` lists them (local points
+    pushed straight into it)."""
+    if not where["push"] or not names:
+        return
+    env = {**stage_env({}), **flows.sweep_point.git_auth_env(where["git_url"])}
+    code, lines = run_logged([sys.executable, "-m", "dvc", "exp", "pull", "--no-cache", where["git_url"], *names],
+                             project, env, logger)
+    if code != 0:
+        logger.warning("dvc exp pull failed (the experiments stay on the stack's git):\n  %s",
+                       "\n  ".join(lines[-5:]))
+
+
 # Dask serves its status page even without bokeh: a free port, so two sweeps never collide on 8787.
 DASHBOARD = "127.0.0.1:0"
 
 
 def dask_runner(settings: dict) -> DaskTaskRunner:
-    """The sweep's task runner: the Dask scheduler at sweep.scheduler, else a local cluster of
-    sweep.n_workers processes running one point at a time each."""
-    if settings["scheduler"]:
-        return DaskTaskRunner(address=settings["scheduler"])
+    """The sweep's task runner: a Dask scheduler (sweep.scheduler: an address, or `stack`), else a
+    local cluster of sweep.n_workers processes running one point at a time each."""
+    address = scheduler_address(settings)
+    if address:
+        return DaskTaskRunner(address=address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": settings["n_workers"], "threads_per_worker": 1,
                                           "processes": True, "dashboard_address": DASHBOARD})
 
 
 @flow(name="sweep", task_runner=DaskTaskRunner(cluster_kwargs={"dashboard_address": DASHBOARD}))
 def sweep(project: str | None = None) -> list[dict]:
-    """Train every point of params.yaml's sweep grid in `project` (default: this project).
+    """Train every point of params.yaml's sweep grid of `project` (default: this project).
 
     Run it with the task runner its params ask for: `sweep.with_options(task_runner=dask_runner(...))`.
     Returns the points' results; writes reports/sweep.html and reports/sweep.json.
     """
     logger = get_run_logger()
-    root = Path(project) if project else ROOT
+    started = time.time()
+    root = Path(project).resolve() if project else ROOT
     params = load_params(root / "params.yaml")
     settings = params["sweep"]
-    tags = {"sweep": flow_run.name, "prefect_flow_run_id": str(flow_run.id)}
-    uri = tracking_uri(root, params)
-    cache_dir = dvc_cache_dir(root)
+    name = flow_run.name
+    commit = sweep_commit(root, params)
+    where = target(root, settings)
     points = grid(settings)
-    logger.info("%d points, %d epochs each, stage '%s'; MLflow: %s", len(points), settings["epochs"],
-                settings["stage"], uri.split("@")[-1])
-    futures = [run_point.with_options(task_run_name=f"beta={p['train.beta']:g} latent={p['train.latent_dim']}")
-               .submit(str(root), p, settings["stage"], tags, uri, cache_dir) for p in points]
+    uri = tracking.tracking_uri(params, root)
+    client = tracking.connect({**params, "mlflow": {**params["mlflow"], "tracking_uri": uri}})
+    tags = {"sweep": name, "prefect_flow_run_id": str(flow_run.id)}
+    parent_id = start_parent_run(client, params, name, settings, commit, tags)
+    logger.info("%d points of commit %s, %d epochs each, stage '%s'; MLflow: %s, parent run %s; git: %s",
+                len(points), commit[:12], settings["epochs"], settings["stage"], tracking.masked(uri), parent_id,
+                tracking.masked(where["git_url"]))
+
+    shared = shared_stages(root, settings["stage"], set(points[0]))
+    put_shared_stages(root, params, shared, where, logger)
+    if where["push"]:
+        push_commit(root, where["git_url"], commit, f"sweep/{name}", logger)
+    dispatched = time.time()
+    tags = {**tags, "mlflow.parentRunId": parent_id}
+    futures = [run_point.with_options(task_run_name=point_name(p))
+               .submit(recipe(p, name, commit, where, settings, params, tags, uri)) for p in points]
     results, failed = [], []
     for point, future in zip(points, futures):
         try:
-            results.append(future.result())
+            result = future.result()
         except Exception as e:
             failed.append(f"{reproduce_command(point)}: {e}")
-    path = write_report(root, params, flow_run.name, results, failed)
-    logger.info("%d of %d points done; %s", len(results), len(points), path)
+            continue
+        results.append({"beta": point["train.beta"], "latent_dim": point["train.latent_dim"],
+                        "epochs": point["train.epochs"], **result, "metrics": point_metrics(result, params),
+                        "command": reproduce_command(point)})
+    dead = close_dead_attempts(client, parent_id, results, logger)
+    pull_experiments(root, where, [r["exp_name"] for r in results], logger)
+    timing = {"commit": commit, "mlflow_parent_run_id": parent_id, "prefect_flow_run_id": str(flow_run.id), "shared_stages": shared,
+              "attempts_lost": dead, "seconds": round(time.time() - started, 1),
+              "points_seconds": round(time.time() - dispatched, 1)}
+    page, data = write_report(root, params, name, results, failed, timing)
+    finish_parent_run(client, parent_id, results, failed, dead, [page, data])
+    create_table_artifact(key="sweep-points", table=table_rows(sorted(results, key=lambda r: (r["latent_dim"], r["beta"]))),
+                          description=f"The points of sweep {name}: one row per point, its host and figures")
+    parent = client.get_run(parent_id)
+    create_link_artifact(key="mlflow-run", link=mlflow_run_link(
+        {"tracking_uri": uri, "experiment_id": parent.info.experiment_id, "run_id": parent_id}),
+        link_text=f"MLflow run sweep {name}", description="The sweep's parent run: a child run per point")
+    logger.info("%d of %d points done in %.0f s; %s", len(results), len(points), time.time() - started, page)
     if failed:
         raise PipelineError(f"{len(failed)} of {len(points)} sweep points failed:\n  " + "\n  ".join(failed))
     return results
