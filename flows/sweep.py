@@ -300,17 +300,21 @@ def grid(settings: dict) -> list[dict]:
             for latent_dim in settings["latent_dim"] for beta in settings["beta"]]
 
 
-def pull_experiments(project: Path, where: dict, names: list[str], logger) -> None:
-    """Bring the points' experiments into the project, so `dvc exp show` lists them (local points
-    pushed straight into it)."""
+def pull_experiments(project: Path, where: dict, commit: str, names: list[str], logger) -> None:
+    """Bring the points' experiments into the project, so `dvc exp show` lists them: their refs
+    (DVC's refs/exps/<commit[:2]>/<commit[2:]>/<name>) fetched from the stack's git by git itself, which
+    takes the credentials from the environment (`dvc exp pull` would need them in the URL, on the
+    command line or in the project's git config). Local points pushed straight into the project."""
     if not where["push"] or not names:
         return
-    env = {**stage_env({}), **flows.sweep_point.git_auth_env(where["git_url"])}
-    code, lines = run_logged([sys.executable, "-m", "dvc", "exp", "pull", "--no-cache", where["git_url"], *names],
-                             project, env, logger)
-    if code != 0:
-        logger.warning("dvc exp pull failed (the experiments stay on the stack's git):\n  %s",
-                       "\n  ".join(lines[-5:]))
+    refs = [f"refs/exps/{commit[:2]}/{commit[2:]}/{name}" for name in names]
+    env = {**os.environ, **flows.sweep_point.git_auth_env(where["git_url"])}
+    fetched = subprocess.run(["git", "fetch", "-q", "--force", where["git_url"], *(f"{ref}:{ref}" for ref in refs)],
+                             cwd=project, env=env, capture_output=True, text=True)
+    if fetched.returncode != 0:
+        message = flows.sweep_point.scrub(fetched.stderr.strip(), flows.sweep_point.secrets_of(env))
+        logger.warning("fetching the experiments from %s failed (they stay there): %s",
+                       tracking.masked(where["git_url"]), message)
 
 
 # Dask serves its status page even without bokeh: a free port, so two sweeps never collide on 8787.
@@ -370,7 +374,7 @@ def sweep(project: str | None = None) -> list[dict]:
                         "epochs": point["train.epochs"], **result, "metrics": point_metrics(result, params),
                         "command": reproduce_command(point)})
     dead = close_dead_attempts(client, parent_id, results, logger)
-    pull_experiments(root, where, [r["exp_name"] for r in results], logger)
+    pull_experiments(root, where, commit, [r["exp_name"] for r in results], logger)
     timing = {"commit": commit, "mlflow_parent_run_id": parent_id, "prefect_flow_run_id": str(flow_run.id), "shared_stages": shared,
               "attempts_lost": dead, "seconds": round(time.time() - started, 1),
               "points_seconds": round(time.time() - dispatched, 1)}

@@ -139,9 +139,11 @@ def checkout(recipe: dict, repo: Path, env: dict, logger) -> None:
 
 
 def exp_run_command(recipe: dict) -> list[str]:
-    """`dvc exp run <stage> -S key=value ... --name <exp>`."""
+    """`dvc exp run --pull <stage> -S key=value ... --name <exp>`."""
     sets = [arg for key, value in recipe["overrides"].items() for arg in ("-S", f"{key}={json.dumps(value)}")]
-    return [sys.executable, "-m", "dvc", "exp", "run", recipe["stage"], *sets, "--name", recipe["exp_name"]]
+    # --pull: the stages the points share ran once before the sweep; their outputs and run cache are on
+    # the remote, so DVC restores them from there ("Stage ... is cached") instead of running them again.
+    return [sys.executable, "-m", "dvc", "exp", "run", "--pull", recipe["stage"], *sets, "--name", recipe["exp_name"]]
 
 
 def read_texts(folder: Path) -> dict[str, str]:
@@ -177,17 +179,13 @@ def run_point(recipe: dict) -> dict:
         mark = time.perf_counter()
         checkout(recipe, repo, env, logger)
         (repo / ".dvc" / "config.local").write_text(dvc_remote_config(recipe["dvc_remote"]))
-        # The stages the points share ran once before the sweep; their outputs and run cache are
-        # on the remote, so `dvc exp run` restores them ("Stage ... is cached") instead of rerunning.
-        run([sys.executable, "-m", "dvc", "pull", "--run-cache", "--allow-missing", "-q"], repo, env, logger,
-            "dvc pull --run-cache")
         timings["checkout_s"] = round(time.perf_counter() - mark, 1)
         mark = time.perf_counter()
         lines = run(exp_run_command(recipe), repo, env, logger, f"dvc exp run ({recipe['exp_name']})")
         timings["exp_run_s"] = round(time.perf_counter() - mark, 1)
         mark = time.perf_counter()
         git_env = {**env, **git_auth_env(recipe["git_url"])}
-        run([sys.executable, "-m", "dvc", "exp", "push", "--run-cache", "origin", recipe["exp_name"]], repo,
+        run([sys.executable, "-m", "dvc", "exp", "push", "--force", "--run-cache", "origin", recipe["exp_name"]], repo,
             git_env, logger, f"dvc exp push ({recipe['exp_name']})")
         timings["push_s"] = round(time.perf_counter() - mark, 1)
         return {

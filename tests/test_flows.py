@@ -174,9 +174,8 @@ def test_make_run_entry_point_keeps_prefect_home_in_the_project_and_respects_the
 
 @pytest.mark.slow
 def test_sweep_of_two_points_on_two_dask_workers(project, prefect_api):
-    run_in(project, "dvc", "repro", "download")      # the points copy the data instead of downloading
-    lock_before = (project / "dvc.lock").read_text()
     set_params(project, sweep={"beta": [1, 4], "latent_dim": [2], "epochs": 1, "n_workers": 2})
+    run_in(project, "git", "commit", "-qam", "a two-point sweep")       # the points run the commit
     settings = yaml.safe_load((project / "params.yaml").read_text())["sweep"]
     state = sweep.with_options(task_runner=dask_runner(settings))(project=str(project), return_state=True)
     assert state.is_completed(), state.message
@@ -184,12 +183,13 @@ def test_sweep_of_two_points_on_two_dask_workers(project, prefect_api):
     assert [(r["beta"], r["latent_dim"]) for r in results] == [(1, 2), (4, 2)]
     assert results[0]["command"] == "dvc exp run -S train.beta=1 -S train.latent_dim=2 -S train.epochs=1"
     assert not any(r["restored"] for r in results)
-    # Each point trained in a workspace of its own, and both at once on the two workers.
-    assert results[0]["workdir"] != results[1]["workdir"]
+    # Both at once on the two workers, each in a process of its own.
+    assert results[0]["pid"] != results[1]["pid"]
     assert max(r["started"] for r in results) < min(r["started"] + r["seconds"] for r in results)
     # A larger beta buys a smaller KL.
     assert results[1]["metrics"]["train"]["test_kl"] < results[0]["metrics"]["train"]["test_kl"]
-    runs = task_runs(state.state_details.flow_run_id)
+    flow_run_id = state.state_details.flow_run_id
+    runs = task_runs(flow_run_id)
     assert sorted(r.name for r in runs) == ["beta=1 latent=2", "beta=4 latent=2"]
     assert all(r.state.is_completed() for r in runs)
 
@@ -197,7 +197,25 @@ def test_sweep_of_two_points_on_two_dask_workers(project, prefect_api):
     assert "<svg" in page and "β=1, z=2" in page and "β=4, z=2" in page
     assert "dvc exp run -S train.beta=4 -S train.latent_dim=2 -S train.epochs=1" in page
     saved = json.loads((project / "reports/sweep.json").read_text())
-    assert len(saved["points"]) == 2 and saved["failed"] == []
-    # The project's own workspace was left alone: no model trained there, dvc.lock untouched.
+    assert len(saved["points"]) == 2 and saved["failed"] == [] and saved["shared_stages"] == ["download"]
+    # The download ran once, in the project, before the points; the points restored it from the run cache.
+    assert (project / "data/raw/mnist").is_dir()
+    # The points are DVC experiments of the project, with their params.
+    shown = json.loads(run_in(project, "dvc", "exp", "show", "--json").stdout)
+    experiments = {e["name"]: e for rev in shown for e in rev.get("experiments") or [] if e.get("name")}
+    assert {r["exp_name"] for r in results} <= set(experiments)
+    # MLflow: the parent run of the sweep, a FINISHED child per point.
+    import mlflow
+    client = mlflow.MlflowClient(tracking.default_tracking_uri(project))
+    parent = client.get_run(saved["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["points_done"] == 2
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.info.run_id for r in children) == sorted(r["mlflow_run_id"] for r in results)
+    assert all(r.info.status == "FINISHED" for r in children)
+    # The flow run's table of the points.
+    table = artifact(flow_run_id, "sweep-points").data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert sorted((row["beta"], row["latent_dim"]) for row in rows) == [(1, 2), (4, 2)]
+    # The project's own workspace trained nothing.
     assert not (project / "models").exists()
-    assert (project / "dvc.lock").read_text() == lock_before

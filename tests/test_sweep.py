@@ -1,0 +1,111 @@
+"""The sweep's parts that need no Dask: the commit it runs, the stages the points share, the recipe
+a worker gets (no credential in it), and the point runner's module (no import of the project)."""
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows import sweep, sweep_point
+from tests.conftest import run_in, set_params
+from vae_pipeline.files import ROOT, PipelineError
+from vae_pipeline.params import load_params
+
+PROJECT_PACKAGES = {"vae_pipeline", "stages", "flows", "commands", "stack", "benchmarks", "tests"}
+
+
+def test_the_point_runner_imports_nothing_of_the_project():
+    tree = ast.parse((ROOT / "flows" / "sweep_point.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & PROJECT_PACKAGES
+    assert all(node.level == 0 for node in ast.walk(tree) if isinstance(node, ast.ImportFrom))
+
+
+def test_the_point_runner_travels_by_value():
+    import cloudpickle
+
+    # The task's function is pickled with its code: a process that cannot import the project loads it.
+    payload = cloudpickle.dumps(sweep_point.run_point)
+    code = ("import pickle, sys\n"
+            "class NoProject:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {sorted(PROJECT_PACKAGES)!r}:\n"
+            "            raise ImportError('the project is not here: ' + name)\n"
+            "sys.meta_path.insert(0, NoProject())\n"
+            "task = pickle.loads(sys.stdin.buffer.read())\n"
+            "print(task.fn.__name__, task.fn.__globals__['credentialed'].__name__)\n")
+    loaded = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True, cwd="/",
+                            timeout=120)
+    assert loaded.returncode == 0, loaded.stderr.decode()[-2000:]
+    assert loaded.stdout.decode().split() == ["run_point", "credentialed"]
+
+
+def test_a_sweep_refuses_uncommitted_inputs_and_names_them(project):
+    params = load_params(project / "params.yaml")
+    head = run_in(project, "git", "rev-parse", "HEAD").stdout.strip()
+    assert sweep.sweep_commit(project, params) == head
+    set_params(project, train={"lr": 0.01})
+    (project / "stages" / "train.py").write_text((project / "stages" / "train.py").read_text() + "\n# local edit\n")
+    with pytest.raises(PipelineError, match=r"uncommitted changes to params.yaml, stages/train.py; .*"
+                                            f"commit {head[:12]}"):
+        sweep.sweep_commit(project, params)
+    # The pipeline's outputs and dvc.lock are no inputs: they do not count.
+    (project / "dvc.lock").write_text("schema: '2.0'\n")
+    run_in(project, "git", "checkout", "params.yaml", "stages/train.py")
+    assert sweep.sweep_commit(project, params) == head
+
+
+def test_the_shared_stages_are_those_no_override_touches(project):
+    overrides = set(sweep.grid(load_params(project / "params.yaml")["sweep"])[0])
+    assert sweep.shared_stages(project, "train", overrides) == ["download"]
+    assert sweep.shared_stages(project, "evaluate", overrides) == ["download"]
+    assert sweep.shared_stages(project, "latent_map", {"latent_map.n_neighbors"}) == \
+        ["download", "train", "embed"]
+    assert sweep.shared_stages(project, "train", {"data.sources"}) == []    # the download lists it
+    with pytest.raises(PipelineError, match="sweep.stage: no stage 'nope'"):
+        sweep.shared_stages(project, "nope", overrides)
+
+
+def test_a_recipe_carries_no_credential(monkeypatch, tmp_path):
+    secrets = {"VAE_STACK_GIT_PASSWORD": "git-secret-1", "AWS_SECRET_ACCESS_KEY": "s3-secret-2",
+               "MLFLOW_TRACKING_PASSWORD": "mlflow-secret-3", "PREFECT_API_AUTH_STRING": "vae:prefect-secret-4"}
+    for name, value in {**secrets, "VAE_STACK_GIT_URL": "http://10.0.0.1:8417/vae-pipeline.git",
+                        "VAE_STACK_GIT_USER": "vae"}.items():
+        monkeypatch.setenv(name, value)
+    params = load_params(ROOT / "params.yaml")
+    settings = {**params["sweep"], "scheduler": "stack"}
+    where = {"git_url": "http://10.0.0.1:8417/vae-pipeline.git", "push": True,
+             "dvc_remote": {"name": "stack", "url": "s3://vae-pipeline/dvc"}}
+    for uri in ("http://10.0.0.1:5000", "http://vae:mlflow-secret-3@10.0.0.1:5000"):
+        recipe = sweep.recipe(sweep.grid(settings)[0], "tiny-sweep", "a" * 40, where, settings, params,
+                              {"sweep": "tiny-sweep", "mlflow.parentRunId": "p"}, uri)
+        text = json.dumps(recipe)
+        assert not any(secret in text for secret in secrets.values()), text
+    assert recipe["tracking_uri"] is None            # a URI with a password stays out
+    assert recipe["ref"] == "sweep/tiny-sweep" and recipe["dvc_remote"]["name"] == "stack"
+
+
+def test_git_gets_its_password_from_the_environment_never_from_arguments(monkeypatch):
+    monkeypatch.setenv("VAE_STACK_GIT_USER", "vae")
+    monkeypatch.setenv("VAE_STACK_GIT_PASSWORD", "pw-123")
+    url = "http://10.0.0.1:8417/vae-pipeline.git"
+    env = sweep_point.git_auth_env(url)
+    assert env["GIT_CONFIG_KEY_0"] == f"http.{url}.extraHeader"
+    assert env["GIT_CONFIG_VALUE_0"].startswith("Authorization: Basic ")
+    assert "pw-123" not in json.dumps(env)                          # base64 in a header, not in clear
+    assert sweep_point.git_auth_env("/a/path") == {"GIT_TERMINAL_PROMPT": "0"}
+    assert sweep_point.scrub("fatal: http://vae:pw-123@host", sweep_point.secrets_of()) == \
+        "fatal: http://vae:***@host"
+
+
+def test_the_worker_takes_the_s3_endpoint_from_its_environment(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://10.213.0.1:15502")
+    text = sweep_point.dvc_remote_config({"name": "stack", "url": "s3://vae-pipeline/dvc"})
+    assert "remote = stack" in text and "endpointurl = http://10.213.0.1:15502" in text
+    local = sweep_point.dvc_remote_config({"name": "sweep-cache", "url": "/p/.dvc/cache"})
+    assert "endpointurl" not in local and "url = /p/.dvc/cache" in local
