@@ -27,6 +27,7 @@ MLFLOW_TRACKING_* for MLflow.
 import base64
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -195,6 +196,9 @@ def run_point(recipe: dict) -> dict:
             "metrics_files": read_texts(repo / recipe["metrics_dir"]),
             "mlflow_run_id": run_id_of(repo / recipe["run_record"]),
             "restored": any(line.startswith(f"Stage '{recipe['stage']}' is cached") for line in lines),
+            # What DVC did: the stages it ran, and those it restored from the run cache.
+            "stages_run": re.findall(r"^Running stage '([^']+)'", "\n".join(lines), re.M),
+            "stages_restored": re.findall(r"^Stage '([^']+)' is cached", "\n".join(lines), re.M),
             "started": started, "seconds": round(time.time() - started, 1), **timings,
         }
     finally:

@@ -183,6 +183,8 @@ def test_sweep_of_two_points_on_two_dask_workers(project, prefect_api):
     assert [(r["beta"], r["latent_dim"]) for r in results] == [(1, 2), (4, 2)]
     assert results[0]["command"] == "dvc exp run -S train.beta=1 -S train.latent_dim=2 -S train.epochs=1"
     assert not any(r["restored"] for r in results)
+    # Each point restored the shared download from the run cache and ran the training only.
+    assert all(r["stages_run"] == ["train"] and r["stages_restored"] == ["download"] for r in results), results
     # Both at once on the two workers, each in a process of its own.
     assert results[0]["pid"] != results[1]["pid"]
     assert max(r["started"] for r in results) < min(r["started"] + r["seconds"] for r in results)
