@@ -22,6 +22,7 @@ the point again elsewhere, and the sweep then marks the dead attempt's run FAILE
 Afterwards the points are experiments of the project (`dvc exp show`), and the
 sweep writes reports/sweep.html and reports/sweep.json and a Prefect table artifact.
 """
+import contextlib
 import io
 import json
 import logging
@@ -36,6 +37,7 @@ import cloudpickle
 import yaml
 from jinja2 import Environment, PackageLoader
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
@@ -43,7 +45,6 @@ from prefect_dask import DaskTaskRunner
 import flows.sweep_point
 from flows.artifacts import mlflow_run_link
 from flows.dvc_runner import read_metrics, run_logged, stage_env, workspace_lock
-from flows.sweep_point import run_point
 from vae_pipeline import tracking
 from vae_pipeline.files import ROOT, PipelineError, atomic_path, write_json
 from vae_pipeline.params import load_params
@@ -317,6 +318,21 @@ def pull_experiments(project: Path, where: dict, commit: str, names: list[str], 
                        tracking.masked(where["git_url"]), message)
 
 
+@contextlib.contextmanager
+def flow_seen_by_workers():
+    """While the points are submitted, the flow run context that Prefect sends with each task names a
+    stand-in flow (flows/sweep_point.stand_in_flow) instead of this module's, which a worker without
+    the project could not unpickle. Prefect serializes the context at submission, so it is put back
+    right after."""
+    context = FlowRunContext.get()
+    real = context.flow
+    context.flow = flows.sweep_point.stand_in_flow(real.name)
+    try:
+        yield
+    finally:
+        context.flow = real
+
+
 # Dask serves its status page even without bokeh: a free port, so two sweeps never collide on 8787.
 DASHBOARD = "127.0.0.1:0"
 
@@ -361,8 +377,10 @@ def sweep(project: str | None = None) -> list[dict]:
         push_commit(root, where["git_url"], commit, f"sweep/{name}", logger)
     dispatched = time.time()
     tags = {**tags, "mlflow.parentRunId": parent_id}
-    futures = [run_point.with_options(task_run_name=point_name(p))
-               .submit(recipe(p, name, commit, where, settings, params, tags, uri)) for p in points]
+    run_point = flows.sweep_point.point_task()
+    with flow_seen_by_workers():
+        futures = [run_point.with_options(task_run_name=point_name(p))
+                   .submit(recipe(p, name, commit, where, settings, params, tags, uri)) for p in points]
     results, failed = [], []
     for point, future in zip(points, futures):
         try:

@@ -160,8 +160,29 @@ def run_id_of(record_file: Path) -> str | None:
     return records[-1]["run_id"] if records else None
 
 
-# Every point trains: Prefect must never skip one from a cache of its own.
-@task(cache_policy=NO_CACHE)
+def point_task():
+    """`run_point` as a Prefect task. Made inside a function on purpose: Dask pickles a task with the
+    standard pickle first, which would name this module for the worker to import; a function made
+    here has no importable name, so Dask falls back to cloudpickle, which sends this module's code
+    by value (cloudpickle.register_pickle_by_value, in flows/sweep.py)."""
+    # Every point trains: Prefect must never skip one from a cache of its own.
+    @task(name="run_point", cache_policy=NO_CACHE)
+    def run_point_task(recipe: dict) -> dict:
+        return run_point(recipe)
+    return run_point_task
+
+
+def stand_in_flow(name: str):
+    """What the workers get as the flow of the flow run context that Prefect sends with each task:
+    the sweep flow itself lives in the project (flows/sweep.py), which a worker cannot import. The
+    task engine only reads the flow's settings from it; this one has the defaults."""
+    from prefect import Flow
+
+    def sweep_flow_on_a_worker():
+        raise RuntimeError("the sweep flow runs on the sweep's host, not on a worker")
+    return Flow(fn=sweep_flow_on_a_worker, name=name)
+
+
 def run_point(recipe: dict) -> dict:
     """Clone, pull the shared inputs, run the point as a DVC experiment, push it; return its figures."""
     logger = get_run_logger()

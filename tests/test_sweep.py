@@ -1,6 +1,7 @@
 """The sweep's parts that need no Dask: the commit it runs, the stages the points share, the recipe
 a worker gets (no credential in it), and the point runner's module (no import of the project)."""
 import ast
+import re
 import json
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def test_the_point_runner_travels_by_value():
     import cloudpickle
 
     # The task's function is pickled with its code: a process that cannot import the project loads it.
-    payload = cloudpickle.dumps(sweep_point.run_point)
+    payload = cloudpickle.dumps(sweep_point.point_task())
     code = ("import pickle, sys\n"
             "class NoProject:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
@@ -38,7 +39,7 @@ def test_the_point_runner_travels_by_value():
             "            raise ImportError('the project is not here: ' + name)\n"
             "sys.meta_path.insert(0, NoProject())\n"
             "task = pickle.loads(sys.stdin.buffer.read())\n"
-            "print(task.fn.__name__, task.fn.__globals__['credentialed'].__name__)\n")
+            "print(task.name, task.fn.__globals__['run_point'].__globals__['credentialed'].__name__)\n")
     loaded = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True, cwd="/",
                             timeout=120)
     assert loaded.returncode == 0, loaded.stderr.decode()[-2000:]
@@ -109,3 +110,59 @@ def test_the_worker_takes_the_s3_endpoint_from_its_environment(monkeypatch):
     assert "remote = stack" in text and "endpointurl = http://10.213.0.1:15502" in text
     local = sweep_point.dvc_remote_config({"name": "sweep-cache", "url": "/p/.dvc/cache"})
     assert "endpointurl" not in local and "url = /p/.dvc/cache" in local
+
+
+# A Python that cannot import the project, however its paths are set (a worker on another machine).
+BLOCKER = f"""
+import sys
+class NoProject:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {sorted(PROJECT_PACKAGES)!r}:
+            raise ImportError('the project is not on this worker: ' + name)
+sys.meta_path.insert(0, NoProject())
+"""
+
+
+@pytest.mark.slow
+def test_a_point_reaches_a_dask_worker_that_cannot_import_the_project(tmp_path):
+    """Prefect's task and its flow run context, as Dask sends them, unpickle on such a worker: the
+    point runs there and fails only where its recipe is wrong (no such git repository)."""
+    from prefect import flow
+    from prefect_dask import DaskTaskRunner
+
+    from flows.local_api import local_api
+    from tests.conftest import VENV_BIN, pipeline_env, stop_process_group
+
+    (tmp_path / "blocker").mkdir()
+    (tmp_path / "blocker" / "sitecustomize.py").write_text(BLOCKER)
+    address = "tcp://127.0.0.1:15521"
+    env = {**pipeline_env(), "PYTHONPATH": str(tmp_path / "blocker")}
+    started = []
+    try:
+        for cmd in (["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "15521",
+                     "--dashboard-address", "127.0.0.1:15522"],
+                    ["distributed.cli.dask_worker", address, "--nthreads", "1", "--no-dashboard"]):
+            started.append(subprocess.Popen([str(VENV_BIN / "python"), "-m", *cmd], cwd=tmp_path, env=env,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                            start_new_session=True))
+
+        @flow(task_runner=DaskTaskRunner(address=address))
+        def one_point():
+            with sweep.flow_seen_by_workers():
+                future = sweep_point.point_task().submit({"git_url": str(tmp_path / "no-such-repo"),
+                                                          "commit": "0" * 40, "exp_name": "x", "tags": {},
+                                                          "overrides": {}})
+            try:
+                future.result()
+            except RuntimeError as e:
+                return str(e)
+
+        with local_api(tmp_path / "prefect-home"):
+            from distributed import Client
+            with Client(address, timeout="60s") as client:
+                client.wait_for_workers(1, timeout=120)
+            message = one_point()
+        assert re.match(r"git fetch .*no-such-repo.* failed on ", message), message
+    finally:
+        for process in reversed(started):
+            stop_process_group(process)

@@ -38,7 +38,7 @@ HOSTS = {"vaeth1": "10.213.0.11", "vaeth2": "10.213.0.12"}
 # The test stack's ports (this test's range, 15500-15599); SeaweedFS takes 15510 and the 8 above.
 PORTS = {"postgres_port": 15501, "s3_port": 15502, "mlflow_port": 15503, "prefect_port": 15504,
          "git_port": 15505, "dask_port": 15506, "seaweed_port": 15510}
-VENV = Path(sys.prefix)                      # the venv running the tests: the workers' venv too
+VENV = Path(sys.prefix).resolve()            # the venv running the tests (its real folder): the workers' too
 GRID = {"beta": [1, 4], "latent_dim": [2, 3], "epochs": 1, "threads": 1, "n_workers": 2}
 
 
@@ -136,6 +136,13 @@ def start_worker(name: str, kit: Path, hide: list[Path], log: Path) -> subproces
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
+def outermost(paths: list[Path]) -> list[Path]:
+    """The folders to hide: each given one, less those inside another (a tmpfs over a folder hides
+    what is below it, and a mount point below it would no longer exist)."""
+    paths = sorted({Path(p).resolve() for p in paths})
+    return [p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths)]
+
+
 def in_host(name: str, hide: list[Path], command: str) -> subprocess.CompletedProcess:
     """Run a shell command as the worker host sees the world (its namespaces, the project hidden)."""
     script = (f"mount -t tmpfs vaet-host /mnt; "
@@ -207,7 +214,7 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
     project = make_project(base / "p", tiny_source)
     (base / "p").chmod(0o755)
     configure(project, stack={**PORTS, "host": BRIDGE_ADDRESS}, sweep={**GRID, "scheduler": "stack"})
-    hide = sorted({base, Path(tiny_source[0]).parent, tmp_path, ROOT, ROOT.parent, VENV.parent})
+    hide = outermost([base, Path(tiny_source[0]).parent, tmp_path, ROOT, VENV.parent])
     logs = tmp_path / "logs"
     logs.mkdir()
     workers, sweep = [], None
