@@ -258,6 +258,7 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
             for name in HOSTS:
                 kill_host(name)
             run_in(project, "python", "-m", "stack", "down", check=False)
+            shutil.rmtree(kit, ignore_errors=True)
 
     results = json.loads((project / "reports/sweep.json").read_text())
     points = results["points"]
