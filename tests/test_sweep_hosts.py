@@ -144,8 +144,9 @@ def outermost(paths: list[Path]) -> list[Path]:
 
 
 def in_host(name: str, hide: list[Path], command: str) -> subprocess.CompletedProcess:
-    """Run a shell command as the worker host sees the world (its namespaces, the project hidden)."""
-    script = (f"mount -t tmpfs vaet-host /mnt; "
+    """Run a shell command as the worker host sees the world (its namespaces, the venv at
+    /mnt/vaet/venv, the project hidden)."""
+    script = (f"mount -t tmpfs vaet-host /mnt; mkdir -p /mnt/vaet/venv; mount --bind {VENV} /mnt/vaet/venv; "
               + "".join(f"mount -t tmpfs vaet-hidden {p}; " for p in hide) + command)
     return sh("ip", "netns", "exec", name, "unshare", "--mount", "--propagation", "private", "sh", "-c",
               script, check=False)
@@ -228,7 +229,9 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
             run_in(project, "python", "-m", "stack", "worker-kit", str(kit))
             # What a worker host sees: no project, no checkout; the stack only by its address.
             seen = in_host("vaeth1", hide, f"ls -A {project} {ROOT} | wc -l; ip route; "
-                           f"/mnt/vaet/venv/bin/python -c 'import vae_pipeline' 2>&1 | tail -1")
+                           "/mnt/vaet/venv/bin/python -c 'import vae_pipeline' 2>&1 | tail -1").stdout.splitlines()
+            assert seen[0] == "0" and seen[-1] == "ModuleNotFoundError: No module named 'vae_pipeline'", seen
+            assert [line.split()[0] for line in seen[1:-1]] == ["10.213.0.0/24"], seen     # no other route
             workers = [start_worker(name, kit, hide, logs / f"{name}.log") for name in HOSTS]
             joined = wait_for_workers(project, env, len(HOSTS))
             assert sorted(address.split("://")[1].rsplit(":", 1)[0] for address in joined) == sorted(HOSTS.values())
@@ -250,6 +253,32 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
             seconds = time.monotonic() - started
             output = (logs / "sweep.log").read_text()
             assert sweep.returncode == 0, output[-4000:]
+            # What the stack holds is checked before it stops.
+            results = json.loads((project / "reports/sweep.json").read_text())
+            points = results["points"]
+            # Every point exactly once, each made by a namespace host (its hostname and its address).
+            assert sorted((p["beta"], p["latent_dim"]) for p in points) == [(1, 2), (1, 3), (4, 2), (4, 3)]
+            assert results["failed"] == []
+            assert {p["host"] for p in points} <= set(HOSTS) and {p["address"] for p in points} <= set(HOSTS.values())
+            assert all(HOSTS[p["host"]] == p["address"] for p in points)
+            assert "vaeth2" in {p["host"] for p in points}
+            # The killed attempt's run FAILED; the parent has four FINISHED children, one per point.
+            killed_run = client.get_run(victim.info.run_id)
+            assert killed_run.info.status == "FAILED"
+            assert victim.info.run_id not in {p["mlflow_run_id"] for p in points}
+            parent = results["mlflow_parent_run_id"]
+            children = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+            finished = [r for r in children if r.info.status == "FINISHED"]
+            assert sorted(r.info.run_id for r in finished) == sorted(p["mlflow_run_id"] for p in points)
+            assert [r.info.run_id for r in children if r.info.status != "FINISHED"] == [victim.info.run_id]
+            assert client.get_run(parent).data.metrics["points_done"] == 4
+            # `dvc exp show` in the project lists the four points.
+            shown = json.loads(run_in(project, "dvc", "exp", "show", "--json").stdout)
+            names = {exp["name"] for rev in shown for exp in rev.get("experiments") or [] if exp.get("name")}
+            assert {p["exp_name"] for p in points} <= names
+            # The Prefect flow run carries the table of the points.
+            table = prefect_table(env, results["prefect_flow_run_id"])
+            assert sorted((row["beta"], row["latent_dim"]) for row in table) == [(1, 2), (1, 3), (4, 2), (4, 3)]
         finally:
             for worker in workers:
                 stop(worker)
@@ -260,33 +289,7 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
             run_in(project, "python", "-m", "stack", "down", check=False)
             shutil.rmtree(kit, ignore_errors=True)
 
-    results = json.loads((project / "reports/sweep.json").read_text())
-    points = results["points"]
-    # Every point exactly once, each made by a namespace host (its hostname and its address).
-    assert sorted((p["beta"], p["latent_dim"]) for p in points) == [(1, 2), (1, 3), (4, 2), (4, 3)]
-    assert results["failed"] == []
-    assert {p["host"] for p in points} <= set(HOSTS) and {p["address"] for p in points} <= set(HOSTS.values())
-    assert all(HOSTS[p["host"]] == p["address"] for p in points)
-    assert "vaeth2" in {p["host"] for p in points}
-    # The killed attempt's run FAILED; the parent has four FINISHED children, one per point.
-    killed_run = client.get_run(victim.info.run_id)
-    assert killed_run.info.status == "FAILED"
-    assert victim.info.run_id not in {p["mlflow_run_id"] for p in points}
-    parent = results["mlflow_parent_run_id"]
-    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-    finished = [r for r in children if r.info.status == "FINISHED"]
-    assert sorted(r.info.run_id for r in finished) == sorted(p["mlflow_run_id"] for p in points)
-    assert [r.info.run_id for r in children if r.info.status != "FINISHED"] == [victim.info.run_id]
-    assert client.get_run(parent).data.metrics["points_done"] == 4
-    # `dvc exp show` in the project lists the four points.
-    shown = json.loads(run_in(project, "dvc", "exp", "show", "--json").stdout)
-    names = {exp["name"] for rev in shown for exp in rev.get("experiments") or [] if exp.get("name")}
-    assert {p["exp_name"] for p in points} <= names
-    # The Prefect flow run carries the table of the points.
-    table = prefect_table(env, results["prefect_flow_run_id"])
-    assert sorted((row["beta"], row["latent_dim"]) for row in table) == [(1, 2), (1, 3), (4, 2), (4, 3)]
-
-    print(f"hosts: {seen.stdout.strip()!r}")
+    shutil.rmtree(base, ignore_errors=True)
     # Recovery: from the kill to the end of the killed point's second attempt, on the other host.
     again = next(p for p in points if f"beta={p['beta']:g} latent={p['latent_dim']}" == victim.data.tags["sweep.point"])
     recovery = again["started"] + again["seconds"] - killed_wall
