@@ -228,7 +228,7 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
                    "NUMBA_CACHE_DIR": str(ROOT / ".numba_cache")}
             run_in(project, "python", "-m", "stack", "worker-kit", str(kit))
             # What a worker host sees: no project, no checkout; the stack only by its address.
-            seen = in_host("vaeth1", hide, f"ls -A {project} {ROOT} | wc -l; ip route; "
+            seen = in_host("vaeth1", hide, f"find {project} {ROOT} -mindepth 1 | wc -l; ip route; "
                            "/mnt/vaet/venv/bin/python -c 'import vae_pipeline' 2>&1 | tail -1").stdout.splitlines()
             assert seen[0] == "0" and seen[-1] == "ModuleNotFoundError: No module named 'vae_pipeline'", seen
             assert [line.split()[0] for line in seen[1:-1]] == ["10.213.0.0/24"], seen     # no other route
