@@ -34,7 +34,7 @@ from vae_pipeline.files import ROOT
 pytestmark = pytest.mark.slow
 
 BRIDGE, BRIDGE_ADDRESS = "vaetbr0", "10.213.0.1"
-HOSTS = {"vaeth1": "10.213.0.11", "vaeth2": "10.213.0.12"}
+MACHINES = {"vaeth1": "10.213.0.11", "vaeth2": "10.213.0.12"}
 # The test stack's ports (this test's range, 15500-15599); SeaweedFS takes 15510 and the 8 above.
 PORTS = {"postgres_port": 15501, "s3_port": 15502, "mlflow_port": 15503, "prefect_port": 15504,
          "git_port": 15505, "dask_port": 15506, "seaweed_port": 15510}
@@ -79,7 +79,7 @@ def kill_host(name: str) -> list[int]:
 
 def remove_network() -> None:
     """Delete the namespaces (after killing what runs in them), the veths and the bridge, if present."""
-    for index, name in enumerate(HOSTS, 1):
+    for index, name in enumerate(MACHINES, 1):
         kill_host(name)
         sh("ip", "netns", "del", name, check=False)
         sh("ip", "link", "del", f"vaet{index}h", check=False)
@@ -94,7 +94,7 @@ def host_network():
         sh("ip", "link", "add", BRIDGE, "type", "bridge")
         sh("ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE)
         sh("ip", "link", "set", BRIDGE, "up")
-        for index, (name, address) in enumerate(HOSTS.items(), 1):
+        for index, (name, address) in enumerate(MACHINES.items(), 1):
             outside, inside = f"vaet{index}h", f"vaet{index}n"
             sh("ip", "netns", "add", name)
             sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
@@ -232,9 +232,9 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
                            "/mnt/vaet/venv/bin/python -c 'import vae_pipeline' 2>&1 | tail -1").stdout.splitlines()
             assert seen[0] == "0" and seen[-1] == "ModuleNotFoundError: No module named 'vae_pipeline'", seen
             assert [line.split()[0] for line in seen[1:-1]] == ["10.213.0.0/24"], seen     # no other route
-            workers = [start_worker(name, kit, hide, logs / f"{name}.log") for name in HOSTS]
-            joined = wait_for_workers(project, env, len(HOSTS))
-            assert sorted(address.split("://")[1].rsplit(":", 1)[0] for address in joined) == sorted(HOSTS.values())
+            workers = [start_worker(name, kit, hide, logs / f"{name}.log") for name in MACHINES]
+            joined = wait_for_workers(project, env, len(MACHINES))
+            assert sorted(address.split("://")[1].rsplit(":", 1)[0] for address in joined) == sorted(MACHINES.values())
 
             started = time.monotonic()
             sweep = start_sweep(project, env, logs / "sweep.log")
@@ -259,8 +259,8 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
             # Every point exactly once, each made by a namespace host (its hostname and its address).
             assert sorted((p["beta"], p["latent_dim"]) for p in points) == [(1, 2), (1, 3), (4, 2), (4, 3)]
             assert results["failed"] == []
-            assert {p["host"] for p in points} <= set(HOSTS) and {p["address"] for p in points} <= set(HOSTS.values())
-            assert all(HOSTS[p["host"]] == p["address"] for p in points)
+            assert {p["host"] for p in points} <= set(MACHINES) and {p["address"] for p in points} <= set(MACHINES.values())
+            assert all(MACHINES[p["host"]] == p["address"] for p in points)
             assert "vaeth2" in {p["host"] for p in points}
             # The killed attempt's run FAILED; the parent has four FINISHED children, one per point.
             killed_run = client.get_run(victim.info.run_id)
@@ -284,7 +284,7 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
                 stop(worker)
             if sweep is not None:
                 stop(sweep)
-            for name in HOSTS:
+            for name in MACHINES:
                 kill_host(name)
             run_in(project, "python", "-m", "stack", "down", check=False)
             shutil.rmtree(kit, ignore_errors=True)
