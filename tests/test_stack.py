@@ -172,9 +172,6 @@ def test_eight_writers_on_the_stack_lose_nothing(running, tmp_path, reliability)
     check_nothing_lost(found, "the stack's MLflow server on PostgreSQL", reliability)
 
 
-# Failed in the final CI run after the issue 14 merge: the decoder's pt2 now sits inside the pyfunc
-# (artifacts/decoder/data/model.pt2), the assertion is fixed but not yet rerun: xfail until it is.
-@pytest.mark.xfail(reason="pt2 path fixed after the issue 14 merge, not yet rerun (issue 13)", strict=False)
 def test_make_run_on_the_stack_then_dvc_push_and_pull_in_a_fresh_clone(running, reliability):
     project = running.project
     started = time.monotonic()
