@@ -165,8 +165,9 @@ def base_env() -> dict[str, str]:
     """supervisord's own environment, which every program inherits: no secret, nothing of the caller's
     stores (MLFLOW_TRACKING_URI, PREFECT_API_URL, AWS keys), the venv first on PATH, telemetry off."""
     # NUMBA_CACHE_DIR: the worker's retrains share the caller's compiled UMAP code, when it names one.
-    keep = {key: os.environ[key] for key in ("HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "NUMBA_CACHE_DIR")
-            if key in os.environ}
+    # PYTHONPATH: packages the caller adds beside the venv's reach the servers too.
+    keep = {key: os.environ[key] for key in ("HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "NUMBA_CACHE_DIR",
+                                             "PYTHONPATH") if key in os.environ}
     return {**keep, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
             "LANG": keep.get("LANG", "C.UTF-8"), **TELEMETRY_OFF}
 
