@@ -39,6 +39,18 @@ def text():
     return ("a string", lambda v: isinstance(v, str) and v != "")
 
 
+def address():
+    """One IP address a server can bind: not the unspecified (wildcard) address, which binds every network."""
+    import ipaddress
+
+    def ok(v):
+        try:
+            return not ipaddress.ip_address(v).is_unspecified
+        except (TypeError, ValueError):
+            return False
+    return ("one IP address (not a wildcard address)", ok)
+
+
 def boolean():
     return ("true or false", lambda v: isinstance(v, bool))
 
@@ -169,11 +181,14 @@ SCHEMA = {
     },
     "stack": {                                         # `make stack`: the team's servers (stack/)
         "state_dir": text(),
+        "host": address(),                             # where every service binds; 127.0.0.1 unless it serves other hosts
         "postgres_port": integer(1, 65535),
         "s3_port": integer(1, 65535),
         "seaweed_port": integer(1, 65527),             # SeaweedFS uses it and the 8 ports above it
         "mlflow_port": integer(1, 65535),
         "prefect_port": integer(1, 65535),
+        "git_port": integer(1, 65535),
+        "dask_port": integer(1, 65535),
         "bucket": text(),
         "work_pool": text(),
     },
