@@ -17,7 +17,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(project):
     assert stages_run(first.stdout) == sorted(dvc_stages(project))
 
     metrics = json.loads((project / "reports/metrics/train.json").read_text())
-    assert metrics["epochs"] == 2 and 0 < metrics["test_loss"] < 600
+    detail = json.loads((project / "reports/metrics/train_detail.json").read_text())
+    assert detail["epochs"] == 2 and 0 < metrics["test_loss"] < 600
     history = pd.read_csv(project / "reports/metrics/train.csv")
     assert list(history["epoch"]) == [1, 2]
     assert history["train_loss"].iloc[1] < history["train_loss"].iloc[0]

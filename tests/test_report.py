@@ -218,7 +218,8 @@ def test_each_section_is_numbered_linked_and_its_figures_are_files(built, number
 def test_the_page_counts_active_units_once_from_the_evaluation(built):
     project, _ = built
     html = (project / "reports/index.html").read_text()
-    evaluation = json.loads((project / "reports/metrics/eval.json").read_text())
+    evaluation = {**json.loads((project / "reports/metrics/eval.json").read_text()),
+                  **json.loads((project / "reports/metrics/eval_detail.json").read_text())}
     active, dims = evaluation["active_units"], evaluation["latent_dim"]
     kl_section = section_html(html, "kl-per-dimension")
     assert re.search(rf"Here {active} of\s+{dims} dimensions are active", kl_section)
