@@ -1,22 +1,23 @@
 """`make exps` (commands/exps.py): the experiments table fits a 120-column terminal.
 
 The DVC metrics files hold the headline figures only (vae_pipeline/artifacts.py
-METRICS_FILES, the detail in paths.eval_detail); the view adds the params that differ
-and drops the dependencies. A sweep-like set of experiments (the params of
-params.yaml `sweep` varied as `make sweep` varies them, the widest values of its
-grid, names as `dvc exp run` gives them) must show every headline figure and every varied param, in 120
-columns, exactly as it shows in a terminal without a limit: no column cut, wrapped or
-folded into "…".
+METRICS_FILES; the rest is in the detail files, plain outputs); the view adds the params
+that differ and drops the dependencies. Two points of the sweep's grid (flows/sweep.py
+grid: the widest values and the narrowest), saved as experiments with names as `dvc exp
+run` gives them, must show every headline figure and every varied param in 120 columns
+exactly as in a terminal without a limit: no column cut, wrapped or folded into "…".
 """
 import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flows.sweep import grid
 from tests.conftest import run_in, set_params
 from vae_pipeline.artifacts import METRICS_FILES
+from vae_pipeline.files import ROOT
 from vae_pipeline.params import SPEED_ONLY
 
 WIDTH = 120
@@ -24,8 +25,6 @@ WIDTH = 120
 
 def test_the_metrics_files_are_dvc_yamls_and_hold_the_headline_figures():
     """METRICS_FILES names exactly dvc.yaml's metrics, and the committed files hold exactly their keys."""
-    from vae_pipeline.files import ROOT
-
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     declared = {next(iter(entry)) if isinstance(entry, dict) else entry
@@ -68,16 +67,15 @@ def save_experiment(project, name: str, point: dict, scale: float) -> None:
     run_in(project, "git", "checkout", "--", ".")
 
 
+@pytest.mark.slow
 def test_the_experiments_table_fits_120_columns(project):
-    from vae_pipeline.files import ROOT
-
     # The project's own params (the tiny config's are no baseline of a real sweep); nothing runs.
     (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     run_in(project, "git", "commit", "-qam", "the project's params")
     params = yaml.safe_load((project / "params.yaml").read_text())
     # Two points of the sweep's grid, as `make sweep` sets them: the widest values and the narrowest.
-    points = sorted(grid(params["sweep"]), key=lambda point: len(str(point)))[::-1][:1] + \
-        sorted(grid(params["sweep"]), key=lambda point: len(str(point)))[:1]
+    by_width = sorted(grid(params["sweep"]), key=lambda point: len(str(point)))
+    points = [by_width[-1], by_width[0]]
     from dvc.repo.experiments.utils import gen_random_name   # the names `dvc exp run` gives
 
     stand_in_outputs(project)
