@@ -103,7 +103,7 @@ def test_pipeline_flow_runs_the_stages_in_order_then_skips_them_all(project, pre
     assert run_in(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
     markdown = artifact_markdown(first.state_details.flow_run_id)
     metrics = json.loads((project / "reports/metrics/train.json").read_text())
-    assert "| train | ran |" in markdown and f"| train.test_loss | {metrics['test_loss']:.6g} |" in markdown
+    assert "| train | ran |" in markdown and f"| train.test_kl | {metrics['test_kl']:.6g} |" in markdown
     assert "**MLflow run:** not recorded" in markdown or "**MLflow run:** `" in markdown
     # Links that lead somewhere: the MLflow run (embedded store: its URI) and the report; the metrics table.
     record = tracking.training_run(yaml.safe_load((project / "params.yaml").read_text()), project)
