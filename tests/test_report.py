@@ -187,7 +187,8 @@ def test_report_has_every_section_and_every_image_decodes(built):
     prior = Image.open(project / "reports/figures/prior_samples.png")
     assert prior.size == ((10 * (IMAGE_SIZE + 2) + 2) * 2,) * 2       # a 10 x 10 grid of images, 2 apart, x2
     # The summary's figures come from the run: its metrics and its commit.
-    metrics = yaml.safe_load((project / "reports/metrics/train.json").read_text())
+    metrics = {**yaml.safe_load((project / "reports/metrics/train.json").read_text()),
+               **yaml.safe_load((project / "reports/metrics/train_detail.json").read_text())}
     assert f"{metrics['test_loss']:.1f}" in html and f"{metrics['test_kl']:.2f}" in html
     # The evaluate stage's figures, and the literature table with its verdicts.
     evaluation = json.loads((project / "reports/metrics/eval.json").read_text())
