@@ -191,7 +191,8 @@ def test_report_has_every_section_and_every_image_decodes(built):
                **yaml.safe_load((project / "reports/metrics/train_detail.json").read_text())}
     assert f"{metrics['test_loss']:.1f}" in html and f"{metrics['test_kl']:.2f}" in html
     # The evaluate stage's figures, and the literature table with its verdicts.
-    evaluation = json.loads((project / "reports/metrics/eval.json").read_text())
+    evaluation = {**json.loads((project / "reports/metrics/eval.json").read_text()),
+                  **json.loads((project / "reports/metrics/eval_detail.json").read_text())}
     assert f"{evaluation['iwae_nll']:.2f}" in html and f"{100 * evaluation['knn_accuracy']:.1f}" in html
     assert f"{evaluation['trustworthiness']:.3f}" in html
     assert html.count("PyTorch examples, VAE") == 1 and html.count('class="badge warn">not comparable') == 2
