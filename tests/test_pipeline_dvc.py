@@ -18,7 +18,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(project):
 
     metrics = json.loads((project / "reports/metrics/train.json").read_text())
     detail = json.loads((project / "reports/metrics/train_detail.json").read_text())
-    assert detail["epochs"] == 2 and 0 < metrics["test_loss"] < 600
+    assert detail["epochs"] == 2 and 0 < detail["test_loss"] < 600 and 0 < metrics["test_kl"] < detail["test_loss"]
     history = pd.read_csv(project / "reports/metrics/train.csv")
     assert list(history["epoch"]) == [1, 2]
     assert history["train_loss"].iloc[1] < history["train_loss"].iloc[0]
