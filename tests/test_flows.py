@@ -110,7 +110,7 @@ def test_pipeline_flow_runs_the_stages_in_order_then_skips_them_all(project, pre
     assert f"(runs:/{record['run_id']})" in artifact(first.state_details.flow_run_id, "mlflow-run").data
     assert (project / "reports/index.html").as_uri() in artifact(first.state_details.flow_run_id, "report").data
     table = json.loads(artifact(first.state_details.flow_run_id, "metrics").data)
-    assert {"metric": "train.test_loss", "value": metrics["test_loss"]} in table
+    assert {"metric": "train.test_kl", "value": metrics["test_kl"]} in table
 
     before = outputs_mtimes(project)
     lock_before = (project / "dvc.lock").read_text()
