@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 # dvc.yaml's `python` must be the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run repro sweep test test-fast clean browser bench
+.PHONY: help install run repro sweep exps test test-fast clean browser bench
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -33,6 +33,9 @@ repro: $(STAMP)  ## the same pipeline through plain `dvc repro` (no Prefect)
 
 sweep: $(STAMP)  ## train the grid of params.yaml `sweep` on Dask; writes reports/sweep.html
 	python -m flows.sweep
+
+exps: $(STAMP)  ## `dvc exp show` narrowed: the params that differ and the headline metrics (commands/exps.py)
+	python -m commands.exps
 
 test: $(STAMP) browser postgres  ## run the test suite (slow end-to-end tests included)
 	pytest

@@ -33,8 +33,9 @@ from prefect_dask import DaskTaskRunner
 
 from flows.dvc_runner import failure, mlflow_run_id, read_metrics, run_logged, stage_env
 from vae_pipeline import tracking
+from vae_pipeline.artifacts import read_train_metrics
 from vae_pipeline.files import ROOT, PipelineError, atomic_path, copy_checkout, write_json
-from vae_pipeline.params import load_params
+from vae_pipeline.params import SPEED_ONLY, load_params
 
 
 def dvc_cache_dir(project: Path) -> str:
@@ -56,9 +57,9 @@ def copy_project(project: Path, dest: Path, cache_dir: str) -> None:
 
 
 def reproduce_command(point: dict) -> str:
-    """The `dvc exp run` that trains this point in the project (train.threads changes speed only)."""
+    """The `dvc exp run` that trains this point in the project (params SPEED_ONLY change speed only)."""
     return "dvc exp run " + " ".join(f"-S {key}={value}" for key, value in point.items()
-                                     if key != "train.threads")
+                                     if key not in SPEED_ONLY)
 
 
 # Every point trains: Prefect must never skip one from a cache of its own.
@@ -84,7 +85,9 @@ def run_point(project: str, point: dict, stage: str, run_tags: dict, tracking_ur
     result = {
         "beta": point["train.beta"], "latent_dim": point["train.latent_dim"],
         "epochs": point["train.epochs"],
-        "metrics": read_metrics(workdir, point_params),
+        # The page shows the train stage's detail too (test_loss_mu): its two files, read checked.
+        "metrics": {**read_metrics(workdir), "train": read_train_metrics(
+            *(workdir / point_params["paths"][key] for key in ("train_metrics", "train_detail")))},
         "mlflow_run_id": mlflow_run_id(workdir, point_params),
         "command": reproduce_command(point),
         "restored": any(line.startswith(f"Stage '{stage}' is cached") for line in lines),

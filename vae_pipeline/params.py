@@ -69,6 +69,11 @@ def mapping_of(rule):
             lambda v: isinstance(v, dict) and all(isinstance(k, str) and rule[1](x) for k, x in v.items()))
 
 
+# Params that change how fast a stage runs, never what it writes (MKL's strict mode: the same
+# numbers on any thread count, vae_pipeline/cli.py): a sweep point's `dvc exp run` command
+# leaves them out, and `make exps` (commands/exps.py) does not show them.
+SPEED_ONLY = ("train.threads",)
+
 SCHEMA = {
     "paths": {
         # Every file the stages write, named once: dvc.yaml reads these too.
@@ -76,7 +81,8 @@ SCHEMA = {
         "model_dir": text(),          # vae.safetensors + vae.json
         "run_record": text(),         # model hash -> its MLflow run (vae_pipeline.tracking; not a DVC output)
         "checkpoint_dir": text(),     # per-epoch training checkpoints (not a DVC output)
-        "train_metrics": text(),
+        "train_metrics": text(),      # the train stage's headline figures (DVC metrics)
+        "train_detail": text(),       # ... and the rest (vae_pipeline.artifacts TRAIN_DETAIL)
         "train_history": text(),
         "embeddings_dir": text(),     # train.parquet + test.parquet
         "compare_report": text(),     # stages.compare: runs of the MLflow experiment side by side
@@ -89,7 +95,8 @@ SCHEMA = {
         "sweep_results": text(),
         "champion": text(),           # flows/retrain.py: the champion gate's decision
 
-        "eval_metrics": text(),
+        "eval_metrics": text(),       # the evaluate stage's headline figures (DVC metrics)
+        "eval_detail": text(),        # ... and its detail (vae_pipeline.artifacts EVAL_DETAIL)
         "literature": text(),
     },
     "data": {
