@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 # dvc.yaml's `python` must be the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run repro sweep test test-fast clean browser bench
+.PHONY: help install run repro sweep exps test test-fast clean browser bench
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -33,6 +33,9 @@ repro: $(STAMP)  ## the same pipeline through plain `dvc repro` (no Prefect)
 
 sweep: $(STAMP)  ## train the grid of params.yaml `sweep` on Dask; writes reports/sweep.html
 	python -m flows.sweep
+
+exps: $(STAMP)  ## `dvc exp show` narrowed: the params that differ and the headline metrics (commands/exps.py)
+	python -m commands.exps
 
 test: $(STAMP) browser postgres  ## run the test suite (slow end-to-end tests included)
 	pytest
@@ -81,8 +84,10 @@ bench: $(STAMP)  ## benchmarks: training vs the article's loop, UMAP, the pipeli
 	python -m benchmarks.pipeline
 
 # The team stack (docs/team-stack.md): PostgreSQL, SeaweedFS's S3, mlflow server, Prefect server and
-# worker on 127.0.0.1, under supervisord; state, logs and secrets in params.yaml stack.state_dir.
-.PHONY: stack stack-down stack-status stack-env deploy postgres
+# worker, git over HTTP, a Dask scheduler, on params.yaml stack.host (127.0.0.1), under supervisord,
+# every service behind credentials; state, logs and secrets in params.yaml stack.state_dir.
+.PHONY: stack stack-down stack-status stack-env stack-worker-kit deploy postgres
+KIT ?= .stack/worker-kit
 stack: $(STAMP) postgres  ## start the team stack (a second call finds it running and does nothing)
 	python -m stack up
 
@@ -92,8 +97,11 @@ stack-down:  ## stop every service of the team stack (no process is left)
 stack-status:  ## each service of the team stack: state, address, health
 	python -m stack status
 
-stack-env:  ## the exports that point make run, the flows and MLflow at the stack (as .stack/env)
+stack-env:  ## `eval "$$(make -s stack-env)"` does `source .stack/env`: make run, the flows, MLflow on the stack
 	@python -m stack env
+
+stack-worker-kit: $(STAMP)  ## what a worker host needs (env, TLS files) into KIT (default .stack/worker-kit)
+	python -m stack worker-kit $(KIT)
 
 deploy: $(STAMP)  ## put the scheduled retrain on the stack's work pool (cron: params.yaml retrain.schedule_cron)
 	python -m stack deploy

@@ -56,7 +56,7 @@ def one_training(params: dict, uri: str, scratch: Path, spent: dict) -> tuple[fl
     """Train once, logging to `uri`; return (stage seconds, tracking seconds)."""
     params = copy.deepcopy(params)
     params["mlflow"]["tracking_uri"] = uri
-    for key in ("model_dir", "checkpoint_dir", "train_metrics", "train_history"):
+    for key in ("model_dir", "checkpoint_dir", "train_metrics", "train_detail", "train_history"):
         params["paths"][key] = str(scratch / key / Path(params["paths"][key]).name)
     spent["seconds"] = 0.0
     started = time.perf_counter()

@@ -4,7 +4,7 @@
     MLflow's UI when tracking is a server, else its `runs:/<id>` URI (an embedded
     SQLite store has no address; `make mlflow-ui` serves it);
   - link `report`: the report (params paths.report) as a file:// URL;
-  - table `metrics`: the final figures of the metrics files (reports/metrics/*.json), one row each.
+  - table `metrics`: the final figures of the DVC metrics files (dvc.yaml `metrics`), one row each.
 The pipeline flow and the retrain flow both publish them (the retrain's pipeline is a
 subflow: its artifacts are its own flow run's).
 """
@@ -31,7 +31,7 @@ def mlflow_run_link(record: dict) -> str:
 def metric_rows(project: Path, params: dict) -> list[dict]:
     """Every number of the metrics files: [{"metric": "<file>.<key>", "value": number}, ...]."""
     return [{"metric": f"{name}.{key}", "value": value}
-            for name, values in read_metrics(project, params).items() for key, value in values.items()
+            for name, values in read_metrics(project).items() for key, value in values.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)]
 
 

@@ -128,11 +128,19 @@ def workspace_lock(project: Path, wait_seconds: float, logger):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def read_metrics(project: Path, params: dict) -> dict:
-    """Every JSON in the metrics folder (reports/metrics/*.json): {file stem: {name: value}}."""
-    folder = (project / params["paths"]["train_metrics"]).parent
-    metrics = {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
-    return {name: values for name, values in metrics.items() if isinstance(values, dict)}  # not tables
+def metrics_files(project: Path) -> list[Path]:
+    """The DVC metrics files of the project's stages (dvc.yaml `metrics`), in dvc.yaml's order.
+    The detail beside them (e.g. paths.eval_detail) is a plain output: not one of these."""
+    from dvc.repo import Repo      # imported here: DVC is only needed once the flow runs
+
+    with Repo(str(project)) as repo:
+        return [Path(out.fs_path) for stage in repo.index.stages for out in stage.outs if out.metric]
+
+
+def read_metrics(project: Path) -> dict:
+    """The figures of the DVC metrics files that exist: {file stem: {name: value}}."""
+    metrics = {path.stem: json.loads(path.read_text()) for path in metrics_files(project) if path.exists()}
+    return {name: values for name, values in metrics.items() if isinstance(values, dict)}
 
 
 def mlflow_run_id(project: Path, params: dict) -> str | None:

@@ -15,7 +15,7 @@ here.
   - one pipeline per workspace: a second one waits for the first (with a
     message), then fails clearly, instead of tripping over DVC's lock midway;
   - at the end, a markdown artifact `vae-pipeline`: what ran, the metrics
-    (reports/metrics/*.json), the report's path and the MLflow run; and link
+    (the DVC metrics files), the report's path and the MLflow run; and link
     artifacts to the MLflow run and the report, and a table of the metrics
     (flows/artifacts.py).
 

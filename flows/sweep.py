@@ -44,10 +44,11 @@ from prefect_dask import DaskTaskRunner
 
 import flows.sweep_point
 from flows.artifacts import mlflow_run_link
-from flows.dvc_runner import read_metrics, run_logged, stage_env, workspace_lock
+from flows.dvc_runner import metrics_files, run_logged, stage_env, workspace_lock
 from vae_pipeline import tracking
+from vae_pipeline.artifacts import read_train_metrics
 from vae_pipeline.files import ROOT, PipelineError, atomic_path, write_json
-from vae_pipeline.params import load_params
+from vae_pipeline.params import SPEED_ONLY, load_params
 from vae_pipeline.provenance import git_provenance
 
 # The workers never import the project: the point runner travels with each task, by value.
@@ -171,13 +172,13 @@ def exp_name(sweep_name: str, point: dict) -> str:
 
 
 def reproduce_command(point: dict) -> str:
-    """The `dvc exp run` that trains this point in the project (train.threads changes speed only)."""
+    """The `dvc exp run` that trains this point in the project (params SPEED_ONLY change speed only)."""
     return "dvc exp run " + " ".join(f"-S {key}={value}" for key, value in point.items()
-                                     if key != "train.threads")
+                                     if key not in SPEED_ONLY)
 
 
 def recipe(point: dict, sweep_name: str, commit: str, where: dict, settings: dict, params: dict,
-           tags: dict, uri: str) -> dict:
+           tags: dict, uri: str, figures: list[str]) -> dict:
     """What a worker needs to run `point` (flows/sweep_point.py): no credential in it."""
     return {"git_url": where["git_url"], "commit": commit,
             "ref": f"sweep/{sweep_name}" if where["push"] else None,
@@ -186,18 +187,31 @@ def recipe(point: dict, sweep_name: str, commit: str, where: dict, settings: dic
             "tags": {**tags, "sweep.point": point_name(point)},
             # A URI with a password in it stays out: the worker's own env names the store then.
             "tracking_uri": uri if tracking.masked(uri) == uri else None,
-            "metrics_dir": str(Path(params["paths"]["train_metrics"]).parent),
+            "metrics_files": figures,
             "run_record": params["paths"]["run_record"]}
 
 
-def point_metrics(result: dict, params: dict) -> dict:
-    """The point's metrics files, read with the pipeline's own reader (flows/dvc_runner.read_metrics)."""
+def figure_files(project: Path, params: dict) -> list[str]:
+    """The files a worker sends back: the DVC metrics files (dvc.yaml's) and the train stage's detail."""
+    found = [str(path.relative_to(project)) for path in metrics_files(project)]
+    return found + [params["paths"]["train_detail"]]
+
+
+def point_metrics(result: dict, project: Path, params: dict) -> dict:
+    """The point's figures: its DVC metrics files, as flows/dvc_runner.read_metrics reads them
+    ({file stem: {name: value}}), with the train stage's detail beside its headline figures
+    (test_loss_mu, for the page), read checked as the stages read them."""
     with tempfile.TemporaryDirectory() as folder:
-        metrics_dir = Path(folder) / Path(params["paths"]["train_metrics"]).parent
-        metrics_dir.mkdir(parents=True)
+        copy = Path(folder)
         for name, text in result.pop("metrics_files").items():
-            (metrics_dir / name).write_text(text)
-        return read_metrics(Path(folder), params)
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            (copy / name).write_text(text)
+        found = [copy / path.relative_to(project) for path in metrics_files(project)]
+        metrics = {path.stem: json.loads(path.read_text()) for path in found if path.exists()}
+        metrics = {name: values for name, values in metrics.items() if isinstance(values, dict)}
+        metrics["train"] = read_train_metrics(*(copy / params["paths"][key] for key in ("train_metrics",
+                                                                                         "train_detail")))
+        return metrics
 
 
 def start_parent_run(client, params: dict, name: str, settings: dict, commit: str, tags: dict) -> str:
@@ -377,10 +391,11 @@ def sweep(project: str | None = None) -> list[dict]:
         push_commit(root, where["git_url"], commit, f"sweep/{name}", logger)
     dispatched = time.time()
     tags = {**tags, "mlflow.parentRunId": parent_id}
+    figures = figure_files(root, params)
     run_point = flows.sweep_point.point_task()
     with flow_seen_by_workers():
         futures = [run_point.with_options(task_run_name=point_name(p))
-                   .submit(recipe(p, name, commit, where, settings, params, tags, uri)) for p in points]
+                   .submit(recipe(p, name, commit, where, settings, params, tags, uri, figures)) for p in points]
     results, failed = [], []
     for point, future in zip(points, futures):
         try:
@@ -389,7 +404,7 @@ def sweep(project: str | None = None) -> list[dict]:
             failed.append(f"{reproduce_command(point)}: {e}")
             continue
         results.append({"beta": point["train.beta"], "latent_dim": point["train.latent_dim"],
-                        "epochs": point["train.epochs"], **result, "metrics": point_metrics(result, params),
+                        "epochs": point["train.epochs"], **result, "metrics": point_metrics(result, root, params),
                         "command": reproduce_command(point)})
     dead = close_dead_attempts(client, parent_id, results, logger)
     pull_experiments(root, where, commit, [r["exp_name"] for r in results], logger)

@@ -16,7 +16,7 @@ which records task inputs) says:
   dvc_remote    {"name": ..., and settings such as "url"}: the DVC remote to pull from and push to
   tags          MLflow tags of the point's training run (the sweep, the parent run, the point)
   tracking_uri  optional: the MLflow store when the worker's environment names none
-  metrics_dir   the metrics folder (params.yaml paths), returned to the sweep as text
+  metrics_files the files of the point's figures (relative paths), returned to the sweep as text
   run_record    the run record file (params.yaml paths.run_record): the point's MLflow run
 
 Credentials come from the worker's environment (the worker kit's `env`):
@@ -147,9 +147,9 @@ def exp_run_command(recipe: dict) -> list[str]:
     return [sys.executable, "-m", "dvc", "exp", "run", "--pull", recipe["stage"], *sets, "--name", recipe["exp_name"]]
 
 
-def read_texts(folder: Path) -> dict[str, str]:
-    """Every JSON file of `folder` (not below it), by name: the sweep reads them with its own reader."""
-    return {path.name: path.read_text() for path in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+def read_texts(repo: Path, names: list[str]) -> dict[str, str]:
+    """The files of `names` (relative to `repo`) that exist, by name: the sweep reads them with its own readers."""
+    return {name: (repo / name).read_text() for name in names if (repo / name).is_file()}
 
 
 def run_id_of(record_file: Path) -> str | None:
@@ -214,7 +214,7 @@ def run_point(recipe: dict) -> dict:
             "exp_name": recipe["exp_name"],
             "overrides": recipe["overrides"],
             "host": host, "pid": pid, "address": host_address(recipe["git_url"]),
-            "metrics_files": read_texts(repo / recipe["metrics_dir"]),
+            "metrics_files": read_texts(repo, recipe["metrics_files"]),
             "mlflow_run_id": run_id_of(repo / recipe["run_record"]),
             "restored": any(line.startswith(f"Stage '{recipe['stage']}' is cached") for line in lines),
             # What DVC did: the stages it ran, and those it restored from the run cache.

@@ -1,22 +1,27 @@
-"""`python -m stack up|down|status|env|deploy` (the Makefile's stack targets).
+"""`python -m stack up|down|status|env|deploy|worker-kit DIR` (the Makefile's stack targets).
 
 up      start the stack (a second `up` finds it running and does nothing)
 down    stop every service; no process is left
 status  each service, its state, address and health (exit 3 unless all are healthy)
-env     the `export` lines of the clients' environment (as in <state>/env)
+env     a line that sources <state>/env (the clients' environment, credentials included): for
+        `eval "$(make -s stack-env)"`; the secrets stay in the mode-600 file, never printed
 deploy  `prefect deploy` of prefect.yaml on the stack, with the cron of params.yaml
+worker-kit DIR
+        what a worker on another host needs: DIR/env (mode 600) and DIR/tls/ (docs/team-stack.md)
 """
 import sys
+from pathlib import Path
 
 from stack import control
 from stack.settings import Stack
 from vae_pipeline.cli import exit_code
 
-USAGE = "usage: python -m stack {up,down,status,env,deploy}"
+USAGE = "usage: python -m stack {up,down,status,env,deploy} | python -m stack worker-kit DIR"
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in ("up", "down", "status", "env", "deploy"):
+    if not (len(argv) == 1 and argv[0] in ("up", "down", "status", "env", "deploy")
+            or len(argv) == 2 and argv[0] == "worker-kit"):
         print(USAGE, file=sys.stderr)
         return 2
     command = argv[0]
@@ -30,7 +35,9 @@ def main(argv: list[str]) -> int:
         elif command == "status":
             return 0 if control.status(stack) else 3
         elif command == "env":
-            print(control.env_text(stack), end="")
+            print(control.env_source_line(stack))
+        elif command == "worker-kit":
+            control.worker_kit(stack, Path(argv[1]))
         else:
             from stack.deploy import deploy
             deploy(stack)

@@ -1,17 +1,25 @@
 """`make stack`, `make stack-down`, `make stack-status`: bring the stack up in order, down, and report.
 
-up: secrets (first start), the PostgreSQL cluster (first start), supervisord, then each
-service in order once the one before answers: postgres (and its two databases), s3,
-mlflow and prefect-server, prefect-worker. A service already running is left alone, so a
-second `up` does nothing. Then the checkout's DVC remote `stack` gets the S3 keys (in
-.dvc/config.local, mode 600) and becomes its default remote, and <state>/env is written:
-`source .stack/env` points `make run`, the flows and MLflow's clients at the stack.
+up: secrets, the Dask TLS certificates, the bare git repository and the PostgreSQL
+cluster (each at the first start), pg_hba.conf, supervisord, then each service in order
+once the ones before answer: postgres (and its databases), s3, then mlflow,
+prefect-server, git and dask-scheduler together, then prefect-worker. A service already
+running is left alone, so a second `up` does nothing. Then the checkout's DVC remote
+`stack` gets the S3 keys (in .dvc/config.local, mode 600) and becomes its default remote,
+and <state>/env (mode 600) is written: `source .stack/env` points `make run`, dvc, the
+flows and MLflow's clients at the stack, with its credentials.
+
+worker-kit DIR: what a worker on another host needs (worker_kit below).
 """
+import shlex
 import sys
 import time
+from pathlib import Path
 
-from stack import health, postgres, supervisor
-from stack.settings import DVC_REMOTE, S3_REGION, SERVICES, Stack, load_secrets, write_private
+from stack import health, postgres, supervisor, tls
+from stack.git_http import init_repository
+from stack.settings import (DVC_REMOTE, GIT_REPO, S3_REGION, SERVICES, TLS_FILES, Stack, env_lines,
+                            load_secrets, write_private)
 from vae_pipeline.files import PipelineError
 
 START_TIMEOUT = 240         # seconds for one service to answer; a loaded 2-core machine is slow
@@ -23,8 +31,13 @@ def up(stack: Stack, out=sys.stdout) -> bool:
         folder.mkdir(parents=True, exist_ok=True)
     stack.state.chmod(0o755)   # the postgres user must pass through it when root starts the stack
     secrets = load_secrets(stack)
+    if tls.ensure_certificates(stack):
+        print(f"dask-scheduler: new CA and certificates in {stack.tls_dir}", file=out)
+    if init_repository(stack.git_root, GIT_REPO):
+        print(f"git: new bare repository {stack.git_root / GIT_REPO}", file=out)
     if postgres.init_cluster(stack, secrets["postgres_password"]):
         print(f"postgres: new cluster in {postgres.data_dir(stack)}", file=out)
+    postgres.write_hba(stack)
     running = supervisor.processes(stack)
     if running and all(running.get(name, {}).get("statename") == "RUNNING" for name in SERVICES):
         print(f"the stack is already running ({stack.state})", file=out)
@@ -49,10 +62,11 @@ def up(stack: Stack, out=sys.stdout) -> bool:
     if made:
         print(f"postgres: created databases {', '.join(made)}", file=out)
     start_and_wait("s3")
-    start_and_wait("mlflow", "prefect-server")     # both only need the two above: start together
+    # These only need the two above (or nothing): start together.
+    start_and_wait("mlflow", "prefect-server", "git", "dask-scheduler")
     start_and_wait("prefect-worker")
     configure_dvc(stack, secrets)
-    write_private(stack.env_file, env_text(stack))
+    write_private(stack.env_file, env_text(stack, secrets))
     print(f"the stack is up in {time.monotonic() - started:.0f} s; point this shell at it with: "
           f"source {stack.env_file.relative_to(stack.root) if stack.env_file.is_relative_to(stack.root) else stack.env_file}",
           file=out)
@@ -93,21 +107,49 @@ def status(stack: Stack, out=sys.stdout) -> bool:
         return False
     secrets = load_secrets(stack)
     healthy = True
-    print(f"{'service':<16}{'state':<10}{'pid':>8}  {'address':<34}health", file=out)
+    print(f"{'service':<16}{'state':<10}{'pid':>8}  {'address':<44}health", file=out)
     for name in SERVICES:
         info = running.get(name, {})
         state = info.get("statename", "UNKNOWN")
         problem = health.check(name, stack, secrets) if state == "RUNNING" else "not running"
         healthy &= problem is None
-        print(f"{name:<16}{state:<10}{info.get('pid') or '-':>8}  {stack.address(name):<34}"
+        print(f"{name:<16}{state:<10}{info.get('pid') or '-':>8}  {stack.address(name):<44}"
               f"{'ok' if problem is None else problem}", file=out)
     print(f"logs: {stack.logs}", file=out)
     return healthy
 
 
-def env_text(stack: Stack) -> str:
-    lines = [f"export {key}={value}" for key, value in stack.client_env().items()]
-    return "# The team stack's clients (`source` this file; no secret in it)\n" + "\n".join(lines) + "\n"
+def env_text(stack: Stack, secrets: dict) -> str:
+    return ("# The team stack's clients, credentials included: `source` this file; keep it mode 600\n"
+            + env_lines(stack.client_env(secrets), export=True))
+
+
+def env_source_line(stack: Stack) -> str:
+    """`. <state>/env`, written first if missing (mode 600): what `make stack-env` prints."""
+    if not stack.env_file.exists():
+        write_private(stack.env_file, env_text(stack, load_secrets(stack)))
+    return f". {shlex.quote(str(stack.env_file))}"
+
+
+def worker_kit(stack: Stack, folder: Path, out=sys.stdout) -> None:
+    """What a worker host needs and nothing of the project: FOLDER/env (mode 600; KEY=VALUE lines,
+    the client environment with the Dask TLS paths inside FOLDER/tls) and FOLDER/tls (the CA
+    certificate, the worker certificate and key). The stack need not run; its secrets and
+    certificates are made if this comes first. VAE_STACK_KIT names FOLDER: read_env_file moves the
+    paths under it along when the kit is copied elsewhere."""
+    folder = Path(folder).resolve()
+    if folder in (stack.state.resolve(), stack.tls_dir.resolve()):      # its env and tls/ would overwrite the stack's
+        raise PipelineError(f"{folder}: the stack's own folder; choose another (default .stack/worker-kit)")
+    secrets = load_secrets(stack)
+    tls.ensure_certificates(stack)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    tls.copy_for_workers(stack, folder / "tls")
+    env = {"VAE_STACK_KIT": str(folder), **stack.client_env(secrets, tls_dir=folder / "tls")}
+    write_private(folder / "env", "# A worker host's access to the team stack (python -m stack worker-kit); "
+                                  "keep it mode 600\n" + env_lines(env, export=False))
+    print(f"worker kit in {folder}: env and tls/{{{','.join(TLS_FILES[n] for n in ('ca', 'worker_cert', 'worker_key'))}}}; "
+          f"the stack is at {stack.host}", file=out)
 
 
 def configure_dvc(stack: Stack, secrets: dict) -> None:

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from stack.settings import Stack
+from stack.settings import Stack, load_secrets
 from vae_pipeline.files import PipelineError
 from vae_pipeline.params import load_params
 
@@ -19,7 +19,7 @@ CRON_ENV, POOL_ENV = "VAE_RETRAIN_CRON", "VAE_WORK_POOL"
 
 def deploy(stack: Stack) -> None:
     params = load_params(stack.root / "params.yaml")
-    env = {**os.environ, **stack.client_env(),
+    env = {**os.environ, **stack.client_env(load_secrets(stack)),
            CRON_ENV: params["retrain"]["schedule_cron"], POOL_ENV: stack.work_pool,
            "PWD": str(stack.root)}              # prefect.yaml's pull step: the runs happen here
     result = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy",

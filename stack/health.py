@@ -1,13 +1,17 @@
 """Is each service answering? One check per service, each a real request to it.
 
-Each check returns None when healthy, else a short reason (never a secret).
+Each check returns None when healthy, else a short reason (never a secret). Each
+check uses the credentials, as a client would: healthy means answering and admitting
+the stack's clients.
 """
+import socket
+import ssl
 import time
 
 import requests
 
 from stack import postgres
-from stack.settings import S3_REGION, Stack
+from stack.settings import S3_REGION, TLS_FILES, USER, Stack
 
 TIMEOUT = 3         # seconds per request
 
@@ -39,18 +43,45 @@ def check_s3(stack: Stack, secrets: dict) -> str | None:
     return None
 
 
-def check_http(url: str) -> str | None:
+def check_http(url: str, password: str) -> str | None:
     try:
-        answer = requests.get(url, timeout=TIMEOUT)
+        answer = requests.get(url, timeout=TIMEOUT, auth=(USER, password))
     except requests.RequestException as e:
         return type(e).__name__
     return None if answer.status_code == 200 else f"HTTP {answer.status_code}"
 
 
+def check_mlflow(stack: Stack, secrets: dict) -> str | None:
+    """An API call that needs the basic-auth app's admin: the server, its stores and its users' database."""
+    return check_http(f"{stack.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1",
+                      secrets["mlflow_password"])
+
+
+def check_git(stack: Stack, secrets: dict) -> str | None:
+    """The repository's refs, as `git clone` asks for them first."""
+    return check_http(f"{stack.git_url}/info/refs?service=git-upload-pack", secrets["git_password"])
+
+
+def check_dask(stack: Stack, secrets: dict) -> str | None:
+    """A TLS handshake with the scheduler, presenting the worker certificate and checking the
+    scheduler's against the stack's CA (both directions of Dask's mutual TLS)."""
+    context = ssl.create_default_context(cafile=str(stack.tls_dir / TLS_FILES["ca"]))
+    context.check_hostname = False              # as Dask: the CA is the stack's own, names unchecked
+    context.load_cert_chain(stack.tls_dir / TLS_FILES["worker_cert"], stack.tls_dir / TLS_FILES["worker_key"])
+    try:
+        with socket.create_connection((stack.host, stack.dask_port), timeout=TIMEOUT) as raw:
+            with context.wrap_socket(raw) as tls:
+                tls.getpeercert()
+    except (OSError, ssl.SSLError) as e:
+        return type(e).__name__
+    return None
+
+
 def check_worker(stack: Stack, secrets: dict) -> str | None:
     """The work pool is READY: a worker has polled it lately (Prefect's own view of the worker)."""
     try:
-        answer = requests.get(f"{stack.prefect_url}/api/work_pools/{stack.work_pool}", timeout=TIMEOUT)
+        answer = requests.get(f"{stack.prefect_url}/api/work_pools/{stack.work_pool}", timeout=TIMEOUT,
+                              auth=(USER, secrets["prefect_password"]))
     except requests.RequestException as e:
         return type(e).__name__
     if answer.status_code != 200:
@@ -62,8 +93,10 @@ def check_worker(stack: Stack, secrets: dict) -> str | None:
 CHECKS = {
     "postgres": check_postgres,
     "s3": check_s3,
-    "mlflow": lambda stack, secrets: check_http(f"{stack.mlflow_url}/health"),
-    "prefect-server": lambda stack, secrets: check_http(f"{stack.prefect_url}/api/health"),
+    "mlflow": check_mlflow,
+    "prefect-server": lambda stack, secrets: check_http(f"{stack.prefect_url}/api/health", secrets["prefect_password"]),
+    "git": check_git,
+    "dask-scheduler": check_dask,
     "prefect-worker": check_worker,
 }
 

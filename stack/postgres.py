@@ -3,8 +3,10 @@
 PostgreSQL refuses to run as root. When the stack is started by root (a container,
 CI), the cluster belongs to the `postgres` system user that Debian's package
 creates, and supervisord starts the server as that user; otherwise it runs as the
-user who starts the stack. Connections are TCP on 127.0.0.1 only (no Unix socket),
-with a password (scram-sha-256).
+user who starts the stack. Connections are TCP on params.yaml stack.host only (no Unix
+socket), with a password (scram-sha-256), and pg_hba.conf admits the stack's role from
+that address alone: the stack's own servers are its only clients, so no other host (a
+sweep worker included) needs the database.
 """
 import os
 import pwd
@@ -12,7 +14,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from stack.settings import DATABASES, DB_USER, HOST, Stack
+import ipaddress
+
+from stack.settings import DATABASES, DB_USER, Stack
 from vae_pipeline.files import PipelineError
 
 SYSTEM_USER = "postgres"
@@ -90,9 +94,31 @@ def init_cluster(stack: Stack, password: str) -> bool:
     return True
 
 
+def hba_text(stack: Stack) -> str:
+    """pg_hba.conf: the stack's role, from the stack's address only, with its password; nothing else."""
+    network = ipaddress.ip_network(stack.host)          # the one address: /32 (IPv4) or /128 (IPv6)
+    return ("# Written by stack/postgres.py at every `make stack` (params.yaml stack.host): the stack's\n"
+            "# servers connect from the stack's address with the password; nothing else is admitted.\n"
+            f"host all {DB_USER} {network} scram-sha-256\n")
+
+
+def write_hba(stack: Stack) -> bool:
+    """Make the cluster's pg_hba.conf hba_text(); True if it changed (a running server reloads it on SIGHUP)."""
+    path = data_dir(stack) / "pg_hba.conf"
+    text = hba_text(stack)
+    if path.exists() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    path.chmod(0o600)
+    if user := run_as():
+        owner = pwd.getpwnam(user)
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    return True
+
+
 def server_command(stack: Stack) -> str:
-    """The `postgres` command line supervisord runs: TCP on 127.0.0.1 only, a small footprint."""
-    settings = {"listen_addresses": HOST, "port": stack.postgres_port, "unix_socket_directories": "",
+    """The `postgres` command line supervisord runs: TCP on the stack's address only, a small footprint."""
+    settings = {"listen_addresses": stack.host, "port": stack.postgres_port, "unix_socket_directories": "",
                 "shared_buffers": "32MB", "max_connections": 100, "logging_collector": "off"}
     return " ".join([str(bin_dir() / "postgres"), "-D", str(data_dir(stack)),
                      *(f"-c {key}={value}" for key, value in settings.items())])
@@ -101,7 +127,7 @@ def server_command(stack: Stack) -> str:
 def connect(stack: Stack, password: str, database: str = "postgres", timeout: float = 3):
     import psycopg2
 
-    return psycopg2.connect(host=HOST, port=stack.postgres_port, user=DB_USER, password=password,
+    return psycopg2.connect(host=stack.host, port=stack.postgres_port, user=DB_USER, password=password,
                             dbname=database, connect_timeout=max(1, int(timeout)))
 
 

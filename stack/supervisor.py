@@ -14,7 +14,7 @@ import xmlrpc.client
 from pathlib import Path
 
 from stack import postgres
-from stack.settings import HOST, S3_REGION, Stack, write_private
+from stack.settings import DASK_TLS, TLS_FILES, USER, Stack, write_private
 
 VENV_BIN = Path(sys.executable).parent
 TEMPLATE = Path(__file__).with_name("supervisord.conf")
@@ -47,12 +47,38 @@ def s3_config(secrets: dict) -> str:
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, indent=2) + "\n"
 
 
+def mlflow_auth_path(stack: Stack) -> Path:
+    return stack.state / "mlflow-auth.ini"
+
+
+def mlflow_auth_config(stack: Stack, secrets: dict) -> str:
+    """MLflow's basic-auth app: its users in PostgreSQL, the admin (the stack's user) made at its first
+    start with the generated password, and every user allowed to write (EDIT) unless told otherwise."""
+    database = stack.database_url("mlflow_auth", secrets["postgres_password"], driver="postgresql+psycopg2")
+    return ("[mlflow]\n"
+            "default_permission = EDIT\n"
+            f"database_uri = {database}\n"
+            f"admin_username = {USER}\n"
+            f"admin_password = {secrets['mlflow_password']}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+
+
+def dask_tls(stack: Stack, role: str) -> dict[str, str]:
+    """Dask's TLS settings for `role` (scheduler) as its environment variables: encryption required."""
+    return {"DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+            DASK_TLS + "CA_FILE": str(stack.tls_dir / TLS_FILES["ca"]),
+            DASK_TLS + f"{role.upper()}__CERT": str(stack.tls_dir / TLS_FILES[f"{role}_cert"]),
+            DASK_TLS + f"{role.upper()}__KEY": str(stack.tls_dir / TLS_FILES[f"{role}_key"])}
+
+
 def programs(stack: Stack, secrets: dict) -> dict[str, dict]:
     """Each program's command, environment and folder, in start order (settings.SERVICES)."""
     password = secrets["postgres_password"]
-    s3_client = {"AWS_ACCESS_KEY_ID": secrets["s3_access_key"], "AWS_SECRET_ACCESS_KEY": secrets["s3_secret_key"],
-                 "AWS_DEFAULT_REGION": S3_REGION, "MLFLOW_S3_ENDPOINT_URL": stack.s3_url}
-    weed = [str(VENV_BIN / "weed"), "mini", f"-dir={stack.state / 'seaweed'}", f"-ip={HOST}", f"-ip.bind={HOST}",
+    client = stack.client_env(secrets)
+    s3_client = {name: client[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                                  "MLFLOW_S3_ENDPOINT_URL")}
+    host = stack.host
+    weed = [str(VENV_BIN / "weed"), "mini", f"-dir={stack.state / 'seaweed'}", f"-ip={host}", f"-ip.bind={host}",
             f"-s3.port={stack.s3_port}", *(f"-{name}={port}" for name, port in stack.seaweed_ports().items()),
             f"-s3.config={stack.state / 's3.json'}", f"-bucket={stack.bucket}",
             # Only S3: no WebDAV, Iceberg or Lance endpoints, no admin UI, no telemetry.
@@ -65,25 +91,42 @@ def programs(stack: Stack, secrets: dict) -> dict[str, dict]:
                      "stopsignal": "INT"},     # a fast shutdown: the default (TERM) waits for every client
         "s3": {"command": " ".join(weed), "environment": {}, "directory": str(stack.state)},
         "mlflow": {
-            "command": f"{VENV_BIN / 'mlflow'} server --host {HOST} --port {stack.mlflow_port} --workers 1",
-            # The store URIs go through the environment, not the command line that `ps` shows.
+            "command": f"{VENV_BIN / 'mlflow'} server --host {host} --port {stack.mlflow_port} --workers 1 "
+                       f"--app-name basic-auth",
+            # The store URIs go through the environment, not the command line that `ps` shows; the
+            # basic-auth app reads its users' database and admin password from the mode-600 ini.
             "environment": {"MLFLOW_BACKEND_STORE_URI": stack.database_url("mlflow", password, driver="postgresql+psycopg2"),
                             "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{stack.bucket}/mlflow",
+                            "MLFLOW_AUTH_CONFIG_PATH": str(mlflow_auth_path(stack)),
+                            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets["mlflow_flask_secret"],
                             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **s3_client, **ONE_THREAD},
             "directory": str(stack.state)},
         "prefect-server": {
-            "command": f"{VENV_BIN / 'prefect'} server start --host {HOST} --port {stack.prefect_port}",
+            "command": f"{VENV_BIN / 'prefect'} server start --host {host} --port {stack.prefect_port}",
             "environment": {"PREFECT_HOME": prefect_home,
                             "PREFECT_API_DATABASE_CONNECTION_URL":
                                 stack.database_url("prefect", password, driver="postgresql+asyncpg"),
+                            # Every API request must carry it (HTTP Basic); the UI asks for it once.
+                            "PREFECT_SERVER_API_AUTH_STRING": client["PREFECT_API_AUTH_STRING"],
                             "PREFECT_UI_API_URL": f"{stack.prefect_url}/api", **ONE_THREAD},
+            "directory": str(stack.state)},
+        "git": {
+            # `python -m` from the project: this checkout's stack package, whatever the venv installed.
+            "command": f"{VENV_BIN / 'python'} -m stack.git_http {host} {stack.git_port} {stack.git_root}",
+            "environment": {"VAE_STACK_GIT_USER": USER, "VAE_STACK_GIT_PASSWORD": secrets["git_password"]},
+            "directory": str(stack.root)},
+        "dask-scheduler": {
+            # Mutual TLS only (the TLS settings through the environment); no dashboard.
+            "command": f"{VENV_BIN / 'dask'} scheduler --host {host} --port {stack.dask_port} --protocol tls "
+                       f"--no-dashboard --no-show",
+            "environment": {**dask_tls(stack, "scheduler"), **ONE_THREAD},
             "directory": str(stack.state)},
         "prefect-worker": {
             # One flow run at a time: a retrain uses the cores, and DVC allows one repro per workspace.
             "command": f"{VENV_BIN / 'prefect'} worker start --pool {stack.work_pool} --type process "
                        f"--limit 1 --name {stack.work_pool}-worker",
-            # The flow runs get what `make run` gets under `source .stack/env`; no secret.
-            "environment": {"PREFECT_HOME": prefect_home, **stack.client_env()},
+            # The flow runs get what `make run` gets under `source .stack/env`, credentials included.
+            "environment": {"PREFECT_HOME": prefect_home, **client},
             "directory": str(stack.root)},
     }
 
@@ -111,8 +154,10 @@ def render(stack: Stack, secrets: dict) -> str:
 
 
 def write_config(stack: Stack, secrets: dict) -> None:
-    """The SeaweedFS identities and supervisord's configuration, both mode 600 (they hold secrets)."""
+    """The SeaweedFS identities, MLflow's auth config and supervisord's configuration, all mode 600
+    (they hold secrets)."""
     write_private(stack.state / "s3.json", s3_config(secrets))
+    write_private(mlflow_auth_path(stack), mlflow_auth_config(stack, secrets))
     write_private(config_path(stack), render(stack, secrets))
 
 
@@ -120,8 +165,9 @@ def base_env() -> dict[str, str]:
     """supervisord's own environment, which every program inherits: no secret, nothing of the caller's
     stores (MLFLOW_TRACKING_URI, PREFECT_API_URL, AWS keys), the venv first on PATH, telemetry off."""
     # NUMBA_CACHE_DIR: the worker's retrains share the caller's compiled UMAP code, when it names one.
-    keep = {key: os.environ[key] for key in ("HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "NUMBA_CACHE_DIR")
-            if key in os.environ}
+    # PYTHONPATH: packages the caller adds beside the venv's reach the servers too.
+    keep = {key: os.environ[key] for key in ("HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "NUMBA_CACHE_DIR",
+                                             "PYTHONPATH") if key in os.environ}
     return {**keep, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
             "LANG": keep.get("LANG", "C.UTF-8"), **TELEMETRY_OFF}
 

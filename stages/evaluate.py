@@ -1,6 +1,8 @@
 """Stage evaluate: figures on the test set that mean the same thing in every run.
 
-Writes <paths.eval_metrics> (DVC metrics, nats per test image unless named otherwise):
+Writes its figures (nats per test image unless named otherwise) in two files: the headline
+ones, iwae_nll and knn_accuracy, in <paths.eval_metrics> (DVC metrics), the rest in
+<paths.eval_detail> (which key goes where: vae_pipeline/artifacts.py EVAL_METRICS, EVAL_DETAIL):
   neg_elbo, recon, kl            the negative ELBO and its two parts, z drawn from q with evaluate.seed
   neg_elbo_mu, recon_mu          the same with z = mu (the KL does not depend on z)
   iwae_nll                       the IWAE estimate of -log p(x) with evaluate.iwae_samples draws (<= neg_elbo),
@@ -9,7 +11,7 @@ Writes <paths.eval_metrics> (DVC metrics, nats per test image unless named other
   knn_accuracy(_per_class)       class of each test mu from its nearest train mu (the embed stage's)
   trustworthiness                how well the latent map stage's UMAP kept the neighbours of its points
 and <paths.literature>: this run beside published figures (vae_pipeline/literature.py).
-The report stage shows both.
+The report stage shows them all.
 
 The ELBO uses beta = 1 whatever train.beta was: it is the bound on log p(x), not the
 training objective. See vae_pipeline/evaluation.py log_likelihood for what "nats" means per likelihood.
@@ -26,7 +28,7 @@ import pandas as pd
 import torch
 
 from vae_pipeline import tracking
-from vae_pipeline.artifacts import latent_map_rows, read_latent_map
+from vae_pipeline.artifacts import EVAL_DETAIL, EVAL_METRICS, latent_map_rows, read_latent_map, split_figures
 from vae_pipeline.data import load_images
 from vae_pipeline.datasets import class_names, raw_dir
 from vae_pipeline.device import setup_torch
@@ -136,9 +138,10 @@ def run(params: dict) -> dict:
     metrics["trustworthiness_neighbors"] = e["trustworthiness_neighbors"]
 
     rows = compare(params, metrics)
-    with replace_together(project_path(paths["eval_metrics"]), project_path(paths["literature"])) as staged:
-        write_json(staged[0], metrics)   # both files new, or both as they were
-        write_json(staged[1], rows)
+    outputs = [project_path(paths[key]) for key in ("eval_metrics", "eval_detail", "literature")]
+    with replace_together(*outputs) as staged:   # every file new, or every one as it was
+        for path, value in zip(staged, [*split_figures(metrics, EVAL_METRICS, EVAL_DETAIL), rows]):
+            write_json(path, value)
     for row in rows:
         log.info("%s: %s", row["reference"],
                  f"{row['this_run']:.2f} here, {row['reference_value']} there" if row["comparable"]
@@ -151,7 +154,7 @@ def run(params: dict) -> dict:
         params, metrics={f"eval_seconds_{part}": s for part, s in seconds.items()},
         model_metrics={f"eval_{k}": v for k, v in metrics.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)},
-        artifacts=[project_path(paths["eval_metrics"]), project_path(paths["literature"])],
+        artifacts=outputs,
         artifact_dir="metrics")
     return metrics
 

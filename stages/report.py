@@ -339,7 +339,7 @@ class Inputs:
 
     @cached_property
     def metrics(self) -> dict:
-        return read_train_metrics(self.path("train_metrics"))
+        return read_train_metrics(self.path("train_metrics"), self.path("train_detail"))
 
     @cached_property
     def history(self) -> pd.DataFrame:
@@ -347,7 +347,7 @@ class Inputs:
 
     @cached_property
     def evaluation(self) -> dict:
-        return read_eval_metrics(self.path("eval_metrics"), self.config["latent_dim"])
+        return read_eval_metrics(self.path("eval_metrics"), self.path("eval_detail"), self.config["latent_dim"])
 
     @cached_property
     def literature(self) -> list[dict]:

@@ -3,8 +3,10 @@
 The images are read once into tensors; each epoch shuffles the indices and
 slices batches (the last one may be smaller). Per epoch, train and test loss,
 reconstruction and KL (per sample) go to the history CSV; the final figures to
-the metrics JSON. A checkpoint written atomically after every epoch lets a
-killed run resume where it stopped, with the same result.
+the metrics JSON (the headline ones: test_recon and test_kl) and the detail JSON
+(the rest; vae_pipeline/artifacts.py TRAIN_METRICS, TRAIN_DETAIL). A checkpoint
+written atomically after every epoch lets a killed run resume where it stopped,
+with the same result.
 """
 import hashlib
 import json
@@ -18,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from vae_pipeline import tracking
-from vae_pipeline.artifacts import CURVE_COLUMNS, HISTORY_COLUMNS
+from vae_pipeline.artifacts import CURVE_COLUMNS, HISTORY_COLUMNS, TRAIN_DETAIL, TRAIN_METRICS, split_figures
 from vae_pipeline.data import SPLIT_STREAM, binarize, load_images
 from vae_pipeline.device import setup_torch, uses_bf16
 from vae_pipeline.files import PipelineError, atomic_path, project_path, replace_together, write_json
@@ -26,7 +28,7 @@ from vae_pipeline.model import VAE, reparameterize, vae_loss
 from vae_pipeline.model_files import save_model
 
 log = logging.getLogger("train")
-# The outputs (paths.train_history, paths.train_metrics) hold figures only: a rerun with the same
+# The outputs (paths.train_history, paths.train_metrics, paths.train_detail) hold figures only: a rerun with the same
 # params writes them byte for byte again (dvc.lock unchanged). Times and the thread count vary
 # from run to run; they go to the MLflow run alone.
 
@@ -195,16 +197,19 @@ def save_outputs(params: dict, client, run_id: str, model, metrics: dict, histor
     record = project_path(paths["run_record"])
     # The record first, the model last: killed between two moves, the record already names the new
     # model (records are keyed by the model's hash), and the old model still finds its own record.
-    outputs = [record, project_path(paths["train_metrics"]), project_path(paths["train_history"]),
-               project_path(paths["model_dir"])]
-    with replace_together(*outputs) as (new_record, new_metrics, new_history, new_model):
+    outputs = [record, project_path(paths["train_metrics"]), project_path(paths["train_detail"]),
+               project_path(paths["train_history"]), project_path(paths["model_dir"])]
+    with replace_together(*outputs) as (new_record, new_metrics, new_detail, new_history, new_model):
         save_model(model, new_model, {"likelihood": params["train"]["likelihood"]})
         write_history(new_history, history)
-        write_json(new_metrics, metrics)
+        headline, detail = split_figures(metrics, TRAIN_METRICS, TRAIN_DETAIL)
+        write_json(new_metrics, headline)
+        write_json(new_detail, detail)
         if record.exists():
             shutil.copy2(record, new_record)   # the records of earlier models stay in it
         # finish_training_run logs the files at these paths and records the run there.
         staged = {**params, "paths": {**paths, "run_record": str(new_record), "train_metrics": str(new_metrics),
+                                      "train_detail": str(new_detail),
                                       "train_history": str(new_history), "model_dir": str(new_model)}}
         try:
             # (The thread count is the run's `threads` tag.)

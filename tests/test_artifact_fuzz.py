@@ -155,15 +155,15 @@ def latent_map_table() -> pd.DataFrame:
                          "index": MAP_INDEX})
 
 
-TRAIN_METRICS = {"train_loss": 150.2, "test_loss": 151.0, "test_recon": 140.5, "test_kl": 10.5,
-                 "test_loss_mu": 149.0, "test_recon_mu": 138.5, "best_test_loss": 150.9, "epochs": 3,
-                 "device": "cpu"}
-EVAL_METRICS = {"dataset": "mnist", "binarize": "none", "likelihood": "bernoulli", "test_images": 8,
-                "neg_elbo": 151.0, "recon": 140.5, "kl": 10.5, "neg_elbo_mu": 149.0, "recon_mu": 138.5,
-                "iwae_nll": 148.0, "iwae_samples": 10, "iwae_nll_se": 1.5,
-                "kl_per_dim": {"0": 6.0, "1": 4.5}, "mu_variance": {"0": 0.9, "1": 0.5}, "active_units": 2,
-                "latent_dim": LATENT_DIM, "knn_accuracy": 0.75, "knn_accuracy_per_class": {"0": 1.0, "1": 0.5},
-                "knn_neighbors": 5, "trustworthiness": 0.97, "trustworthiness_neighbors": 10}
+TRAIN_METRICS = {"test_recon": 140.5, "test_kl": 10.5}
+TRAIN_DETAIL = {"test_loss": 151.0, "train_loss": 150.2, "test_loss_mu": 149.0, "test_recon_mu": 138.5, "best_test_loss": 150.9,
+                "epochs": 3, "device": "cpu"}
+EVAL_METRICS = {"iwae_nll": 148.0, "knn_accuracy": 0.75}
+EVAL_DETAIL = {"dataset": "mnist", "binarize": "none", "likelihood": "bernoulli", "test_images": 8,
+               "neg_elbo": 151.0, "recon": 140.5, "kl": 10.5, "neg_elbo_mu": 149.0, "recon_mu": 138.5,
+               "iwae_samples": 10, "iwae_nll_se": 1.5, "active_units": 2, "trustworthiness": 0.97,
+               "kl_per_dim": {"0": 6.0, "1": 4.5}, "mu_variance": {"0": 0.9, "1": 0.5}, "latent_dim": LATENT_DIM,
+               "knn_accuracy_per_class": {"0": 1.0, "1": 0.5}, "knn_neighbors": 5, "trustworthiness_neighbors": 10}
 LITERATURE = [{"reference": "Kingma & Welling 2014", "source": "arXiv:1312.6114", "figure": "-log p(x)",
                "reference_value": 96.0, "this_run": 148.0, "comparable": True, "same_recipe": False,
                "differences": ["epochs: 3 here, 1000 there"]},
@@ -244,9 +244,30 @@ def test_model_safetensors_and_config(tmp_path, reliability):
     reliability("fuzz", "load_model on damaged safetensors, headers and configs (hypothesis)", outcome_row(counts))
 
 
+# A stage's headline figures and its detail are read together: each file, and its partner valid.
+PAIRS = {"train.json": "train_detail.json", "eval.json": "eval_detail.json"}
+FIGURES = {"train.json": TRAIN_METRICS, "train_detail.json": TRAIN_DETAIL, "eval.json": EVAL_METRICS,
+           "eval_detail.json": EVAL_DETAIL}
+
+
+def pair_reader(name: str):
+    """The stage's reader on file `name` with its partner beside it, valid; it gives back what it
+    read of file `name`."""
+    headline = name if name in PAIRS else next(h for h, d in PAIRS.items() if d == name)
+    files = [headline, PAIRS[headline]]
+    read_pair = read_train_metrics if headline == "train.json" else \
+        lambda *paths: read_eval_metrics(*paths, LATENT_DIM)
+
+    def read(path):
+        other = next(n for n in files if n != name)
+        (path.parent / other).write_text(json.dumps(FIGURES[other]))
+        figures = read_pair(*(path.parent / n for n in files))
+        return {key: figures[key] for key in json.loads(path.read_bytes())}
+    return read
+
+
 @pytest.mark.parametrize("name, value, read", [
-    ("train.json", TRAIN_METRICS, read_train_metrics),
-    ("eval.json", EVAL_METRICS, lambda path: read_eval_metrics(path, LATENT_DIM)),
+    *((name, value, pair_reader(name)) for name, value in FIGURES.items()),
     ("literature.json", LITERATURE, read_literature),
 ])
 def test_metrics_json(tmp_path, reliability, name, value, read):
@@ -290,10 +311,13 @@ def test_the_undamaged_files_read_back_exactly(tmp_path):
     save_model(model, tmp_path, {"likelihood": CONFIG["likelihood"]})
     loaded, config = load_model(tmp_path)
     assert config == CONFIG and all(torch.equal(a, b) for a, b in zip(loaded.parameters(), model.parameters()))
-    for name, value, read in [("train.json", TRAIN_METRICS, read_train_metrics),
-                              ("eval.json", EVAL_METRICS, lambda p: read_eval_metrics(p, LATENT_DIM)),
+    for name, value, read in [*((name, value, pair_reader(name)) for name, value in FIGURES.items()),
                               ("literature.json", LITERATURE, read_literature)]:
         (tmp_path / name).write_text(json.dumps(value))
         assert read(tmp_path / name) == value
+    assert read_train_metrics(tmp_path / "train.json", tmp_path / "train_detail.json") == \
+        {**TRAIN_METRICS, **TRAIN_DETAIL}
+    assert read_eval_metrics(tmp_path / "eval.json", tmp_path / "eval_detail.json", LATENT_DIM) == \
+        {**EVAL_METRICS, **EVAL_DETAIL}
     HISTORY.to_csv(tmp_path / "train.csv", index=False)
     pd.testing.assert_frame_equal(read_history(tmp_path / "train.csv", len(HISTORY)), HISTORY)

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.reliability
 EMBEDDINGS_TRAIN, EMBEDDINGS_TEST = "data/embeddings/train.parquet", "data/embeddings/test.parquet"
 LATENT_MAP, WEIGHTS, CONFIG = "data/latent_map.parquet", "models/vae.safetensors", "models/vae.json"
 TRAIN_METRICS, HISTORY = "reports/metrics/train.json", "reports/metrics/train.csv"
+TRAIN_DETAIL = "reports/metrics/train_detail.json"
 EVAL_METRICS, LITERATURE = "reports/metrics/eval.json", "reports/metrics/literature.json"
 
 
@@ -113,8 +114,11 @@ DAMAGES = [
     ("eval.json: iwae_nll missing", EVAL_METRICS,
      changed_json(lambda m: {k: v for k, v in m.items() if k != "iwae_nll"}), "report",
      f"{EVAL_METRICS}: missing key 'iwae_nll' (a finite number)"),
-    ("train.json: test_loss NaN", TRAIN_METRICS, changed_json(lambda m: {**m, "test_loss": float("nan")}),
-     "report", f"{TRAIN_METRICS}: 'test_loss' is nan; expected a finite number"),
+    ("train.json: test_kl NaN", TRAIN_METRICS, changed_json(lambda m: {**m, "test_kl": float("nan")}),
+     "report", f"{TRAIN_METRICS}: 'test_kl' is nan; expected a finite number"),
+    ("train_detail.json: epochs missing", TRAIN_DETAIL,
+     changed_json(lambda m: {k: v for k, v in m.items() if k != "epochs"}), "report",
+     f"{TRAIN_DETAIL}: missing key 'epochs' (an integer >= 1)"),
     ("literature.json: an object, not a list", LITERATURE, changed_json(lambda rows: rows[0]), "report",
      f"{LITERATURE}: holds dict, expected a JSON list of rows"),
     ("train.csv: last epoch lost", HISTORY,
@@ -220,7 +224,7 @@ def test_a_failure_at_model_registration_leaves_the_previous_outputs_whole(built
         db.execute("CREATE TRIGGER refuse_versions BEFORE INSERT ON model_versions "
                    "BEGIN SELECT RAISE(ABORT, 'the registry refuses new versions'); END")
     params = set_params(project, train={"seed": 1})                # other weights than the built ones
-    outputs = [params["paths"]["run_record"], TRAIN_METRICS, HISTORY, WEIGHTS, CONFIG]
+    outputs = [params["paths"]["run_record"], TRAIN_METRICS, TRAIN_DETAIL, HISTORY, WEIGHTS, CONFIG]
     before = {name: (project / name).read_bytes() for name in outputs}
 
     code, error, stray = run_stage(project, "train")

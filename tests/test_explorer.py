@@ -184,7 +184,7 @@ def test_the_explorer_for_other_latent_sizes(fashion, tmp_path, request, latent_
         check_point(point, table)
     html = (project / "reports/index.html").read_text()
     # One slider per dimension, most KL first, at most MAX_SLIDERS of them.
-    kl = json.loads((project / "reports/metrics/eval.json").read_text())["kl_per_dim"]
+    kl = json.loads((project / "reports/metrics/eval_detail.json").read_text())["kl_per_dim"]
     by_kl = sorted(range(latent_dim), key=lambda j: -kl[str(j)])
     assert seen["slider_dims"] == by_kl[:MAX_SLIDERS]
     before, after = seen["slider"]["before"], seen["slider"]["after"]

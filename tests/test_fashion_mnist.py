@@ -21,6 +21,7 @@ def test_fashion_mnist_runs_through_every_stage_to_the_report(project):
     assert not (project / "data/raw/mnist").exists()
 
     metrics = json.loads((project / "reports/metrics/eval.json").read_text())
+    metrics |= json.loads((project / "reports/metrics/eval_detail.json").read_text())
     assert metrics["dataset"] == "fashion-mnist" and metrics["test_images"] == 500
     assert metrics["iwae_nll"] <= metrics["neg_elbo"]
     assert abs(metrics["neg_elbo"] - metrics["recon"] - metrics["kl"]) < 1e-3

@@ -103,14 +103,14 @@ def test_pipeline_flow_runs_the_stages_in_order_then_skips_them_all(project, pre
     assert run_in(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
     markdown = artifact_markdown(first.state_details.flow_run_id)
     metrics = json.loads((project / "reports/metrics/train.json").read_text())
-    assert "| train | ran |" in markdown and f"| train.test_loss | {metrics['test_loss']:.6g} |" in markdown
+    assert "| train | ran |" in markdown and f"| train.test_kl | {metrics['test_kl']:.6g} |" in markdown
     assert "**MLflow run:** not recorded" in markdown or "**MLflow run:** `" in markdown
     # Links that lead somewhere: the MLflow run (embedded store: its URI) and the report; the metrics table.
     record = tracking.training_run(yaml.safe_load((project / "params.yaml").read_text()), project)
     assert f"(runs:/{record['run_id']})" in artifact(first.state_details.flow_run_id, "mlflow-run").data
     assert (project / "reports/index.html").as_uri() in artifact(first.state_details.flow_run_id, "report").data
     table = json.loads(artifact(first.state_details.flow_run_id, "metrics").data)
-    assert {"metric": "train.test_loss", "value": metrics["test_loss"]} in table
+    assert {"metric": "train.test_kl", "value": metrics["test_kl"]} in table
 
     before = outputs_mtimes(project)
     lock_before = (project / "dvc.lock").read_text()

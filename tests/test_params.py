@@ -27,6 +27,8 @@ def test_defaults_are_the_articles():
     ("train", "likelihood", "poisson", "allowed: one of bernoulli, gaussian"),
     ("data", "dataset", "cifar10", "'data.dataset' is 'cifar10'; allowed: one of mnist, fashion-mnist"),
     ("train", "hidden_dims", [], "'train.hidden_dims' is []"),
+    ("stack", "host", "stack-host", "'stack.host' is 'stack-host'; allowed: one IP address"),
+    ("stack", "host", ":" * 2, "allowed: one IP address (not a wildcard address)"),   # binds every network
 ])
 def test_bad_value_names_key_and_what_is_allowed(section, key, value, message):
     params = copy.deepcopy(DEFAULTS)

@@ -17,7 +17,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(project):
     assert stages_run(first.stdout) == sorted(dvc_stages(project))
 
     metrics = json.loads((project / "reports/metrics/train.json").read_text())
-    assert metrics["epochs"] == 2 and 0 < metrics["test_loss"] < 600
+    detail = json.loads((project / "reports/metrics/train_detail.json").read_text())
+    assert detail["epochs"] == 2 and 0 < detail["test_loss"] < 600 and 0 < metrics["test_kl"] < detail["test_loss"]
     history = pd.read_csv(project / "reports/metrics/train.csv")
     assert list(history["epoch"]) == [1, 2]
     assert history["train_loss"].iloc[1] < history["train_loss"].iloc[0]
@@ -32,7 +33,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(project):
     assert run_in(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
 
     evaluation = json.loads((project / "reports/metrics/eval.json").read_text())
-    assert evaluation["iwae_nll"] <= evaluation["neg_elbo"] and 0 <= evaluation["knn_accuracy"] <= 1
+    eval_detail = json.loads((project / "reports/metrics/eval_detail.json").read_text())
+    assert evaluation["iwae_nll"] <= eval_detail["neg_elbo"] and 0 <= evaluation["knn_accuracy"] <= 1
 
     # Changing beta makes the model and everything made from it stale; download stays.
     set_params(project, train={"beta": 4.0})

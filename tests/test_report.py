@@ -187,10 +187,12 @@ def test_report_has_every_section_and_every_image_decodes(built):
     prior = Image.open(project / "reports/figures/prior_samples.png")
     assert prior.size == ((10 * (IMAGE_SIZE + 2) + 2) * 2,) * 2       # a 10 x 10 grid of images, 2 apart, x2
     # The summary's figures come from the run: its metrics and its commit.
-    metrics = yaml.safe_load((project / "reports/metrics/train.json").read_text())
+    metrics = {**yaml.safe_load((project / "reports/metrics/train.json").read_text()),
+               **yaml.safe_load((project / "reports/metrics/train_detail.json").read_text())}
     assert f"{metrics['test_loss']:.1f}" in html and f"{metrics['test_kl']:.2f}" in html
     # The evaluate stage's figures, and the literature table with its verdicts.
-    evaluation = json.loads((project / "reports/metrics/eval.json").read_text())
+    evaluation = {**json.loads((project / "reports/metrics/eval.json").read_text()),
+                  **json.loads((project / "reports/metrics/eval_detail.json").read_text())}
     assert f"{evaluation['iwae_nll']:.2f}" in html and f"{100 * evaluation['knn_accuracy']:.1f}" in html
     assert f"{evaluation['trustworthiness']:.3f}" in html
     assert html.count("PyTorch examples, VAE") == 1 and html.count('class="badge warn">not comparable') == 2
@@ -218,7 +220,8 @@ def test_each_section_is_numbered_linked_and_its_figures_are_files(built, number
 def test_the_page_counts_active_units_once_from_the_evaluation(built):
     project, _ = built
     html = (project / "reports/index.html").read_text()
-    evaluation = json.loads((project / "reports/metrics/eval.json").read_text())
+    evaluation = {**json.loads((project / "reports/metrics/eval.json").read_text()),
+                  **json.loads((project / "reports/metrics/eval_detail.json").read_text())}
     active, dims = evaluation["active_units"], evaluation["latent_dim"]
     kl_section = section_html(html, "kl-per-dimension")
     assert re.search(rf"Here {active} of\s+{dims} dimensions are active", kl_section)

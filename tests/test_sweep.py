@@ -84,7 +84,7 @@ def test_a_recipe_carries_no_credential(monkeypatch, tmp_path):
              "dvc_remote": {"name": "stack", "url": "s3://vae-pipeline/dvc"}}
     for uri in ("http://10.0.0.1:5000", "http://vae:mlflow-secret-3@10.0.0.1:5000"):
         recipe = sweep.recipe(sweep.grid(settings)[0], "tiny-sweep", "a" * 40, where, settings, params,
-                              {"sweep": "tiny-sweep", "mlflow.parentRunId": "p"}, uri)
+                              {"sweep": "tiny-sweep", "mlflow.parentRunId": "p"}, uri, ["reports/metrics/train.json"])
         text = json.dumps(recipe)
         assert not any(secret in text for secret in secrets.values()), text
     assert recipe["tracking_uri"] is None            # a URI with a password stays out

@@ -138,20 +138,29 @@ def finite():
 
 # What each metrics file holds, as params.yaml's rules (vae_pipeline.params): a key its readers
 # use that is missing or of the wrong type stops them with the key named. Extra keys are allowed.
-TRAIN_METRICS = {
-    "train_loss": finite(), "test_loss": finite(), "test_recon": finite(), "test_kl": finite(),
-    "test_loss_mu": finite(), "test_recon_mu": finite(), "best_test_loss": finite(),
-    "epochs": integer(1), "device": text(),
+# Each stage's figures in two files: the headline ones (a DVC metric: `dvc exp show`, `make exps`
+# and `dvc metrics diff` show them, a column each; few enough that the experiments table of a
+# sweep fits 120 columns, tests/test_exps.py) and the rest (a plain output: the figures per latent
+# dimension and per class, the ones beside the headline figures, and what they were measured on).
+# These lists decide which key goes where (split_figures).
+TRAIN_METRICS = {"test_recon": finite(), "test_kl": finite()}   # distortion and rate; test_loss = recon + beta KL
+TRAIN_DETAIL = {
+    "test_loss": finite(), "train_loss": finite(), "test_loss_mu": finite(), "test_recon_mu": finite(),
+    "best_test_loss": finite(), "epochs": integer(1), "device": text(),
 }
-EVAL_METRICS = {
+EVAL_METRICS = {"iwae_nll": finite(), "knn_accuracy": finite()}
+EVAL_DETAIL = {
     "dataset": text(), "binarize": text(), "likelihood": text(), "test_images": integer(1),
     "neg_elbo": finite(), "recon": finite(), "kl": finite(), "neg_elbo_mu": finite(), "recon_mu": finite(),
-    "iwae_nll": finite(), "iwae_samples": integer(1), "iwae_nll_se": finite(),
-    "kl_per_dim": mapping_of(finite()), "mu_variance": mapping_of(finite()),
-    "active_units": integer(0), "latent_dim": integer(1),
-    "knn_accuracy": finite(), "knn_accuracy_per_class": mapping_of(finite()), "knn_neighbors": integer(1),
-    "trustworthiness": optional(finite()), "trustworthiness_neighbors": integer(1),
+    "iwae_samples": integer(1), "iwae_nll_se": finite(), "active_units": integer(0),
+    "trustworthiness": optional(finite()),
+    "kl_per_dim": mapping_of(finite()), "mu_variance": mapping_of(finite()), "latent_dim": integer(1),
+    "knn_accuracy_per_class": mapping_of(finite()), "knn_neighbors": integer(1),
+    "trustworthiness_neighbors": integer(1),
 }
+# The DVC metrics files (params.yaml `paths` key -> what each holds): the headline figures that
+# `dvc exp show` and `make exps` list (commands/exps.py). tests/test_exps.py checks them against dvc.yaml.
+METRICS_FILES = {"train_metrics": TRAIN_METRICS, "eval_metrics": EVAL_METRICS}
 LITERATURE_ROW = {
     "reference": text(), "source": text(), "figure": text(), "reference_value": finite(),
     "this_run": optional(finite()), "comparable": boolean(), "same_recipe": boolean(),
@@ -181,26 +190,38 @@ def check_fields(path: Path, data, rules: dict, stage: str, where: str = "") -> 
     return data
 
 
-def read_train_metrics(path: Path) -> dict:
-    """The train stage's final figures (paths.train_metrics)."""
-    return check_fields(path, read_json(path, "train"), TRAIN_METRICS, "train")
+def split_figures(figures: dict, headline: dict, detail: dict) -> tuple[dict, dict]:
+    """A stage's figures as its two files hold them: (the `headline` keys, the `detail` keys)."""
+    unplaced = figures.keys() - headline.keys() - detail.keys()
+    if unplaced:  # a new figure must be placed in one of the lists above
+        raise ValueError(f"figures in neither list of vae_pipeline/artifacts.py: {sorted(unplaced)}")
+    return ({k: v for k, v in figures.items() if k in headline},
+            {k: v for k, v in figures.items() if k in detail})
 
 
-def read_eval_metrics(path: Path, latent_dim: int) -> dict:
-    """The evaluate stage's figures (paths.eval_metrics), for a model of `latent_dim` dimensions."""
+def read_train_metrics(path: Path, detail_path: Path) -> dict:
+    """The train stage's final figures (paths.train_metrics and paths.train_detail, as one dict)."""
+    detail = check_fields(detail_path, read_json(detail_path, "train"), TRAIN_DETAIL, "train")
+    return {**detail, **check_fields(path, read_json(path, "train"), TRAIN_METRICS, "train")}
+
+
+def read_eval_metrics(path: Path, detail_path: Path, latent_dim: int) -> dict:
+    """The evaluate stage's figures (paths.eval_metrics and paths.eval_detail, as one dict), for a
+    model of `latent_dim` dimensions."""
     metrics = check_fields(path, read_json(path, "evaluate"), EVAL_METRICS, "evaluate")
-    if metrics["latent_dim"] != latent_dim:
-        raise damaged_output(path, f"'latent_dim' is {metrics['latent_dim']}, but the model has {latent_dim}",
-                             "evaluate")
+    detail = check_fields(detail_path, read_json(detail_path, "evaluate"), EVAL_DETAIL, "evaluate")
+    if detail["latent_dim"] != latent_dim:
+        raise damaged_output(detail_path, f"'latent_dim' is {detail['latent_dim']}, but the model has "
+                             f"{latent_dim}", "evaluate")
     dims = {str(j) for j in range(latent_dim)}
     for key in ("kl_per_dim", "mu_variance"):
-        if metrics[key].keys() != dims:
-            raise damaged_output(path, f"'{key}' has dimensions {shown(sorted(metrics[key]))}, expected "
+        if detail[key].keys() != dims:
+            raise damaged_output(detail_path, f"'{key}' has dimensions {shown(sorted(detail[key]))}, expected "
                                  f"0..{latent_dim - 1}", "evaluate")
-    if metrics["active_units"] > latent_dim:
-        raise damaged_output(path, f"'active_units' is {metrics['active_units']}, more than the {latent_dim} "
+    if detail["active_units"] > latent_dim:
+        raise damaged_output(detail_path, f"'active_units' is {detail['active_units']}, more than the {latent_dim} "
                              "dimensions", "evaluate")
-    return metrics
+    return {**detail, **metrics}
 
 
 def read_literature(path: Path) -> list[dict]:

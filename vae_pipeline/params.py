@@ -39,6 +39,18 @@ def text():
     return ("a string", lambda v: isinstance(v, str) and v != "")
 
 
+def address():
+    """One IP address a server can bind: not the unspecified (wildcard) address, which binds every network."""
+    import ipaddress
+
+    def ok(v):
+        try:
+            return not ipaddress.ip_address(v).is_unspecified
+        except (TypeError, ValueError):
+            return False
+    return ("one IP address (not a wildcard address)", ok)
+
+
 def boolean():
     return ("true or false", lambda v: isinstance(v, bool))
 
@@ -57,6 +69,11 @@ def mapping_of(rule):
             lambda v: isinstance(v, dict) and all(isinstance(k, str) and rule[1](x) for k, x in v.items()))
 
 
+# Params that change how fast a stage runs, never what it writes (MKL's strict mode: the same
+# numbers on any thread count, vae_pipeline/cli.py): a sweep point's `dvc exp run` command
+# leaves them out, and `make exps` (commands/exps.py) does not show them.
+SPEED_ONLY = ("train.threads",)
+
 SCHEMA = {
     "paths": {
         # Every file the stages write, named once: dvc.yaml reads these too.
@@ -64,7 +81,8 @@ SCHEMA = {
         "model_dir": text(),          # vae.safetensors + vae.json
         "run_record": text(),         # model hash -> its MLflow run (vae_pipeline.tracking; not a DVC output)
         "checkpoint_dir": text(),     # per-epoch training checkpoints (not a DVC output)
-        "train_metrics": text(),
+        "train_metrics": text(),      # the train stage's headline figures (DVC metrics)
+        "train_detail": text(),       # ... and the rest (vae_pipeline.artifacts TRAIN_DETAIL)
         "train_history": text(),
         "embeddings_dir": text(),     # train.parquet + test.parquet
         "compare_report": text(),     # stages.compare: runs of the MLflow experiment side by side
@@ -77,7 +95,8 @@ SCHEMA = {
         "sweep_results": text(),
         "champion": text(),           # flows/retrain.py: the champion gate's decision
 
-        "eval_metrics": text(),
+        "eval_metrics": text(),       # the evaluate stage's headline figures (DVC metrics)
+        "eval_detail": text(),        # ... and its detail (vae_pipeline.artifacts EVAL_DETAIL)
         "literature": text(),
     },
     "data": {
@@ -169,11 +188,14 @@ SCHEMA = {
     },
     "stack": {                                         # `make stack`: the team's servers (stack/)
         "state_dir": text(),
+        "host": address(),                             # where every service binds; 127.0.0.1 unless it serves other hosts
         "postgres_port": integer(1, 65535),
         "s3_port": integer(1, 65535),
         "seaweed_port": integer(1, 65527),             # SeaweedFS uses it and the 8 ports above it
         "mlflow_port": integer(1, 65535),
         "prefect_port": integer(1, 65535),
+        "git_port": integer(1, 65535),
+        "dask_port": integer(1, 65535),
         "bucket": text(),
         "work_pool": text(),
     },

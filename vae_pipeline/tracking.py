@@ -465,7 +465,7 @@ def finish_training_run(client, run_id: str, params: dict, model, metrics: dict)
                 step=params["train"]["epochs"])
     for path in sorted(model_dir.glob("vae.*")):
         client.log_artifact(run_id, str(path), "model")
-    for path in (project_path(paths["train_metrics"]), project_path(paths["train_history"])):
+    for path in (project_path(paths[key]) for key in ("train_metrics", "train_detail", "train_history")):
         client.log_artifact(run_id, str(path), "metrics")
     for path in (PARAMS_FILE, ROOT / "dvc.lock"):
         if path.exists():
