@@ -37,8 +37,11 @@ sweep: $(STAMP)  ## train the grid of params.yaml `sweep` on Dask; writes report
 exps: $(STAMP)  ## `dvc exp show` narrowed: the params that differ and the headline metrics (commands/exps.py)
 	python -m commands.exps
 
+# Two pytest-xdist workers, a test file to each at a time (tests/conftest.py): the slow tests wait on
+# servers and subprocesses as much as they compute. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser postgres  ## run the test suite (slow end-to-end tests included)
-	pytest
+	pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: $(STAMP)  ## run the tests, skipping the slow end-to-end ones
 	pytest -m "not slow"

@@ -156,6 +156,17 @@ def stages_run(output: str) -> list[str]:
 pytest_plugins = ["tests.reliability"]
 
 
+# `make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadgroup`): a group's tests
+# run in one worker, in order, so a module-scoped fixture (a trained project, a server) is made once.
+# A file's group is the file, unless its tests name one: the team-stack files share `team-stack`, so
+# two stacks (each a PostgreSQL, an S3 store and three servers) never start at once.
+@pytest.hookimpl(tryfirst=True)     # before xdist reads the marks
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(autouse=True)
 def own_tracking_store(monkeypatch):
     """Tests log to stores they make themselves, never to a server named in the caller's environment."""

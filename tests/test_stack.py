@@ -35,7 +35,7 @@ from vae_pipeline.files import ROOT
 from vae_pipeline.params import load_params
 from vae_pipeline.tracking import RUN_FILE
 
-pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.xdist_group("team-stack")]
 
 try:
     postgres.bin_dir()

@@ -1,6 +1,7 @@
 """MLflow tracking against real stores: the embedded SQLite file, and `mlflow server` over HTTP."""
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +14,18 @@ from vae_pipeline.files import ROOT, PipelineError
 from vae_pipeline.params import load_params
 
 EPOCH_METRICS = ["train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl", "seconds"]
+
+
+@pytest.fixture(autouse=True)
+def tracking_env_restored():
+    """mlflow.set_tracking_uri (open_store) also exports MLFLOW_TRACKING_URI, which every later
+    test's subprocesses would inherit: put the variable back as it was after each test."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def open_store(project):
