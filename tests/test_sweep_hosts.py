@@ -199,6 +199,7 @@ UNAVAILABLE = namespaces_unavailable()
 
 
 @pytest.mark.reliability
+@pytest.mark.xdist_group("team-stack")      # never two stacks at once (tests/conftest.py)
 @pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
 def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, tmp_path, reliability):
     from stack import postgres
