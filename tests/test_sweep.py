@@ -1,11 +1,10 @@
 """The sweep's parts that need no Dask: the commit it runs, the stages the points share, the recipe
 a worker gets (no credential in it), and the point runner's module (no import of the project)."""
 import ast
-import re
 import json
+import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

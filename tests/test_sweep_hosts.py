@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.conftest import VENV_BIN, make_project, pipeline_env, run_in, set_params
 from vae_pipeline.files import ROOT
