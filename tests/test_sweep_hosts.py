@@ -9,7 +9,7 @@ the checkout and the pytest folders are hidden under empty tmpfs mounts: it has 
 (bind-mounted at /mnt/vaet/venv, its editable link to the checkout dangling), the worker kit
 (`python -m stack worker-kit`) and the stack's address. A four-point sweep (2 beta x 2 latent
 sizes, 1 epoch, tiny data) runs on them; in the middle of a point every process of host 1 is
-killed. The same sweep then runs on the local Dask cluster, for the timing.
+killed. (The local Dask path of the same code is tests/test_flows.py's two-point sweep.)
 
 Root only (ip netns, mount): elsewhere skipped, saying why. Everything made is removed in
 `finally` blocks, whatever happens.
@@ -316,27 +316,3 @@ def prefect_table(env: dict, flow_run_id: str) -> list[dict]:
     text = run_in(ROOT, "python", "-c", script, flow_run_id, env=env).stdout
     table = json.loads(text)
     return json.loads(table) if isinstance(table, str) else table
-
-
-def test_the_same_sweep_on_the_local_dask_cluster(tiny_source, tmp_path):
-    """The four points on this machine's local Dask cluster (two worker processes): the figure the
-    namespaced hosts are compared with, and the local path of the same code end to end."""
-    import socket
-
-    project = make_project(tmp_path, tiny_source)
-    configure(project, sweep={**GRID, "scheduler": None})
-    started = time.monotonic()
-    run_in(project, "python", "-m", "flows.sweep", timeout=1500, env={"PREFECT_HOME": str(tmp_path / "prefect")})
-    seconds = time.monotonic() - started
-    results = json.loads((project / "reports/sweep.json").read_text())
-    points = results["points"]
-    assert sorted((p["beta"], p["latent_dim"]) for p in points) == [(1, 2), (1, 3), (4, 2), (4, 3)]
-    assert {p["host"] for p in points} == {socket.gethostname()} and results["attempts_lost"] == []
-    shown = json.loads(run_in(project, "dvc", "exp", "show", "--json").stdout)
-    names = {exp["name"] for rev in shown for exp in rev.get("experiments") or [] if exp.get("name")}
-    assert {p["exp_name"] for p in points} <= names
-    print(f"4 points on the local Dask cluster (2 workers): {seconds:.0f} s in all "
-          f"({results['points_seconds']:.0f} s from dispatch); per point " +
-          ", ".join(f"β={p['beta']:g} z={p['latent_dim']} {p['seconds']:.0f} s (checkout {p['checkout_s']:.0f}, "
-                    f"exp run {p['exp_run_s']:.0f}, push {p['push_s']:.0f})"
-                    for p in sorted(points, key=lambda p: p["started"])))
