@@ -339,7 +339,18 @@ def data_input(params: dict):
 
 def log_data_input(client, run_id: str, params: dict) -> None:
     """Log the data set (data_input) as an input of the run: MLflow's Dataset column shows it."""
-    client.log_inputs(run_id, datasets=[data_input(params)])
+    from mlflow.exceptions import MlflowException
+
+    # MLflow's SQL store looks the data set up, then inserts it when missing: two trainings of one
+    # experiment starting together can both miss it, and the second insert breaks the unique key
+    # (seen with eight writers on the stack's PostgreSQL). Once the other row exists, a retry finds it.
+    for attempt in range(3):
+        try:
+            client.log_inputs(run_id, datasets=[data_input(params)])
+            return
+        except MlflowException as e:
+            if attempt == 2 or "unique constraint" not in str(e).lower():
+                raise
 
 
 # The system metrics monitor of each training run in this process: started by start_training_run,
