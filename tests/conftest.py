@@ -167,6 +167,15 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
+def pytest_xdist_node_collection_finished(node, ids):
+    """Stop unless xdist marked the groups in the node ids (its only channel to its scheduler): without
+    them every test goes to any worker, two team stacks start at once, and module fixtures are made
+    twice, silently (pytest 9.2 broke it, pytest-xdist#1386; see pyproject.toml)."""
+    if node.config.getvalue("dist") == "loadgroup" and not all("@" in nodeid for nodeid in ids):
+        pytest.exit("pytest-xdist did not mark the test groups in the node ids (pytest-xdist#1386): "
+                    "install pytest<9.2 (`pip install -e '.[test]'`)", returncode=4)
+
+
 @pytest.fixture(autouse=True)
 def own_tracking_store(monkeypatch):
     """Tests log to stores they make themselves, never to a server named in the caller's environment."""
