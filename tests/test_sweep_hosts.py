@@ -8,8 +8,8 @@ The test makes a bridge `vaetbr0` (10.213.0.1/24) and two network namespaces on 
 the checkout and the pytest folders are hidden under empty tmpfs mounts: it has only the venv
 (bind-mounted at /mnt/vaet/venv, its editable link to the checkout dangling), the worker kit
 (`python -m stack worker-kit`) and the stack's address. A four-point sweep (2 beta x 2 latent
-sizes, 1 epoch, tiny data) runs on them; in the middle of a point every process of host 1 is
-killed. (The local Dask path of the same code is tests/test_flows.py's two-point sweep.)
+sizes, 1 epoch, tiny data) runs on them; once host 1 has finished a point, in the middle of its
+next one every process of host 1 is killed. (The local Dask path of the same code is tests/test_flows.py's two-point sweep.)
 
 Root only (ip netns, mount): elsewhere skipped, saying why. Everything made is removed in
 `finally` blocks, whatever happens.
@@ -168,11 +168,10 @@ def mlflow_client(env: dict):
     return mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
 
 
-def running_attempt(client, experiment_id: str, host: str):
-    """The MLflow run a sweep point has open on `host` right now, or None."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`sweep.attempt.host` = '{host}' "
-                              "and attributes.status = 'RUNNING'", max_results=5)
-    return runs[0] if runs else None
+def attempts(client, experiment_id: str, host: str, status: str) -> list:
+    """The MLflow runs of the sweep points tried on `host` whose status is `status` (RUNNING: now)."""
+    return client.search_runs([experiment_id], filter_string=f"tags.`sweep.attempt.host` = '{host}' "
+                              f"and attributes.status = '{status}'", max_results=5)
 
 
 def start_sweep(project: Path, env: dict, log: Path) -> subprocess.Popen:
@@ -243,7 +242,9 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
             victim = None
             while victim is None and sweep.poll() is None and time.monotonic() - started < 600:
                 experiment = experiment or client.get_experiment_by_name("vae-pipeline")
-                victim = experiment and running_attempt(client, experiment.experiment_id, "vaeth1")
+                # Host 1's second point: both hosts have then done one, and host 2 must finish the rest.
+                if experiment and attempts(client, experiment.experiment_id, "vaeth1", "FINISHED"):
+                    victim = next(iter(attempts(client, experiment.experiment_id, "vaeth1", "RUNNING")), None)
                 time.sleep(1)
             assert victim is not None, (logs / "sweep.log").read_text()[-3000:]
             time.sleep(3)                                   # in the middle of its training
@@ -261,7 +262,7 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
             assert results["failed"] == []
             assert {p["host"] for p in points} <= set(MACHINES) and {p["address"] for p in points} <= set(MACHINES.values())
             assert all(MACHINES[p["host"]] == p["address"] for p in points)
-            assert "vaeth2" in {p["host"] for p in points}
+            assert {p["host"] for p in points} == set(MACHINES)          # both hosts did points
             # The killed attempt's run FAILED; the parent has four FINISHED children, one per point.
             killed_run = client.get_run(victim.info.run_id)
             assert killed_run.info.status == "FAILED"
