@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cloudpickle
@@ -39,6 +40,7 @@ from jinja2 import Environment, PackageLoader
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.artifacts import create_link_artifact, create_table_artifact
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
@@ -228,6 +230,23 @@ def start_parent_run(client, params: dict, name: str, settings: dict, commit: st
     return run.info.run_id
 
 
+def settled(futures: list) -> Iterator[tuple[int, object]]:
+    """(index, its result or its exception) for each point's future, as it finishes.
+
+    Each is let go on the Dask scheduler once read: a finished point's result stays in its worker's
+    memory while the flow holds the future, and if that worker dies Dask runs the point again
+    though it was done (seen: a host killed in its second point, its first one ran twice).
+    """
+    index_of = {id(future): index for index, future in enumerate(futures)}
+    for future in as_completed(futures):
+        try:
+            outcome = future.result()
+        except Exception as e:
+            outcome = e
+        future.wrapped_future.release()
+        yield index_of[id(future)], outcome
+
+
 def close_dead_attempts(client, parent_id: str, results: list[dict], logger) -> list[str]:
     """Mark FAILED every child run of the parent that is still running: an attempt whose worker died
     (its point ran again elsewhere, or failed). Returns their run ids."""
@@ -396,16 +415,16 @@ def sweep(project: str | None = None) -> list[dict]:
     with flow_seen_by_workers():
         futures = [run_point.with_options(task_run_name=point_name(p))
                    .submit(recipe(p, name, commit, where, settings, params, tags, uri, figures)) for p in points]
-    results, failed = [], []
-    for point, future in zip(points, futures):
-        try:
-            result = future.result()
-        except Exception as e:
-            failed.append(f"{reproduce_command(point)}: {e}")
+    results, failed = {}, []
+    for index, outcome in settled(futures):
+        point = points[index]
+        if isinstance(outcome, Exception):
+            failed.append(f"{reproduce_command(point)}: {outcome}")
             continue
-        results.append({"beta": point["train.beta"], "latent_dim": point["train.latent_dim"],
-                        "epochs": point["train.epochs"], **result, "metrics": point_metrics(result, root, params),
-                        "command": reproduce_command(point)})
+        results[index] = {"beta": point["train.beta"], "latent_dim": point["train.latent_dim"],
+                          "epochs": point["train.epochs"], **outcome, "metrics": point_metrics(outcome, root, params),
+                          "command": reproduce_command(point)}
+    results = [results[index] for index in sorted(results)]       # in the grid's order
     dead = close_dead_attempts(client, parent_id, results, logger)
     pull_experiments(root, where, commit, [r["exp_name"] for r in results], logger)
     timing = {"commit": commit, "mlflow_parent_run_id": parent_id, "prefect_flow_run_id": str(flow_run.id), "shared_stages": shared,

@@ -54,7 +54,7 @@ def namespaces_unavailable() -> str | None:
         return "needs root: the test makes network and mount namespaces (ip netns, unshare --mount)"
     if not (shutil.which("ip") and shutil.which("unshare")):
         return "needs `ip` (iproute2) and `unshare` (util-linux)"
-    probe = "vaetprobe"
+    probe = f"vaetprobe{os.getpid()}"      # each pytest worker its own (a shared name: "File exists")
     made = sh("ip", "netns", "add", probe, check=False)
     if made.returncode != 0:
         return f"`ip netns add` is not permitted here: {made.stderr.strip()}"
@@ -193,16 +193,15 @@ def configure(project: Path, **sections) -> None:
     run_in(project, "git", "commit", "-qam", "sweep test settings")
 
 
-UNAVAILABLE = namespaces_unavailable()
-
-
 @pytest.mark.reliability
 @pytest.mark.xdist_group("team-stack")      # never two stacks at once (tests/conftest.py)
-@pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
 def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, tmp_path, reliability):
     from stack import postgres
     from stack.settings import Stack, read_env_file
 
+    unavailable = namespaces_unavailable()      # asked here, by the one worker that runs the test
+    if unavailable:
+        pytest.skip(unavailable)
     try:
         postgres.bin_dir()
     except Exception as e:
