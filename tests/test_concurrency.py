@@ -60,23 +60,29 @@ def log_like_a_training(uri: str, folder, index: int, start, results) -> None:
         results.put((index, None, f"{type(e).__name__}: {message}", None))
 
 
+def all_at_once(writer, args) -> tuple[list, list[int]]:
+    """Run WRITERS processes of `writer(*args(i), start, results)`, released together by the barrier
+    `start`; each puts one outcome on `results`. Returns the outcomes and the exit codes."""
+    # Forked after torch and mlflow are imported (seconds each), before anything opened the store:
+    # each writer opens its own connections, as a separate training would.
+    context = multiprocessing.get_context("fork")
+    start, results = context.Barrier(WRITERS), context.Queue()
+    processes = [context.Process(target=writer, args=(*args(i), start, results)) for i in range(WRITERS)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    return outcomes, [process.exitcode for process in processes]
+
+
 def eight_writers_at_once(uri: str, folder) -> dict:
     """Run WRITERS writer processes together; count what the store holds afterwards."""
     import mlflow
 
     (folder / "raw" / "mnist").mkdir(parents=True)
     (folder / "raw" / "mnist" / "train-images-idx3-ubyte").write_bytes(b"tags hash the data files")
-    # Forked after torch and mlflow are imported (seconds each), before anything opened the store:
-    # each writer opens its own connections, as a separate training would.
-    context = multiprocessing.get_context("fork")
-    start, results = context.Barrier(WRITERS), context.Queue()
-    processes = [context.Process(target=log_like_a_training, args=(uri, folder, i, start, results))
-                 for i in range(WRITERS)]
-    for process in processes:
-        process.start()
-    outcomes = [results.get(timeout=600) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
+    outcomes, exit_codes = all_at_once(log_like_a_training, lambda i: (uri, folder, i))
 
     errors = sorted(f"writer {i}: {error}" for i, _, error, _ in outcomes if error)
     try:
@@ -91,7 +97,7 @@ def eight_writers_at_once(uri: str, folder) -> dict:
     return {
         "errors": errors,
         "runs": {run_id for _, run_id, _, _ in outcomes if run_id},
-        "exit_codes": [process.exitcode for process in processes],
+        "exit_codes": exit_codes,
         "statuses": {run.info.run_id: run.info.status for run in stored},
         "params": {run.info.run_id: run.data.params for run in stored},
         "latest": {run.info.run_id: run.data.metrics for run in stored},
@@ -163,15 +169,8 @@ def test_eight_runs_logging_one_new_data_set_at_once_each_get_it(tmp_path, relia
 
     uri, rounds = f"sqlite:///{tmp_path}/mlflow.db", 5
     mlflow.MlflowClient(uri).create_experiment("data-sets")
-    context = multiprocessing.get_context("fork")
-    start, results = context.Barrier(WRITERS), context.Queue()
-    processes = [context.Process(target=log_one_data_set, args=(uri, i, rounds, start, results))
-                 for i in range(WRITERS)]
-    for process in processes:
-        process.start()
-    errors = [error for _ in processes for error in results.get(timeout=300)]
-    for process in processes:
-        process.join(timeout=60)
+    outcomes, _ = all_at_once(log_one_data_set, lambda i: (uri, i, rounds))
+    errors = [error for outcome in outcomes for error in outcome]
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("data-sets").experiment_id])
     digests = [inp.dataset.digest for run in runs for inp in run.inputs.dataset_inputs]
