@@ -237,14 +237,14 @@ def settled(futures: list) -> Iterator[tuple[int, object]]:
     memory while the flow holds the future, and if that worker dies Dask runs the point again
     though it was done (seen: a host killed in its second point, its first one ran twice).
     """
-    index_of = {id(future): index for index, future in enumerate(futures)}
+    index_of = {future: index for index, future in enumerate(futures)}
     for future in as_completed(futures):
         try:
             outcome = future.result()
         except Exception as e:
             outcome = e
         future.wrapped_future.release()
-        yield index_of[id(future)], outcome
+        yield index_of[future], outcome
 
 
 def close_dead_attempts(client, parent_id: str, results: list[dict], logger) -> list[str]:
@@ -415,16 +415,16 @@ def sweep(project: str | None = None) -> list[dict]:
     with flow_seen_by_workers():
         futures = [run_point.with_options(task_run_name=point_name(p))
                    .submit(recipe(p, name, commit, where, settings, params, tags, uri, figures)) for p in points]
-    results, failed = {}, []
+    done, failed = {}, []
     for index, outcome in settled(futures):
         point = points[index]
         if isinstance(outcome, Exception):
             failed.append(f"{reproduce_command(point)}: {outcome}")
             continue
-        results[index] = {"beta": point["train.beta"], "latent_dim": point["train.latent_dim"],
+        done[index] = {"beta": point["train.beta"], "latent_dim": point["train.latent_dim"],
                           "epochs": point["train.epochs"], **outcome, "metrics": point_metrics(outcome, root, params),
                           "command": reproduce_command(point)}
-    results = [results[index] for index in sorted(results)]       # in the grid's order
+    results = [done[index] for index in sorted(done)]       # in the grid's order
     dead = close_dead_attempts(client, parent_id, results, logger)
     pull_experiments(root, where, commit, [r["exp_name"] for r in results], logger)
     timing = {"commit": commit, "mlflow_parent_run_id": parent_id, "prefect_flow_run_id": str(flow_run.id), "shared_stages": shared,

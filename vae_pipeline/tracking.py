@@ -344,12 +344,13 @@ def log_data_input(client, run_id: str, params: dict) -> None:
     # MLflow's SQL store looks the data set up, then inserts it when missing: two trainings of one
     # experiment starting together can both miss it, and the second insert breaks the unique key
     # (seen with eight writers on the stack's PostgreSQL). Once the other row exists, a retry finds it.
-    for attempt in range(3):
+    datasets, attempts = [data_input(params)], 3
+    for attempt in range(1, attempts + 1):
         try:
-            client.log_inputs(run_id, datasets=[data_input(params)])
+            client.log_inputs(run_id, datasets=datasets)
             return
         except MlflowException as e:
-            if attempt == 2 or "unique constraint" not in str(e).lower():
+            if attempt == attempts or "unique constraint" not in str(e).lower():
                 raise
 
 
