@@ -422,8 +422,8 @@ def sweep(project: str | None = None) -> list[dict]:
             failed.append(f"{reproduce_command(point)}: {outcome}")
             continue
         done[index] = {"beta": point["train.beta"], "latent_dim": point["train.latent_dim"],
-                          "epochs": point["train.epochs"], **outcome, "metrics": point_metrics(outcome, root, params),
-                          "command": reproduce_command(point)}
+                       "epochs": point["train.epochs"], **outcome, "metrics": point_metrics(outcome, root, params),
+                       "command": reproduce_command(point)}
     results = [done[index] for index in sorted(done)]       # in the grid's order
     dead = close_dead_attempts(client, parent_id, results, logger)
     pull_experiments(root, where, commit, [r["exp_name"] for r in results], logger)
