@@ -47,7 +47,7 @@ test-fast: $(STAMP)  ## run the tests, skipping the slow end-to-end ones
 	pytest -m "not slow"
 
 clean:  ## remove every output named in params.yaml `paths` (keeps raw data, run record, mlflow.db, DVC cache, .venv)
-	set -o pipefail; python -m vae_pipeline.params outputs | xargs -r -d '\n' rm -rf --
+	set -o pipefail; python -m commands.clean | xargs -r -d '\n' rm -rf --
 
 .PHONY: reliability
 reliability: $(STAMP)  ## bad input, kills and attacks done for real; prints the reliability table

@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from vae_pipeline.datasets import IMAGE_PIXELS
-from vae_pipeline.evaluation import iwae_nll
-from vae_pipeline.model import VAE
+from vae_pipeline.ml.data import IMAGE_PIXELS
+from vae_pipeline.ml.evaluation import iwae_nll
+from vae_pipeline.ml.model import VAE
 
 
 def resident_mb() -> int:

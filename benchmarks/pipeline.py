@@ -25,8 +25,9 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import machine, median
-from vae_pipeline.files import ROOT, PipelineError, copy_checkout
-from vae_pipeline.params import load_params
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.files import ROOT, copy_checkout
+from vae_pipeline.settings import load_settings
 
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
 
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--skip-prefect", action="store_true", help="only the dvc repro half")
     parser.add_argument("--cold", action="store_true", help="empty numba cache and Prefect database")
     args = parser.parse_args()
-    params = load_params()
+    params = load_settings()
     raw = ROOT / params["paths"]["raw_dir"] / params["data"]["dataset"]
     if not raw.is_dir():
         raise PipelineError(f"{raw}: missing; run `python -m stages.download` first")

@@ -18,7 +18,7 @@ import requests
 
 from benchmarks.common import machine
 from commands.serve import HOST, port
-from vae_pipeline.params import load_params
+from vae_pipeline.settings import load_settings
 
 BATCHES = (1, 256)
 WARM_UP = 5
@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300, help="timed requests per batch size")
     args = parser.parse_args()
-    params = load_params()
+    params = load_settings()
     url = f"http://{HOST}:{port(params)}/invocations"
     latent_dim = params["train"]["latent_dim"]
     print(f"# {url}, {args.requests} requests per batch size\n# {machine()}")

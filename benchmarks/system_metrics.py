@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine
-from vae_pipeline.params import load_params
+from vae_pipeline.settings import load_settings
 
 
 def one_sample_seconds(store: Path, samples: int = 20) -> tuple[float, float]:
@@ -46,8 +46,9 @@ def one_sample_seconds(store: Path, samples: int = 20) -> tuple[float, float]:
 def training_seconds(params: dict, folder: Path, interval) -> float:
     """The epoch seconds of one training in `folder` with system metrics every `interval` s (None: off)."""
     import mlflow
+
     from stages.train import run
-    from vae_pipeline.tracking import training_run
+    from vae_pipeline.tracking.store import training_run
 
     folder.mkdir()
     params = {**params, "paths": {**params["paths"]}, "mlflow": {**params["mlflow"]}}
@@ -68,7 +69,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--interval", type=float, default=None, help="seconds; default: params.yaml's")
     args = parser.parse_args()
-    params = load_params()
+    params = load_settings()
     interval = args.interval or params["mlflow"]["system_metrics_interval"] or 10
     params["train"].update(epochs=args.epochs, threads=1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,19 +27,20 @@ from pathlib import Path
 from benchmarks.common import machine, median
 from stack.settings import Stack
 from stages import train
-from vae_pipeline import tracking
-from vae_pipeline.datasets import raw_dir
-from vae_pipeline.files import PipelineError
-from vae_pipeline.params import load_params
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.ml.data import raw_dir
+from vae_pipeline.settings import load_settings
+from vae_pipeline.tracking import runs, store
 
-TRACKING_CALLS = ("connect", "start_training_run", "log_epoch", "finish_training_run")
+# The tracking calls the train stage makes, by the module it calls them from.
+TRACKING_CALLS = {store: ("connect",), runs: ("start_training_run", "log_epoch", "finish_training_run")}
 
 
 def timed_tracking() -> dict[str, float]:
     """Wrap the tracking calls the train stage makes; the returned dict adds up their seconds."""
     spent = {"seconds": 0.0}
-    for name in TRACKING_CALLS:
-        original = getattr(tracking, name)
+    for module, name in ((module, name) for module, names in TRACKING_CALLS.items() for name in names):
+        original = getattr(module, name)
 
         @functools.wraps(original)
         def wrapper(*args, _original=original, **kwargs):
@@ -48,7 +49,7 @@ def timed_tracking() -> dict[str, float]:
                 return _original(*args, **kwargs)
             finally:
                 spent["seconds"] += time.perf_counter() - started
-        setattr(tracking, name, wrapper)
+        setattr(module, name, wrapper)
     return spent
 
 
@@ -72,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)   # it would win over each training's own store
-    params = load_params()
+    params = load_settings()
     if args.epochs:
         params["train"]["epochs"] = args.epochs
     if args.threads is not None:
@@ -81,7 +82,7 @@ def main() -> None:
         raise SystemExit(f"error: {raw_dir(params)} is missing; run `python -m stages.download` first")
     stack = Stack.from_params()
     try:
-        tracking.check_reachable(stack.mlflow_url, 5)
+        store.check_reachable(stack.mlflow_url, 5)
     except PipelineError as e:
         raise SystemExit(f"error: {e} (`make stack` starts it)")
 
@@ -91,23 +92,23 @@ def main() -> None:
         # Untimed: each store's tables and the experiment exist before the first training, as they do
         # after a checkout's first run (a new SQLite file takes seconds to get its tables).
         for uri in uris.values():
-            tracking.experiment_id(tracking.connect({**params, "mlflow": {**params["mlflow"], "tracking_uri": uri}}),
+            store.experiment_id(store.connect({**params, "mlflow": {**params["mlflow"], "tracking_uri": uri}}),
                                    params)
         spent = timed_tracking()
         for repeat in range(args.repeats):
-            for store, uri in uris.items():
-                times[store].append(one_training(params, uri, Path(folder) / f"{store}-{repeat}", spent))
-                print(f"  {store:<9} stage {times[store][-1][0]:6.1f} s, tracking {times[store][-1][1]:5.1f} s",
+            for kind, uri in uris.items():
+                times[kind].append(one_training(params, uri, Path(folder) / f"{kind}-{repeat}", spent))
+                print(f"  {kind:<9} stage {times[kind][-1][0]:6.1f} s, tracking {times[kind][-1][1]:5.1f} s",
                       flush=True)
 
     import torch
     print(f"\n{machine(torch)}")
     print(f"{params['train']['epochs']} epochs, {args.repeats} trainings per store, medians:")
-    stage = {store: median(t for t, _ in runs) for store, runs in times.items()}
-    logged = {store: median(s for _, s in runs) for store, runs in times.items()}
-    for store in times:
-        print(f"  {store:<9} stage {stage[store]:6.1f} s   tracking {logged[store]:5.1f} s "
-              f"({100 * logged[store] / stage[store]:.1f}% of the stage)")
+    stage = {kind: median(t for t, _ in found) for kind, found in times.items()}
+    logged = {kind: median(s for _, s in found) for kind, found in times.items()}
+    for kind in times:
+        print(f"  {kind:<9} stage {stage[kind]:6.1f} s   tracking {logged[kind]:5.1f} s "
+              f"({100 * logged[kind] / stage[kind]:.1f}% of the stage)")
     print(f"the stack's overhead: {100 * (stage['stack'] - stage['embedded']) / stage['embedded']:+.1f}% of the "
           f"stage (tracking calls alone: {100 * (logged['stack'] - logged['embedded']) / stage['embedded']:+.1f}%)")
 

@@ -28,13 +28,10 @@ from torch import nn
 
 from benchmarks.common import machine, median
 from stages.train import evaluate, train_epoch
-from vae_pipeline.data import load_images
-from vae_pipeline.datasets import FILES, IMAGE_PIXELS, raw_dir
-from vae_pipeline.device import setup_torch, uses_bf16
-from vae_pipeline.files import PipelineError
-from vae_pipeline.model import VAE
-from vae_pipeline.params import load_params
-
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.ml.data import FILES, IMAGE_PIXELS, load_images, raw_dir
+from vae_pipeline.ml.model import VAE, setup_torch, uses_bf16
+from vae_pipeline.settings import load_settings
 
 # --- The article's code, as published (plus `.to(device)` so it also runs on a GPU; its 784 is IMAGE_PIXELS) ---
 
@@ -162,7 +159,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: train.threads; 0 = all cores)")
     args = parser.parse_args()
 
-    params = load_params()
+    params = load_settings()
     t = dict(params["train"])
     epochs = args.epochs or t["epochs"]
     if t["hidden_dims"] != [400] or t["likelihood"] != "bernoulli":

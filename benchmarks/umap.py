@@ -27,8 +27,9 @@ import tempfile
 import time
 
 from benchmarks.common import machine
-from vae_pipeline.files import ROOT, PipelineError, project_path, stage_output
-from vae_pipeline.params import load_params
+from vae_pipeline.errors import PipelineError, stage_output
+from vae_pipeline.files import ROOT, project_path
+from vae_pipeline.settings import load_settings
 
 WAYS = {"random_state 42, exact neighbours (default)": (42, "exact"),
         "random_state null, exact neighbours": (None, "exact"),
@@ -51,12 +52,11 @@ def child(random_state: int | None, neighbours: str, subsample: int | None, refi
     import umap  # noqa: F401  (timed apart from the fit: numba compiles pynndescent at import)
 
     from stages.latent_map import fit_map
-    from vae_pipeline.datasets import class_names, raw_dir
-    from vae_pipeline.embeddings import read_mu
-    from vae_pipeline.idx import read_labels
+    from vae_pipeline.ml.data import class_names, raw_dir, read_labels
+    from vae_pipeline.outputs import read_mu
     figures = {"import": since(start)}
 
-    params = load_params()
+    params = load_settings()
     p = {**params["latent_map"], "random_state": random_state, "neighbours": neighbours}
     labels = read_labels(raw_dir(params), "train", len(class_names(params)))
     mu, _ = read_mu(project_path(params["paths"]["embeddings_dir"]) / "train.parquet", "train", labels)
@@ -95,7 +95,7 @@ def main() -> None:
     if args.child is not None:
         return child(*json.loads(args.child), args.subsample, args.refit)
 
-    params = load_params()
+    params = load_settings()
     path = stage_output(project_path(params["paths"]["embeddings_dir"]) / "train.parquet", "embed")
     p = params["latent_map"]
     print(f"machine: {machine()}")

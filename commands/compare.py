@@ -2,7 +2,7 @@
 
 `python -m commands.compare` (or `make compare`) writes paths.compare_report, one
 self-contained HTML page (images inline as base64, no scripts, no links out;
-its template is vae_pipeline/templates/compare.html.j2):
+its template is vae_pipeline/pages/templates/compare.html.j2):
   - the params that differ between the runs, and every run's final metrics;
   - loss, reconstruction and KL per epoch, the runs overlaid (test solid, train dashed);
   - 64 samples of the prior N(0, I) decoded by each run's model, the same z for all.
@@ -18,13 +18,14 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
-from jinja2 import Environment, PackageLoader
 from PIL import Image
 
-from vae_pipeline import tracking
-from vae_pipeline.datasets import IMAGE_SIZE
-from vae_pipeline.files import PipelineError, atomic_path, project_path
-from vae_pipeline.model_files import load_model
+from vae_pipeline import pages
+from vae_pipeline.errors import PipelineError, redact_uri
+from vae_pipeline.files import atomic_path, project_path
+from vae_pipeline.ml.data import IMAGE_SIZE
+from vae_pipeline.ml.model import load_model
+from vae_pipeline.tracking import store
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -51,7 +52,7 @@ def finished_runs(client, params: dict) -> list:
         [experiment.experiment_id], filter_string="attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=params["mlflow"]["compare_max_runs"])
     if not runs:
-        raise PipelineError(f"MLflow experiment '{name}' at {tracking.masked(client.tracking_uri)} has no "
+        raise PipelineError(f"MLflow experiment '{name}' at {redact_uri(client.tracking_uri)} has no "
                             "finished run; run the pipeline first (dvc repro)")
     return runs[::-1]
 
@@ -83,7 +84,7 @@ def curves_figure(client, runs: list):
 
 
 def run(params: dict) -> Path:
-    client = tracking.connect(params)
+    client = store.connect(params)
     colors = plt.get_cmap("tab10").colors
     runs = []
     for i, found in enumerate(finished_runs(client, params)):
@@ -98,9 +99,8 @@ def run(params: dict) -> Path:
         })
     keys = sorted(set().union(*(r["params"] for r in runs)))
     differing = [k for k in keys if len({r["params"].get(k) for r in runs}) > 1]
-    page = Environment(loader=PackageLoader("vae_pipeline", "templates"), autoescape=True)
-    html = page.get_template("compare.html.j2").render(
-        experiment=params["mlflow"]["experiment_name"], store=tracking.masked(client.tracking_uri),
+    html = pages.environment().get_template("compare.html.j2").render(
+        experiment=params["mlflow"]["experiment_name"], store=redact_uri(client.tracking_uri),
         runs=runs, differing=differing, param_rows=differing if len(runs) > 1 else keys,
         metric_rows=sorted(set().union(*(r["metrics"] for r in runs))),
         curves=png_base64(curves_figure(client, runs)), grid=GRID)
@@ -112,5 +112,7 @@ def run(params: dict) -> Path:
 
 
 if __name__ == "__main__":
-    from vae_pipeline.cli import main
-    main(run)
+    from vae_pipeline.errors import main
+    from vae_pipeline.settings import load_settings
+
+    main(lambda: run(load_settings()))

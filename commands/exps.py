@@ -15,8 +15,8 @@ import os
 import re
 import sys
 
-from vae_pipeline.artifacts import METRICS_FILES
 from vae_pipeline.files import ROOT
+from vae_pipeline.outputs import METRICS_FILES
 from vae_pipeline.params import SPEED_ONLY
 
 # The experiment's name tells the rows apart (`dvc exp show` has the times); a param that changes
@@ -27,7 +27,7 @@ DROPPED = ["Created", *SPEED_ONLY]
 def dependencies(project=ROOT) -> list[str]:
     """The paths of the dependencies of dvc.yaml's stages (params aside), as `dvc exp show` names them."""
     from dvc.dependency import ParamsDependency
-    from dvc.repo import Repo      # imported here: DVC's import takes a second
+    from dvc.repo import Repo  # imported here: DVC's import takes a second
 
     with Repo(str(project)) as repo:
         return sorted({os.path.relpath(dep.fs_path, repo.root_dir) for stage in repo.index.stages

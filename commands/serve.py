@@ -19,8 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-from vae_pipeline import tracking
-from vae_pipeline.files import PipelineError
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.tracking import registry, store
 
 log = logging.getLogger("serve")
 HOST = "127.0.0.1"
@@ -37,13 +37,13 @@ def port(params: dict) -> int:
 
 def model_uri(params: dict) -> str:
     """models:/<name>@champion, or models:/<name>/<newest version> when there is no champion."""
-    client = tracking.connect(params)            # an unreachable store fails here, with the reason
+    client = store.connect(params)            # an unreachable store fails here, with the reason
     name = params["mlflow"]["model_name"]
-    version, champion = tracking.served_version(client, name)
+    version, champion = registry.served_version(client, name)
     if champion:
         log.info("serving %s version %s, the champion", name, version)
-        return f"models:/{name}@{tracking.CHAMPION_ALIAS}"
-    log.info("no version of %s is %s yet: serving the newest, version %s", name, tracking.CHAMPION_ALIAS,
+        return f"models:/{name}@{registry.CHAMPION_ALIAS}"
+    log.info("no version of %s is %s yet: serving the newest, version %s", name, registry.CHAMPION_ALIAS,
              version)
     return f"models:/{name}/{version}"
 
@@ -55,7 +55,7 @@ def serve_command(params: dict) -> tuple[list[str], dict]:
             "-h", HOST, "-p", str(port(params))]
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
            # models:/ is resolved against this store, whatever the process default would be.
-           "MLFLOW_TRACKING_URI": tracking.tracking_uri(params),
+           "MLFLOW_TRACKING_URI": store.tracking_uri(params),
            # Overrides the limit stored in the model at training with the current params.
            "SERVING_MODEL_CONFIG": json.dumps({"max_batch": params["serve"]["max_batch"]})}
     return argv, env
@@ -70,5 +70,7 @@ def run(params: dict) -> None:
 
 
 if __name__ == "__main__":
-    from vae_pipeline.cli import main
-    main(run)
+    from vae_pipeline.errors import main
+    from vae_pipeline.settings import load_settings
+
+    main(lambda: run(load_settings()))

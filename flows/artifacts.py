@@ -15,7 +15,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from flows.dvc_runner import read_metrics
-from vae_pipeline.tracking import training_run
+from vae_pipeline.tracking.store import training_run
 
 
 def mlflow_run_link(record: dict) -> str:

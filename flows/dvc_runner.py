@@ -17,8 +17,9 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from vae_pipeline.files import PipelineError
-from vae_pipeline.tracking import RUN_TAGS_ENV, training_run
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.tracking.runs import RUN_TAGS_ENV
+from vae_pipeline.tracking.store import training_run
 
 LOCK_FILE = ".dvc/tmp/vae-pipeline.lock"        # in the project; .dvc/tmp is git-ignored by DVC
 
@@ -76,7 +77,7 @@ def run_stage(stage: str, project: str, run_tags: dict) -> dict:
 
 def stage_order(project: Path) -> list[str]:
     """The stages of dvc.yaml, each after the stages it depends on, in dvc.yaml's order otherwise."""
-    from dvc.repo import Repo      # imported here: DVC is only needed once the flow runs
+    from dvc.repo import Repo  # imported here: DVC is only needed once the flow runs
 
     def address(stage) -> str:     # as `dvc repro` takes it in the project: `name`, or `sub/dvc.yaml:name`
         where = Path(stage.path).relative_to(project.resolve())
@@ -131,7 +132,7 @@ def workspace_lock(project: Path, wait_seconds: float, logger):
 def metrics_files(project: Path) -> list[Path]:
     """The DVC metrics files of the project's stages (dvc.yaml `metrics`), in dvc.yaml's order.
     The detail beside them (e.g. paths.eval_detail) is a plain output: not one of these."""
-    from dvc.repo import Repo      # imported here: DVC is only needed once the flow runs
+    from dvc.repo import Repo  # imported here: DVC is only needed once the flow runs
 
     with Repo(str(project)) as repo:
         return [Path(out.fs_path) for stage in repo.index.stages for out in stage.outs if out.metric]

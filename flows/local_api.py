@@ -24,10 +24,10 @@ from pathlib import Path
 
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
-from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, get_current_settings,
-                              temporary_settings)
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, get_current_settings, temporary_settings
 
-from vae_pipeline.files import ROOT, PipelineError
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.files import ROOT
 
 # A loaded 2-core machine took 25 s to bring the server up; Prefect's own default wait is 20 s.
 STARTUP_TIMEOUT = 90

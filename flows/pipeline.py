@@ -31,7 +31,7 @@ from prefect.runtime import flow_run
 from flows.artifacts import metric_rows, publish
 from flows.dvc_runner import mlflow_run_id, run_stage, stage_order, workspace_lock
 from vae_pipeline.files import ROOT
-from vae_pipeline.params import load_params
+from vae_pipeline.settings import load_settings
 
 
 def summary(project: Path, params: dict, results: list[dict]) -> str:
@@ -58,7 +58,7 @@ def pipeline(project: str | None = None, run_tags: dict | None = None) -> list[d
     """
     logger = get_run_logger()
     root = Path(project) if project else ROOT
-    params = load_params(root / "params.yaml")     # bad params stop here, before any stage
+    params = load_settings(root / "params.yaml")     # bad params stop here, before any stage
     settings = params["prefect"]
     tags = {**(run_tags or {}), "prefect_flow_run_id": str(flow_run.id),
             "prefect_flow_run_name": flow_run.name}

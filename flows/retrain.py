@@ -33,11 +33,12 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import publish
 from flows.dvc_runner import failure, run_logged, stage_env, workspace_lock
 from flows.pipeline import pipeline
-from vae_pipeline import tracking
-from vae_pipeline.files import ROOT, PipelineError, write_json
-from vae_pipeline.params import load_params
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.files import ROOT, write_json
+from vae_pipeline.settings import load_settings
+from vae_pipeline.tracking import registry, store
 
-ALIAS = tracking.CHAMPION_ALIAS
+ALIAS = registry.CHAMPION_ALIAS
 # Two models are compared only when their runs agree on these params: the same data set, the same
 # pixel treatment and the same likelihood, else their figures are nats of different things.
 LIKE_FOR_LIKE = ("data.dataset", "data.binarize", "train.likelihood")
@@ -158,21 +159,21 @@ def retrain(project: str | None = None, seed: int | None = None) -> dict:
     """
     logger = get_run_logger()
     root = Path(project) if project else ROOT
-    params = load_params(root / "params.yaml")          # bad params stop here
+    params = load_settings(root / "params.yaml")          # bad params stop here
     recheck_data(str(root), params["prefect"]["lock_wait_seconds"])
     seed = seed if seed is not None else params["retrain"]["seed"]
     if seed is not None and set_seed(root, seed):
         logger.info("train.seed set to %d in params.yaml: the train stage is stale", seed)
     pipeline(project=str(root), run_tags={"retrain": "true"})
 
-    params = load_params(root / "params.yaml")
-    record = tracking.training_run(params, root)
+    params = load_settings(root / "params.yaml")
+    record = store.training_run(params, root)
     if record is None:
         raise PipelineError(f"{params['paths']['run_record']}: no MLflow run recorded for the model in "
                             f"{params['paths']['model_dir']}; retrain it (dvc repro --force train)")
     # The stages ran in `root`: its own default store, which is this checkout's only when root is ROOT.
-    params["mlflow"]["tracking_uri"] = tracking.tracking_uri(params, root)
-    client = tracking.connect(params)
+    params["mlflow"]["tracking_uri"] = store.tracking_uri(params, root)
+    client = store.connect(params)
     settings = params["retrain"]
     result = champion_gate(client, record["model_name"], record["model_version"], settings["margin"],
                            settings["gate_metric"])

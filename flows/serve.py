@@ -11,8 +11,8 @@ import os
 import sys
 
 from flows.retrain import retrain
-from vae_pipeline.files import PipelineError
-from vae_pipeline.params import load_params
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.settings import load_settings
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
               "and `export PREFECT_API_URL=http://127.0.0.1:4200/api`", file=sys.stderr)
         sys.exit(2)
     try:
-        settings = load_params()["retrain"]
+        settings = load_settings()["retrain"]
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

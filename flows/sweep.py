@@ -36,10 +36,9 @@ from pathlib import Path
 
 import cloudpickle
 import yaml
-from jinja2 import Environment, PackageLoader
 from prefect import flow, get_run_logger
-from prefect.context import FlowRunContext
 from prefect.artifacts import create_link_artifact, create_table_artifact
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
@@ -47,11 +46,14 @@ from prefect_dask import DaskTaskRunner
 import flows.sweep_point
 from flows.artifacts import mlflow_run_link
 from flows.dvc_runner import metrics_files, run_logged, stage_env, workspace_lock
-from vae_pipeline import tracking
-from vae_pipeline.artifacts import read_train_metrics
-from vae_pipeline.files import ROOT, PipelineError, atomic_path, write_json
-from vae_pipeline.params import SPEED_ONLY, load_params
+from vae_pipeline import pages
+from vae_pipeline.errors import PipelineError, redact_uri
+from vae_pipeline.files import ROOT, atomic_path, write_json
+from vae_pipeline.outputs import read_train_metrics
+from vae_pipeline.params import SPEED_ONLY
 from vae_pipeline.provenance import git_provenance
+from vae_pipeline.settings import load_settings
+from vae_pipeline.tracking import store
 
 # The workers never import the project: the point runner travels with each task, by value.
 cloudpickle.register_pickle_by_value(flows.sweep_point)
@@ -113,8 +115,9 @@ def scheduler_address(settings: dict) -> str | None:
 def shared_stages(project: Path, stage: str, overrides: set[str]) -> list[str]:
     """The stages upstream of `stage` that no override touches (nor any stage they read from), in
     dvc.yaml's order: the same for every point, so the sweep runs them once, before the points."""
-    from flows.dvc_runner import stage_order
     from dvc.repo import Repo
+
+    from flows.dvc_runner import stage_order
 
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     with Repo(str(project)) as repo:
@@ -156,12 +159,12 @@ def push_commit(project: Path, git_url: str, commit: str, branch: str, logger) -
     """Put the sweep's commit on the stack's git server as `branch` (credentials through the
     environment, as the workers send them: never on a command line)."""
     env = {**os.environ, **flows.sweep_point.git_auth_env(git_url)}
-    logger.info("pushing commit %s to %s as %s", commit[:12], tracking.masked(git_url), branch)
+    logger.info("pushing commit %s to %s as %s", commit[:12], redact_uri(git_url), branch)
     pushed = subprocess.run(["git", "push", "-q", "--force", git_url, f"{commit}:refs/heads/{branch}"],
                             cwd=project, env=env, capture_output=True, text=True)
     if pushed.returncode != 0:
         message = flows.sweep_point.scrub(pushed.stderr.strip(), flows.sweep_point.secrets_of(env))
-        raise PipelineError(f"git push of commit {commit[:12]} to {tracking.masked(git_url)} failed: {message}")
+        raise PipelineError(f"git push of commit {commit[:12]} to {redact_uri(git_url)} failed: {message}")
 
 
 def point_name(point: dict) -> str:
@@ -188,7 +191,7 @@ def recipe(point: dict, sweep_name: str, commit: str, where: dict, settings: dic
             "dvc_remote": where["dvc_remote"],
             "tags": {**tags, "sweep.point": point_name(point)},
             # A URI with a password in it stays out: the worker's own env names the store then.
-            "tracking_uri": uri if tracking.masked(uri) == uri else None,
+            "tracking_uri": uri if redact_uri(uri) == uri else None,
             "metrics_files": figures,
             "run_record": params["paths"]["run_record"]}
 
@@ -220,7 +223,7 @@ def start_parent_run(client, params: dict, name: str, settings: dict, commit: st
     """The sweep's MLflow run "sweep <name>": every point's training run is its child."""
     from mlflow.entities import Param, RunTag
 
-    run = client.create_run(tracking.experiment_id(client, params), run_name=f"sweep {name}")
+    run = client.create_run(store.experiment_id(client, params), run_name=f"sweep {name}")
     grid_params = {f"sweep.{key}": json.dumps(value) if isinstance(value, list) else str(value)
                    for key, value in settings.items()}
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in grid_params.items()],
@@ -270,7 +273,7 @@ def close_dead_attempts(client, parent_id: str, results: list[dict], logger) -> 
 def finish_parent_run(client, parent_id: str, results: list[dict], failed: list[str], dead: list[str],
                       files: list[Path]) -> None:
     """One entry per point on the parent: the counts, once, and the sweep's page and table."""
-    tracking.log_metrics(client, parent_id, {"points_done": len(results), "points_failed": len(failed),
+    store.log_metrics(client, parent_id, {"points_done": len(results), "points_failed": len(failed),
                                              "attempts_lost": len(dead)})
     for path in files:
         client.log_artifact(parent_id, str(path))
@@ -313,12 +316,11 @@ def rate_distortion_svg(results: list[dict]) -> str:
 def write_report(project: Path, params: dict, name: str, results: list[dict], failed: list[str],
                  extra: dict | None = None) -> tuple[Path, Path]:
     """reports/sweep.json (every point's figures) and reports/sweep.html (one self-contained page,
-    from vae_pipeline/templates/sweep.html.j2)."""
+    from vae_pipeline/pages/templates/sweep.html.j2)."""
     results = sorted(results, key=lambda r: (r["latent_dim"], r["beta"]))
     data_path = project / params["paths"]["sweep_results"]
     write_json(data_path, {"sweep": name, **(extra or {}), "points": results, "failed": failed})
-    env = Environment(loader=PackageLoader("vae_pipeline", "templates"), autoescape=True)
-    page = env.get_template("sweep.html.j2").render(
+    page = pages.environment().get_template("sweep.html.j2").render(
         name=name, results=results, failed=failed, epochs=params["sweep"]["epochs"],
         finished=time.strftime("%Y-%m-%d %H:%M"), svg=rate_distortion_svg(results) if results else "")
     path = project / params["paths"]["sweep_report"]
@@ -348,7 +350,7 @@ def pull_experiments(project: Path, where: dict, commit: str, names: list[str], 
     if fetched.returncode != 0:
         message = flows.sweep_point.scrub(fetched.stderr.strip(), flows.sweep_point.secrets_of(env))
         logger.warning("fetching the experiments from %s failed (they stay there): %s",
-                       tracking.masked(where["git_url"]), message)
+                       redact_uri(where["git_url"]), message)
 
 
 @contextlib.contextmanager
@@ -390,19 +392,19 @@ def sweep(project: str | None = None) -> list[dict]:
     logger = get_run_logger()
     started = time.time()
     root = Path(project).resolve() if project else ROOT
-    params = load_params(root / "params.yaml")
+    params = load_settings(root / "params.yaml")
     settings = params["sweep"]
     name = flow_run.name
     commit = sweep_commit(root, params)
     where = target(root, settings)
     points = grid(settings)
-    uri = tracking.tracking_uri(params, root)
-    client = tracking.connect({**params, "mlflow": {**params["mlflow"], "tracking_uri": uri}})
+    uri = store.tracking_uri(params, root)
+    client = store.connect({**params, "mlflow": {**params["mlflow"], "tracking_uri": uri}})
     tags = {"sweep": name, "prefect_flow_run_id": str(flow_run.id)}
     parent_id = start_parent_run(client, params, name, settings, commit, tags)
     logger.info("%d points of commit %s, %d epochs each, stage '%s'; MLflow: %s, parent run %s; git: %s",
-                len(points), commit[:12], settings["epochs"], settings["stage"], tracking.masked(uri), parent_id,
-                tracking.masked(where["git_url"]))
+                len(points), commit[:12], settings["epochs"], settings["stage"], redact_uri(uri), parent_id,
+                redact_uri(where["git_url"]))
 
     shared = shared_stages(root, settings["stage"], set(points[0]))
     put_shared_stages(root, params, shared, where, logger)
@@ -450,7 +452,7 @@ def main() -> None:
     # Dask's start-up and shutdown chatter at INFO drowns the points' logs (workers read the env).
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    run_on_local_api(lambda: sweep.with_options(task_runner=dask_runner(load_params()["sweep"]))())
+    run_on_local_api(lambda: sweep.with_options(task_runner=dask_runner(load_settings()["sweep"]))())
 
 
 if __name__ == "__main__":

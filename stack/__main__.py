@@ -14,7 +14,7 @@ from pathlib import Path
 
 from stack import control
 from stack.settings import Stack
-from vae_pipeline.cli import exit_code
+from vae_pipeline.errors import exit_code
 
 USAGE = "usage: python -m stack {up,down,status,env,deploy} | python -m stack worker-kit DIR"
 

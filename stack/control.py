@@ -18,9 +18,18 @@ from pathlib import Path
 
 from stack import health, postgres, supervisor, tls
 from stack.git_http import init_repository
-from stack.settings import (DVC_REMOTE, GIT_REPO, S3_REGION, SERVICES, TLS_FILES, Stack, env_lines,
-                            load_secrets, write_private)
-from vae_pipeline.files import PipelineError
+from stack.settings import (
+    DVC_REMOTE,
+    GIT_REPO,
+    S3_REGION,
+    SERVICES,
+    TLS_FILES,
+    Stack,
+    env_lines,
+    load_secrets,
+    write_private,
+)
+from vae_pipeline.errors import PipelineError
 
 START_TIMEOUT = 240         # seconds for one service to answer; a loaded 2-core machine is slow
 
@@ -175,6 +184,6 @@ def unset_dvc_default(stack: Stack) -> None:
 
 
 def dvc_config(stack: Stack):
-    from dvc.config import Config   # imported here: a second of imports that only these two need
+    from dvc.config import Config  # imported here: a second of imports that only these two need
 
     return Config(dvc_dir=str(stack.root / ".dvc"))

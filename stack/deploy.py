@@ -11,14 +11,14 @@ import subprocess
 import sys
 
 from stack.settings import Stack, load_secrets
-from vae_pipeline.files import PipelineError
-from vae_pipeline.params import load_params
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.settings import load_settings
 
 CRON_ENV, POOL_ENV = "VAE_RETRAIN_CRON", "VAE_WORK_POOL"
 
 
 def deploy(stack: Stack) -> None:
-    params = load_params(stack.root / "params.yaml")
+    params = load_settings(stack.root / "params.yaml")
     env = {**os.environ, **stack.client_env(load_secrets(stack)),
            CRON_ENV: params["retrain"]["schedule_cron"], POOL_ENV: stack.work_pool,
            "PWD": str(stack.root)}              # prefect.yaml's pull step: the runs happen here

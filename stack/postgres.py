@@ -8,16 +8,15 @@ socket), with a password (scram-sha-256), and pg_hba.conf admits the stack's rol
 that address alone: the stack's own servers are its only clients, so no other host (a
 sweep worker included) needs the database.
 """
+import ipaddress
 import os
 import pwd
 import shutil
 import subprocess
 from pathlib import Path
 
-import ipaddress
-
 from stack.settings import DATABASES, DB_USER, Stack
-from vae_pipeline.files import PipelineError
+from vae_pipeline.errors import PipelineError
 
 SYSTEM_USER = "postgres"
 INSTALL_HINT = "install Debian's PostgreSQL: `apt-get install -y postgresql` (`make stack` does it as root)"

@@ -21,8 +21,9 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from vae_pipeline.files import ROOT, PipelineError
-from vae_pipeline.params import load_params
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.files import ROOT
+from vae_pipeline.settings import load_settings
 
 DB_USER = "vae"                     # the PostgreSQL role that owns the databases
 USER = "vae"                        # the user name of MLflow's admin, Prefect's auth string and git
@@ -75,7 +76,7 @@ class Stack:
 
     @classmethod
     def from_params(cls, root: Path = ROOT) -> "Stack":
-        settings = load_params(Path(root) / "params.yaml")["stack"]
+        settings = load_settings(Path(root) / "params.yaml")["stack"]
         state = Path(settings.pop("state_dir"))
         return cls(root=Path(root), state=state if state.is_absolute() else Path(root) / state, **settings)
 

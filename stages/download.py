@@ -17,8 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vae_pipeline.datasets import DATASETS, FILES, expected_checksums, raw_dir
-from vae_pipeline.files import PipelineError, sha256_file
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.files import sha256_file
+from vae_pipeline.ml.data import DATASETS, FILES, expected_checksums, raw_dir
 
 log = logging.getLogger("download")
 
@@ -180,5 +181,7 @@ def run(params: dict) -> Path:
 
 
 if __name__ == "__main__":
-    from vae_pipeline.cli import main
-    main(run)
+    from vae_pipeline.errors import main
+    from vae_pipeline.params import load_params
+
+    main(lambda: run(load_params()))

@@ -10,12 +10,11 @@ import logging
 import pandas as pd
 import torch
 
-from vae_pipeline import tracking
-from vae_pipeline.data import load_images
-from vae_pipeline.device import setup_torch
-from vae_pipeline.embeddings import latent_columns
 from vae_pipeline.files import project_path, replace_together
-from vae_pipeline.model_files import load_model
+from vae_pipeline.ml.data import load_images
+from vae_pipeline.ml.model import load_model, setup_torch
+from vae_pipeline.outputs import latent_columns
+from vae_pipeline.tracking import store
 
 log = logging.getLogger("embed")
 
@@ -46,10 +45,12 @@ def run(params: dict) -> dict:
     for split, path in outputs.items():
         log.info("%s: %d rows, latent dim %d", path, len(tables[split]), config["latent_dim"])
     # logvar is the test split's (the loop's last)
-    tracking.attach_to_training_run(params, {"embed_mean_posterior_var": float(logvar.exp().mean())})
+    store.attach_to_training_run(params, {"embed_mean_posterior_var": float(logvar.exp().mean())})
     return outputs
 
 
 if __name__ == "__main__":
-    from vae_pipeline.cli import main
-    main(run)
+    from vae_pipeline.errors import main
+    from vae_pipeline.params import load_params
+
+    main(lambda: run(load_params()))

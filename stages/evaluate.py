@@ -27,17 +27,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vae_pipeline import tracking
-from vae_pipeline.artifacts import EVAL_DETAIL, EVAL_METRICS, latent_map_rows, read_latent_map, split_figures
-from vae_pipeline.data import load_images
-from vae_pipeline.datasets import class_names, raw_dir
-from vae_pipeline.device import setup_torch
-from vae_pipeline.embeddings import read_mu
-from vae_pipeline.evaluation import active_units, elbo_parts, iwae_nll
 from vae_pipeline.files import project_path, replace_together, write_json
-from vae_pipeline.idx import read_labels
-from vae_pipeline.literature import compare
-from vae_pipeline.model_files import load_model
+from vae_pipeline.ml.data import class_names, load_images, raw_dir, read_labels
+from vae_pipeline.ml.evaluation import active_units, compare, elbo_parts, iwae_nll
+from vae_pipeline.ml.model import load_model, setup_torch
+from vae_pipeline.outputs import EVAL_DETAIL, EVAL_METRICS, latent_map_rows, read_latent_map, read_mu, split_figures
+from vae_pipeline.tracking import store
 
 log = logging.getLogger("evaluate")
 
@@ -150,7 +145,7 @@ def run(params: dict) -> dict:
     # and on its logged model, so `mlflow.search_logged_models` ranks the models by them (the
     # champion gate of flows/retrain.py compares them too); the times on the run only: in eval.json
     # they would make every rerun a new output.
-    tracking.attach_to_training_run(
+    store.attach_to_training_run(
         params, metrics={f"eval_seconds_{part}": s for part, s in seconds.items()},
         model_metrics={f"eval_{k}": v for k, v in metrics.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)},
@@ -160,5 +155,7 @@ def run(params: dict) -> dict:
 
 
 if __name__ == "__main__":
-    from vae_pipeline.cli import main
-    main(run)
+    from vae_pipeline.errors import main
+    from vae_pipeline.params import load_params
+
+    main(lambda: run(load_params()))

@@ -24,12 +24,11 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from vae_pipeline import tracking
-from vae_pipeline.artifacts import latent_map_rows
-from vae_pipeline.datasets import class_names, raw_dir
-from vae_pipeline.embeddings import read_mu
-from vae_pipeline.files import ROOT, PipelineError, atomic_path, project_path
-from vae_pipeline.idx import read_labels
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.files import ROOT, atomic_path, project_path
+from vae_pipeline.ml.data import class_names, raw_dir, read_labels
+from vae_pipeline.outputs import latent_map_rows, read_mu
+from vae_pipeline.tracking import store
 
 log = logging.getLogger("latent_map")
 
@@ -96,10 +95,12 @@ def run(params: dict) -> dict:
     with atomic_path(path) as tmp:
         table.to_parquet(tmp, index=False)
     log.info("%s: %d points, UMAP took %.1fs", path, len(table), seconds)
-    tracking.attach_to_training_run(params, metrics={"umap_seconds": seconds})
+    store.attach_to_training_run(params, metrics={"umap_seconds": seconds})
     return {"path": path, "points": len(table), "seconds": seconds}
 
 
 if __name__ == "__main__":
-    from vae_pipeline.cli import main
-    main(run)
+    from vae_pipeline.errors import main
+    from vae_pipeline.params import load_params
+
+    main(lambda: run(load_params()))

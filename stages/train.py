@@ -19,13 +19,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from vae_pipeline import tracking
-from vae_pipeline.artifacts import CURVE_COLUMNS, HISTORY_COLUMNS, TRAIN_DETAIL, TRAIN_METRICS, split_figures
-from vae_pipeline.data import SPLIT_STREAM, binarize, load_images
-from vae_pipeline.device import setup_torch, uses_bf16
-from vae_pipeline.files import PipelineError, atomic_path, project_path, replace_together, write_json
-from vae_pipeline.model import VAE, reparameterize, vae_loss
-from vae_pipeline.model_files import save_model
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.files import atomic_path, project_path, replace_together, write_json
+from vae_pipeline.ml.data import SPLIT_STREAM, binarize, load_images
+from vae_pipeline.ml.model import VAE, reparameterize, save_model, setup_torch, uses_bf16, vae_loss
+from vae_pipeline.outputs import CURVE_COLUMNS, HISTORY_COLUMNS, TRAIN_DETAIL, TRAIN_METRICS, split_figures
+from vae_pipeline.tracking import runs, store
 
 log = logging.getLogger("train")
 # The outputs (paths.train_history, paths.train_metrics, paths.train_detail) hold figures only: a rerun with the same
@@ -213,12 +212,12 @@ def save_outputs(params: dict, client, run_id: str, model, metrics: dict, histor
                                       "train_history": str(new_history), "model_dir": str(new_model)}}
         try:
             # (The thread count is the run's `threads` tag.)
-            tracking.finish_training_run(client, run_id, staged, model, {**metrics, "train_seconds": seconds})
+            runs.finish_training_run(client, run_id, staged, model, {**metrics, "train_seconds": seconds})
         except PipelineError:
             raise
         except Exception as e:  # the store failed on the way (MLflow's own errors, SQLAlchemy's, HTTP, disk)
             raise PipelineError(
-                f"{tracking.store_name(client.tracking_uri)}: finishing MLflow run {run_id} failed "
+                f"{store.store_name(client.tracking_uri)}: finishing MLflow run {run_id} failed "
                 f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}); the previous model, "
                 "metrics and run record are kept, and so is the checkpoint of the last epoch: rerun the train "
                 "stage (dvc repro train) once the store works") from None
@@ -228,7 +227,7 @@ def run(params: dict) -> dict:
     t, paths = params["train"], params["paths"]
     # The tracking store first: one that is unreachable, damaged or read-only fails here, in
     # seconds, not after the last epoch.
-    mlflow_client = tracking.connect(params)
+    mlflow_client = store.connect(params)
     device = setup_torch(t["device"], t["threads"])
     torch.manual_seed(t["seed"])
     # Dynamic binarization keeps the grey training images: epoch_images draws from them.
@@ -245,7 +244,7 @@ def run(params: dict) -> dict:
     checkpoint = project_path(paths["checkpoint_dir"]) / "train.pt"
     key = checkpoint_key(params)
     done, history = load_checkpoint(checkpoint, model, optimizer, key)
-    run_id = tracking.start_training_run(mlflow_client, params, device, key,
+    run_id = runs.start_training_run(mlflow_client, params, device, key,
                                          [dict(zip(HISTORY_COLUMNS, row)) for row in history])
 
     for epoch in range(done + 1, t["epochs"] + 1):
@@ -261,7 +260,7 @@ def run(params: dict) -> dict:
         log.info("epoch %2d/%d  train %.2f  test %.2f (recon %.2f, KL %.2f)  %.1fs", epoch, t["epochs"],
                  train_figures[0], *test_figures, seconds)
         save_checkpoint(checkpoint, model, optimizer, epoch, history, key)
-        tracking.log_epoch(mlflow_client, run_id, dict(zip(HISTORY_COLUMNS, history[-1])))
+        runs.log_epoch(mlflow_client, run_id, dict(zip(HISTORY_COLUMNS, history[-1])))
 
     test_loss, test_recon, test_kl = history[-1][4:7]
     test_loss_mu, test_recon_mu, _ = evaluate(model, x_test, t, sample=False)
@@ -282,5 +281,7 @@ def run(params: dict) -> dict:
 
 
 if __name__ == "__main__":
-    from vae_pipeline.cli import main
-    main(run)
+    from vae_pipeline.errors import main
+    from vae_pipeline.params import load_params
+
+    main(lambda: run(load_params()))

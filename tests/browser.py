@@ -24,7 +24,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import stop_process_group
-from vae_pipeline.datasets import IMAGE_SIZE
+from vae_pipeline.ml.data import IMAGE_SIZE
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 import yaml
 
-from vae_pipeline.datasets import FILES
 from vae_pipeline.files import ROOT, copy_checkout
-from vae_pipeline.idx import write_idx
+from vae_pipeline.ml.data import FILES, write_idx
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -138,8 +137,8 @@ def stages_with_param(key: str, project: Path = ROOT) -> list[str]:
 
 def downstream(stage: str, project: Path = ROOT) -> list[str]:
     """`stage` and every stage made from its outputs, directly or not (DVC's own graph), sorted."""
-    from dvc.repo import Repo
     import networkx
+    from dvc.repo import Repo
 
     with Repo(str(project)) as repo:
         graph = repo.index.graph                        # edges: stage -> the stages it reads from

@@ -9,7 +9,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vae_pipeline.files import PipelineError
+from vae_pipeline.errors import PipelineError
 
 # deadline=None: the machine is shared and loaded, a slow example is not a failure.
 FUZZ = settings(max_examples=300, deadline=None)

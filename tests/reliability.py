@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import run_in
 from vae_pipeline.params import load_params
-from vae_pipeline.tracking import RUN_FILE
+from vae_pipeline.tracking.runs import RUN_FILE
 
 PROPERTY = "reliability"             # the rows travel in the test reports' user_properties, so that
 KIND_ORDER = ["bad input", "damaged output", "fuzz", "fault", "attack", "secret", "concurrency"]

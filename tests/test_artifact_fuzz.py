@@ -20,11 +20,17 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from tests.fuzzing import fuzz_reader, mutate, mutation, outcome_row
-from vae_pipeline.artifacts import (CURVE_COLUMNS, read_eval_metrics, read_history, read_latent_map,
-                                    read_literature, read_train_metrics)
-from vae_pipeline.embeddings import latent_columns, read_mu
-from vae_pipeline.model import VAE
-from vae_pipeline.model_files import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
+from vae_pipeline.ml.model import CONFIG_FILE, VAE, WEIGHTS_FILE, load_model, save_model
+from vae_pipeline.outputs import (
+    CURVE_COLUMNS,
+    latent_columns,
+    read_eval_metrics,
+    read_history,
+    read_latent_map,
+    read_literature,
+    read_mu,
+    read_train_metrics,
+)
 
 pytestmark = pytest.mark.reliability
 

@@ -15,10 +15,10 @@ import yaml
 from stages import train
 from tests.conftest import free_port, put_data, set_params
 from tests.reliability import run_stage
-from vae_pipeline.files import PipelineError, write_json
-from vae_pipeline.idx import write_idx
-from vae_pipeline.model import VAE
-from vae_pipeline.model_files import load_model, save_model
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.files import write_json
+from vae_pipeline.ml.data import write_idx
+from vae_pipeline.ml.model import VAE, load_model, save_model
 
 pytestmark = pytest.mark.reliability
 

@@ -4,7 +4,7 @@ import torch
 
 from stages import download, train
 from tests.conftest import relocate, tiny_params
-from vae_pipeline.data import binarize, load_images
+from vae_pipeline.ml.data import binarize, load_images
 
 
 def test_a_draw_is_binary_follows_the_grey_values_and_depends_only_on_its_seed():
@@ -70,7 +70,7 @@ def test_training_sees_a_fresh_draw_each_epoch_and_the_warmup_beta(dynamic_param
     ("evaluate", "iwae_samples", 0, "'evaluate.iwae_samples' is 0; allowed: an integer >= 1"),
 ])
 def test_new_options_are_validated(tmp_path, section, key, value, message):
-    from vae_pipeline.files import PipelineError
+    from vae_pipeline.errors import PipelineError
     from vae_pipeline.params import validate
 
     params = tiny_params(tmp_path, {})

@@ -1,7 +1,7 @@
 """Eight trainings logging to one MLflow store at the same time lose nothing.
 
 Eight processes, released together, each log what a training logs, through
-the functions the train stage calls: `tracking.connect`, `start_training_run`
+the functions the train stage calls: `store.connect`, `start_training_run`
 (params and tags), `log_epoch` once per epoch (seven metrics), `log_metrics`
 for the final figures, then the run is marked FINISHED. They log back to back,
 with no training in between: the worst case for the store. (The model upload
@@ -19,9 +19,9 @@ import time
 import pytest
 import torch
 
-from vae_pipeline import tracking
-from vae_pipeline.datasets import FILES
+from vae_pipeline.ml.data import FILES
 from vae_pipeline.params import load_params
+from vae_pipeline.tracking import runs, store
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -46,13 +46,13 @@ def log_like_a_training(uri: str, folder, index: int, start, results) -> None:
     try:
         start.wait(timeout=300)  # every writer is ready: go
         started = time.monotonic()
-        client = tracking.connect(params)
+        client = store.connect(params)
         opened = time.monotonic()
-        run_id = tracking.start_training_run(client, params, torch.device("cpu"), f"writer-{index}", [])
+        run_id = runs.start_training_run(client, params, torch.device("cpu"), f"writer-{index}", [])
         for epoch in range(1, EPOCHS + 1):
             row = {"epoch": epoch, **{name: 100.0 * index + epoch + k / 10 for k, name in enumerate(EPOCH_METRICS)}}
-            tracking.log_epoch(client, run_id, row)
-        tracking.log_metrics(client, run_id, {name: float(index) for name in FINAL_METRICS}, step=EPOCHS)
+            runs.log_epoch(client, run_id, row)
+        store.log_metrics(client, run_id, {name: float(index) for name in FINAL_METRICS}, step=EPOCHS)
         client.set_terminated(run_id, status="FINISHED")
         results.put((index, run_id, None, (opened - started, time.monotonic() - opened)))
     except BaseException as e:  # reported to the test, which counts it as a failed writer
@@ -120,7 +120,7 @@ def check_nothing_lost(found: dict, store: str, reliability) -> None:
     assert found["errors"] == [] and found["exit_codes"] == [0] * WRITERS
     assert len(found["runs"]) == WRITERS and set(found["statuses"]) == found["runs"]
     assert set(found["statuses"].values()) == {"FINISHED"}
-    expected_params = len(tracking.flat_params(load_params()))
+    expected_params = len(runs.flat_params(load_params()))
     assert sorted(int(float(p["train.beta"])) for p in found["params"].values()) == list(range(WRITERS))
     for run_id, counts in found["logged"].items():
         assert counts == {**{m: EPOCHS for m in EPOCH_METRICS}, **{m: 1 for m in FINAL_METRICS}}, run_id
@@ -156,7 +156,7 @@ def log_one_data_set(uri: str, index: int, rounds: int, start, results) -> None:
         run_id = client.create_run(experiment).info.run_id
         start.wait(timeout=120)
         try:
-            tracking.log_data_input(client, run_id, params)
+            runs.log_data_input(client, run_id, params)
         except Exception as e:  # counted by the test
             errors.append(f"writer {index}, round {round_}: {(str(e).strip().splitlines() or [''])[0][:200]}")
     results.put(errors)

@@ -5,8 +5,8 @@ import pytest
 
 from stages import download
 from tests.conftest import tiny_params
-from vae_pipeline.datasets import FILES
-from vae_pipeline.files import PipelineError
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.ml.data import FILES
 
 
 def params_for(tmp_path, sources, checksums):
@@ -88,7 +88,7 @@ def test_deb_extraction_takes_the_gzipped_idx_files(tmp_path, tiny_source):
     import shutil
     import subprocess
 
-    from vae_pipeline.datasets import DATASETS
+    from vae_pipeline.ml.data import DATASETS
 
     if shutil.which("dpkg-deb") is None:
         pytest.skip("dpkg-deb is not installed (the apt: source needs it too)")

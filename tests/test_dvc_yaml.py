@@ -7,8 +7,8 @@ own packages, and derives the files the stage needs:
   - every project module it imports, directly or not;
   - a package's __init__.py when it holds code (a docstring alone runs nothing);
   - a package's data folder (a folder in a package that is not a package itself,
-    e.g. vae_pipeline/templates) when a module of the stage names it in a string,
-    as `PackageLoader("vae_pipeline", "templates")` does.
+    e.g. vae_pipeline/report/templates) when the stage's modules name both the package and the
+    folder in strings, as `PackageLoader("vae_pipeline.report", "templates")` does.
 The deps of dvc.yaml that lie inside a project package must be exactly those: a
 missing one means a change to that file would not rerun the stage, an extra one
 reruns it for nothing. Everything else in `deps` (data, models, metrics) is the
@@ -78,11 +78,17 @@ def runs_code(path: Path) -> bool:
     return bool(body)
 
 
-def data_folders(root: Path) -> dict[str, Path]:
-    """Folders inside the project's packages that are not packages: their data (name -> folder)."""
-    return {folder.name: folder for package in packages(root)
-            for folder in (root / package).iterdir()
-            if folder.is_dir() and folder.name != "__pycache__" and not (folder / "__init__.py").exists()}
+def data_folders(root: Path) -> dict[tuple[str, str], Path]:
+    """Folders inside the project's packages that are not packages: their data,
+    {(package as a dotted name, folder name): folder}."""
+    found = {}
+    for top in packages(root):
+        for init in (root / top).glob("**/__init__.py"):
+            package = init.parent
+            for folder in package.iterdir():
+                if folder.is_dir() and folder.name != "__pycache__" and not (folder / "__init__.py").exists():
+                    found[(".".join(package.relative_to(root).parts), folder.name)] = folder
+    return found
 
 
 def strings(path: Path) -> set[str]:
@@ -107,11 +113,14 @@ def code_deps(root: Path, entry: str) -> dict[str, list[str]]:
                     chains[found] = chains[path] + [found]
                     queue.append(found)
     needed = {p: chain for p, chain in chains.items() if p.name != "__init__.py" or runs_code(p)}
-    folders = data_folders(root)
-    for path, chain in list(chains.items()):
-        for text in strings(path):
-            for name in {text, *Path(text).parts[:1]} & folders.keys():
-                needed.setdefault(folders[name], chain + [folders[name]])
+    # A package's data folder is read when the stage's code names both the package and the folder,
+    # as `PackageLoader("vae_pipeline.pages", "templates")` does (the two may be in different modules).
+    named = {path: strings(path) for path in chains}
+    everything = set().union(*named.values())
+    for (package, name), folder in data_folders(root).items():
+        if name in everything and package in everything:
+            naming = next(path for path, found in named.items() if package in found)
+            needed.setdefault(folder, chains[naming] + [folder])
     return {str(p.relative_to(root)): [str(c.relative_to(root)) for c in chain] for p, chain in needed.items()}
 
 

@@ -6,9 +6,8 @@ import torch
 from torch.distributions import Normal
 
 from tests.conftest import tiny_params
-from vae_pipeline.evaluation import active_units, elbo_parts, iwae_nll, log_likelihood
-from vae_pipeline.literature import compare
-from vae_pipeline.model import VAE, vae_loss
+from vae_pipeline.ml.evaluation import active_units, compare, elbo_parts, iwae_nll, log_likelihood
+from vae_pipeline.ml.model import VAE, vae_loss
 
 
 def tiny_model(latent_dim=3, seed=0) -> VAE:
@@ -133,6 +132,7 @@ def test_trustworthiness_is_measured_on_the_latent_map_stages_output():
     """A map that keeps the neighbours scores near 1, the same points shuffled score near 0.5,
     and the map's `index` column, not its row order, says which mu each point is."""
     import pandas as pd
+
     from stages.evaluate import map_trustworthiness
 
     rng = np.random.default_rng(0)

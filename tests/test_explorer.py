@@ -18,13 +18,11 @@ import yaml
 from stages.report import MAX_SLIDERS
 from tests.browser import explore_report, skip_without_chromium
 from tests.conftest import make_project, run_in, set_params
-from vae_pipeline.datasets import DATASETS, IMAGE_PIXELS, class_names
-from vae_pipeline.embeddings import read_mu
-from vae_pipeline.idx import read_labels
-from vae_pipeline.model import VAE
-from vae_pipeline.model_files import load_model
-from vae_pipeline.packed_decoder import TOLERANCE, decode_packed, pack_decoder
+from vae_pipeline.ml.data import DATASETS, IMAGE_PIXELS, class_names, read_labels
+from vae_pipeline.ml.model import VAE, load_model
+from vae_pipeline.outputs import read_mu
 from vae_pipeline.params import load_params
+from vae_pipeline.report.packed_decoder import TOLERANCE, decode_packed, pack_decoder
 
 CLASSES = DATASETS["fashion-mnist"]["classes"]
 # The strip's canvases hold grey levels 0..255: a decoded value within TOLERANCE, then rounded.

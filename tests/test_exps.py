@@ -16,8 +16,8 @@ import yaml
 
 from flows.sweep import grid
 from tests.conftest import run_in, set_params
-from vae_pipeline.artifacts import METRICS_FILES
 from vae_pipeline.files import ROOT
+from vae_pipeline.outputs import METRICS_FILES
 from vae_pipeline.params import SPEED_ONLY
 
 WIDTH = 120
@@ -76,7 +76,7 @@ def test_the_experiments_table_fits_120_columns(project):
     # Two points of the sweep's grid, as `make sweep` sets them: the widest values and the narrowest.
     by_width = sorted(grid(params["sweep"]), key=lambda point: len(str(point)))
     points = [by_width[-1], by_width[0]]
-    from dvc.repo.experiments.utils import gen_random_name   # the names `dvc exp run` gives
+    from dvc.repo.experiments.utils import gen_random_name  # the names `dvc exp run` gives
 
     stand_in_outputs(project)
     for i, point in enumerate(points):

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from tests.conftest import dvc_stages, run_in, set_params, stages_run
-from vae_pipeline.datasets import DATASETS
+from vae_pipeline.ml.data import DATASETS
 
 pytestmark = pytest.mark.slow
 

@@ -13,13 +13,13 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
 
-from flows.local_api import local_api
 from flows.dvc_runner import LOCK_FILE, workspace_lock
+from flows.local_api import local_api
 from flows.pipeline import pipeline
 from flows.sweep import dask_runner, sweep
 from tests.conftest import VENV_BIN, dvc_stages, pipeline_env, run_in, set_params
-from vae_pipeline import tracking
-from vae_pipeline.files import PipelineError
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.tracking import store
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_pipeline_flow_runs_the_stages_in_order_then_skips_them_all(project, pre
     assert "| train | ran |" in markdown and f"| train.test_kl | {metrics['test_kl']:.6g} |" in markdown
     assert "**MLflow run:** not recorded" in markdown or "**MLflow run:** `" in markdown
     # Links that lead somewhere: the MLflow run (embedded store: its URI) and the report; the metrics table.
-    record = tracking.training_run(yaml.safe_load((project / "params.yaml").read_text()), project)
+    record = store.training_run(yaml.safe_load((project / "params.yaml").read_text()), project)
     assert f"(runs:/{record['run_id']})" in artifact(first.state_details.flow_run_id, "mlflow-run").data
     assert (project / "reports/index.html").as_uri() in artifact(first.state_details.flow_run_id, "report").data
     table = json.loads(artifact(first.state_details.flow_run_id, "metrics").data)
@@ -208,7 +208,7 @@ def test_sweep_of_two_points_on_two_dask_workers(project, prefect_api):
     assert {r["exp_name"] for r in results} <= set(experiments)
     # MLflow: the parent run of the sweep, a FINISHED child per point.
     import mlflow
-    client = mlflow.MlflowClient(tracking.default_tracking_uri(project))
+    client = mlflow.MlflowClient(store.default_tracking_uri(project))
     parent = client.get_run(saved["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["points_done"] == 2
     children = client.search_runs([parent.info.experiment_id],

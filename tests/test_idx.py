@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from vae_pipeline.files import PipelineError
-from vae_pipeline.idx import read_idx, read_split, write_idx
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.ml.data import read_idx, read_split, write_idx
 
 
 def test_round_trip(tmp_path):

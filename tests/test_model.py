@@ -2,8 +2,7 @@ import math
 
 import torch
 
-from vae_pipeline.model import VAE, kl_divergence, vae_loss
-from vae_pipeline.model_files import load_model, save_model
+from vae_pipeline.ml.model import VAE, kl_divergence, load_model, save_model, vae_loss
 
 
 def test_architecture_is_the_articles():

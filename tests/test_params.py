@@ -3,9 +3,11 @@ import copy
 import pytest
 import yaml
 
+from commands.clean import KEPT_BY_CLEAN
 from tests.conftest import run_in, set_params
-from vae_pipeline.files import ROOT, PipelineError
-from vae_pipeline.params import KEPT_BY_CLEAN, load_params, validate
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.files import ROOT
+from vae_pipeline.params import load_params, validate
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 

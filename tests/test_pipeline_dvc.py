@@ -7,7 +7,7 @@ import yaml
 
 from tests.conftest import downstream, dvc_stages, run_in, set_params, stages_run
 from vae_pipeline.params import load_params
-from vae_pipeline.tracking import training_run
+from vae_pipeline.tracking.store import training_run
 
 pytestmark = pytest.mark.slow
 

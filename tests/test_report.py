@@ -20,11 +20,10 @@ from PIL import Image
 
 from stages.report import MANIFOLD_GRID, SECTIONS, class_means, map_data
 from tests.browser import check_report, skip_without_chromium
-from tests.conftest import (downstream, dvc_stages, make_project, run_in, set_params, stages_run,
-                            stages_with_param)
-from vae_pipeline.datasets import IMAGE_SIZE
-from vae_pipeline.files import ROOT, PipelineError
-from vae_pipeline.idx import read_split
+from tests.conftest import downstream, dvc_stages, make_project, run_in, set_params, stages_run, stages_with_param
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.files import ROOT
+from vae_pipeline.ml.data import IMAGE_SIZE, read_split
 from vae_pipeline.params import validate
 
 SECTION_IDS = [section.id for section in SECTIONS]
@@ -74,7 +73,7 @@ def own_copy(built, tmp_path) -> Path:
 
 def test_every_section_has_one_template_and_every_template_a_section():
     assert len(set(SECTION_IDS)) == len(SECTIONS) and len({s.title for s in SECTIONS}) == len(SECTIONS)
-    templates = {p.name for p in (ROOT / "vae_pipeline/templates/report").iterdir()}
+    templates = {p.name for p in (ROOT / "vae_pipeline/report/templates/report").iterdir()}
     assert templates == {f"{section_id}.html.j2" for section_id in SECTION_IDS}
 
 

@@ -12,11 +12,10 @@ import pytest
 from flows.local_api import free_port
 from flows.retrain import ALIAS, champion_gate, gate_markdown, metric_key
 from tests.conftest import VENV_BIN, downstream, dvc_stages, pipeline_env, run_in, stop_process_group
-from vae_pipeline import tracking
-from vae_pipeline.datasets import expected_checksums
-from vae_pipeline.files import PipelineError
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.ml.data import expected_checksums
 from vae_pipeline.params import load_params
-
+from vae_pipeline.tracking import runs, store
 
 # ---- the gate, on real registered versions (no training needed) -----------------------------
 
@@ -38,11 +37,11 @@ def registry(tmp_path):
         run = client.create_run(experiment, tags={f"data.sha256.{name}": sha256
                                                   for name, sha256 in expected_checksums(params).items()})
         client.log_batch(run.info.run_id, params=[Param(key, value)
-                                                   for key, value in tracking.flat_params(params).items()])
+                                                   for key, value in runs.flat_params(params).items()])
         figures = {"test_loss": test_loss, "eval_iwae_samples": iwae_samples}
         if neg_elbo is not None:
             figures |= {metric_key("neg_elbo"): neg_elbo, metric_key("iwae_nll"): neg_elbo - 2}
-        tracking.log_metrics(client, run.info.run_id, figures)
+        store.log_metrics(client, run.info.run_id, figures)
         client.set_terminated(run.info.run_id)
         (tmp_path / run.info.run_id).mkdir()
         return str(client.create_model_version("decoder", (tmp_path / run.info.run_id).as_uri(),
@@ -171,7 +170,7 @@ def test_the_served_retrain_deployment_runs_on_a_prefect_server_and_names_a_cham
         f"{run.stdout[-2000:]}\n{run.stderr[-2000:]}\nserve log:\n{log.read_text()[-4000:]}"
     print(f"served retrain: triggered to completed in {seconds:.1f} s")
 
-    record = tracking.training_run(load_params(project / "params.yaml"), project)
+    record = store.training_run(load_params(project / "params.yaml"), project)
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     assert str(client.get_model_version_by_alias(record["model_name"], ALIAS).version) == record["model_version"]
     decision = json.loads((project / "reports/champion.json").read_text())
@@ -200,6 +199,7 @@ if _os.path.exists(_os.environ.get("CRASH_ONCE_FILE", "/nonexistent")):
 def test_a_flow_run_whose_task_crashed_is_retried_from_the_failed_stage(project, tmp_path, monkeypatch,
                                                                        reliability):
     import mlflow
+
     from flows.local_api import local_api
     from flows.pipeline import pipeline
 

@@ -15,10 +15,10 @@ import torch
 from stages import download, train
 from tests.conftest import put_data, run_in, set_params
 from tests.reliability import changed_files, run_stage, snapshot
-from vae_pipeline.datasets import FILES
-from vae_pipeline.files import ROOT, PipelineError
-from vae_pipeline.model import VAE
-from vae_pipeline.redact import redact_uri
+from vae_pipeline.errors import PipelineError, redact_uri
+from vae_pipeline.files import ROOT
+from vae_pipeline.ml.data import FILES
+from vae_pipeline.ml.model import VAE
 
 pytestmark = pytest.mark.reliability
 

@@ -14,14 +14,13 @@ from mlflow.exceptions import MlflowException
 
 from commands.serve import PORT_ENV, port
 from tests.conftest import free_port, pipeline_env, run_in, set_params, stop_process_group
-from vae_pipeline import tracking
-from vae_pipeline.datasets import IMAGE_SIZE
-from vae_pipeline.decoder_pyfunc import DECODER_ARTIFACT, latent_batch
-from vae_pipeline.files import PipelineError
-from vae_pipeline.mlflow_decoder import log_decoder
-from vae_pipeline.model import VAE
-from vae_pipeline.model_files import load_model
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.ml.data import IMAGE_SIZE
+from vae_pipeline.ml.model import VAE, load_model
 from vae_pipeline.params import load_params
+from vae_pipeline.serving.decoder_pyfunc import DECODER_ARTIFACT, latent_batch
+from vae_pipeline.tracking import registry, store
+from vae_pipeline.tracking.registry import log_decoder
 
 
 def decoded(model, z: np.ndarray) -> np.ndarray:
@@ -112,13 +111,13 @@ def test_make_serve_serves_the_champion_from_a_tracking_server(project, mlflow_s
     server_url, _ = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server_url)
     params = load_params(project / "params.yaml")
-    client = tracking.connect(params)
-    run_id = client.create_run(tracking.experiment_id(client, params)).info.run_id
+    client = store.connect(params)
+    run_id = client.create_run(store.experiment_id(client, params)).info.run_id
     torch.manual_seed(1)
     model = VAE.from_config(params["train"]).eval()
     name = params["mlflow"]["model_name"]
     version, _ = log_decoder(client, run_id, model, name, {}, params["serve"]["max_batch"])
-    client.set_registered_model_alias(name, tracking.CHAMPION_ALIAS, version)
+    client.set_registered_model_alias(name, registry.CHAMPION_ALIAS, version)
 
     url, server = start_server(project, {"MLFLOW_TRACKING_URI": server_url}, tmp_path / "serve.log")
     request.addfinalizer(lambda: stop_process_group(server))
@@ -157,13 +156,13 @@ def test_the_champion_is_served_else_the_newest_version(tmp_path):
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(PipelineError, match="no version of model 'decoder'"):
-        tracking.served_version(client, "decoder")
+        registry.served_version(client, "decoder")
     client.create_registered_model("decoder")
     for _ in range(2):
         client.create_model_version("decoder", tmp_path.as_uri())
-    assert tracking.served_version(client, "decoder") == ("2", False)
-    client.set_registered_model_alias("decoder", tracking.CHAMPION_ALIAS, "1")
-    assert tracking.served_version(client, "decoder") == ("1", True)
+    assert registry.served_version(client, "decoder") == ("2", False)
+    client.set_registered_model_alias("decoder", registry.CHAMPION_ALIAS, "1")
+    assert registry.served_version(client, "decoder") == ("1", True)
 
 
 def test_the_port_comes_from_the_environment_else_params(monkeypatch):

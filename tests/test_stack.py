@@ -24,16 +24,15 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 from stack import health, postgres, supervisor
 from stack.settings import CLIENT_ENV_NAMES, SERVICES, TLS_FILES, USER, Stack, load_secrets, read_env_file
 from tests.conftest import free_port, make_project, pipeline_env, run_in, set_params
 from tests.test_concurrency import check_nothing_lost, eight_writers_at_once
-from vae_pipeline import tracking
 from vae_pipeline.files import ROOT
 from vae_pipeline.params import load_params
-from vae_pipeline.tracking import RUN_FILE
+from vae_pipeline.tracking import store
+from vae_pipeline.tracking.runs import RUN_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.xdist_group("team-stack")]
 
@@ -70,7 +69,7 @@ def stack_ports() -> dict[str, int]:
 
 def run_record(project: Path) -> dict:
     """The MLflow run that trained the project's current model (paths.run_record)."""
-    return tracking.training_run(load_params(project / "params.yaml"), project)
+    return store.training_run(load_params(project / "params.yaml"), project)
 
 
 def digest(folder: Path, outputs: list[str]) -> dict[str, str]:
@@ -325,7 +324,7 @@ def test_make_run_on_the_stack_then_dvc_push_and_pull_in_a_fresh_clone(running, 
 
     import torch
 
-    from vae_pipeline.model_files import load_model
+    from vae_pipeline.ml.model import load_model
     z = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         images = [load_model(folder / "models")[0].decode(z) for folder in (project, clone)]

@@ -10,7 +10,8 @@ import pytest
 
 from flows import sweep, sweep_point
 from tests.conftest import run_in, set_params
-from vae_pipeline.files import ROOT, PipelineError
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.files import ROOT
 from vae_pipeline.params import load_params
 
 PROJECT_PACKAGES = {"vae_pipeline", "stages", "flows", "commands", "stack", "benchmarks", "tests"}

@@ -220,7 +220,7 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
     workers, sweep = [], None
     with host_network():
         try:
-            up = run_in(project, "python", "-m", "stack", "up", timeout=900,
+            run_in(project, "python", "-m", "stack", "up", timeout=900,
                         env={"NUMBA_CACHE_DIR": str(ROOT / ".numba_cache")})
             stack = Stack.from_params(project)
             env = {**read_env_file(stack.env_file), "PREFECT_HOME": str(project / ".prefect"),

@@ -9,9 +9,10 @@ import torch
 import yaml
 
 from tests.conftest import free_port, run_in
-from vae_pipeline import tracking
-from vae_pipeline.files import ROOT, PipelineError
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.files import ROOT
 from vae_pipeline.params import load_params
+from vae_pipeline.tracking import runs, store
 
 EPOCH_METRICS = ["train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl", "seconds"]
 
@@ -34,27 +35,25 @@ def open_store(project):
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri), tracking.training_run(load_params(project / "params.yaml"), project)
+    return mlflow.MlflowClient(uri), store.training_run(load_params(project / "params.yaml"), project)
 
 
 def test_tracking_uri_env_then_params_then_embedded(monkeypatch):
     params = load_params()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri(params) == f"sqlite:///{ROOT}/mlflow.db"
+    assert store.tracking_uri(params) == f"sqlite:///{ROOT}/mlflow.db"
     params["mlflow"]["tracking_uri"] = "sqlite:///other/runs.db"  # relative: anchored at the project
-    assert tracking.tracking_uri(params) == f"sqlite:///{ROOT}/other/runs.db"
+    assert store.tracking_uri(params) == f"sqlite:///{ROOT}/other/runs.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert tracking.tracking_uri(params) == "http://127.0.0.1:5999"
+    assert store.tracking_uri(params) == "http://127.0.0.1:5999"
 
 
 def test_credentials_never_appear_in_messages(monkeypatch):
-    assert tracking.masked("https://alice:s3cret@mlflow.example.com:443/x") == "https://***@mlflow.example.com:443/x"
-    assert tracking.masked("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     params = load_params()
     port = free_port()  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{port}")
     with pytest.raises(PipelineError) as error:
-        tracking.connect(params)
+        store.connect(params)
     assert f"http://***@127.0.0.1:{port} is unreachable" in str(error.value)
     assert "s3cret" not in str(error.value)
 
@@ -62,19 +61,19 @@ def test_credentials_never_appear_in_messages(monkeypatch):
 def test_unwritable_sqlite_folder_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/no/such/folder/mlflow.db")
     with pytest.raises(PipelineError, match="folder .*no/such/folder is missing"):
-        tracking.connect(load_params())
+        store.connect(load_params())
 
 
 def test_run_tags_from_env(monkeypatch):
     monkeypatch.setenv("VAE_RUN_TAGS", '{"prefect_flow_run_id": "abc", "sweep": 3}')
-    assert tracking.extra_tags() == {"prefect_flow_run_id": "abc", "sweep": "3"}
+    assert runs.extra_tags() == {"prefect_flow_run_id": "abc", "sweep": "3"}
     monkeypatch.setenv("VAE_RUN_TAGS", "[1, 2]")
     with pytest.raises(PipelineError, match="VAE_RUN_TAGS: expected a JSON object"):
-        tracking.extra_tags()
+        runs.extra_tags()
 
 
 def test_flat_params_name_every_train_key():
-    flat = tracking.flat_params(load_params())
+    flat = runs.flat_params(load_params())
     assert flat["data.dataset"] == "mnist" and flat["data.binarize"] == "none" and flat["train.beta"] == "1.0"
     assert flat["train.hidden_dims"] == "[400]"
     assert {k for k in flat if k.startswith("train.")} == {f"train.{k}" for k in load_params()["train"]}
@@ -87,19 +86,19 @@ def test_resumed_training_continues_its_run_other_unfinished_runs_fail(monkeypat
     (tmp_path / "raw" / "mnist").mkdir(parents=True)
     (tmp_path / "raw" / "mnist" / "train-images-idx3-ubyte").write_bytes(b"not really")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    client = tracking.connect(params)
+    client = store.connect(params)
     row = dict(zip(["epoch"] + EPOCH_METRICS, [1, 5.0, 4.0, 1.0, 6.0, 5.0, 1.0, 0.5]))
 
-    first = tracking.start_training_run(client, params, torch.device("cpu"), "key-a", [])
-    tracking.log_epoch(client, first, row)
+    first = runs.start_training_run(client, params, torch.device("cpu"), "key-a", [])
+    runs.log_epoch(client, first, row)
     # Killed after epoch 1, resumed from its checkpoint: the same run goes on.
-    assert tracking.start_training_run(client, params, torch.device("cpu"), "key-a", [row]) == first
+    assert runs.start_training_run(client, params, torch.device("cpu"), "key-a", [row]) == first
     # Epoch 2 was checkpointed but its log failed (the store was down): the resume logs it, once.
     row_2 = {**row, "epoch": 2}
-    assert tracking.start_training_run(client, params, torch.device("cpu"), "key-a", [row, row_2]) == first
+    assert runs.start_training_run(client, params, torch.device("cpu"), "key-a", [row, row_2]) == first
     assert sorted(m.step for m in client.get_metric_history(first, "test_loss")) == [1, 2]
     # Other params (another checkpoint key): a fresh run that logs the restored epochs; the old one failed.
-    second = tracking.start_training_run(client, params, torch.device("cpu"), "key-b", [row])
+    second = runs.start_training_run(client, params, torch.device("cpu"), "key-b", [row])
     assert second != first and client.get_run(first).info.status == "FAILED"
     assert [m.step for m in client.get_metric_history(second, "test_loss")] == [1]
     assert client.get_run(second).data.tags["data.sha256.train-images-idx3-ubyte"] == \
@@ -152,9 +151,9 @@ def test_pipeline_runs_are_tracked_registered_and_compared(project, monkeypatch)
     # (its digest from the pinned checksums), the evaluate figures rank the logged models,
     # system metrics were sampled during training.
     experiment = client.get_experiment(run.info.experiment_id)
-    assert tracking.EXPERIMENT_KIND.items() <= experiment.tags.items()
+    assert store.EXPERIMENT_KIND.items() <= experiment.tags.items()
     [data] = run.inputs.dataset_inputs
-    assert data.dataset.name == "mnist" and data.dataset.digest == tracking.data_input(params).dataset.digest
+    assert data.dataset.name == "mnist" and data.dataset.digest == store.data_input(params).dataset.digest
     assert json.loads(data.dataset.profile)["sha256"] == params["data"]["sha256"]
     assert {m.model_id for m in run.outputs.model_outputs} == {record["model_id"]}
     logged = client.get_logged_model(record["model_id"])
@@ -196,7 +195,7 @@ def test_pipeline_logs_to_a_real_server_over_http(project, mlflow_server, monkey
     url, folder = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     run_in(project, "dvc", "repro")
-    record = tracking.training_run(load_params(project / "params.yaml"), project)
+    record = store.training_run(load_params(project / "params.yaml"), project)
     assert record["tracking_uri"] == url and record["model_uri"] == "models:/vae-decoder/1"
     assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
 

@@ -14,10 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from stages.train import evaluate, train_epoch
-from vae_pipeline.device import idle_cores, setup_torch
-from vae_pipeline.fast_bce import SummedBCEWithLogits
 from vae_pipeline.files import ROOT
-from vae_pipeline.model import VAE
+from vae_pipeline.ml.model import VAE, SummedBCEWithLogits, idle_cores, setup_torch
 
 T = {"batch_size": 32, "beta": 1.5, "likelihood": "bernoulli", "precision": "fp32", "seed": 0,
      "eval_batch_size": 50}
@@ -119,8 +117,8 @@ ON_ONE_AND_ON_TWO_THREADS = f"""
 import json
 import torch
 from stages.train import evaluate, train_epoch
-from vae_pipeline.cli import main
-from vae_pipeline.model import VAE
+from vae_pipeline.errors import main
+from vae_pipeline.ml.model import VAE
 
 def train_on(threads):
     torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""Project root, the project's one error type, and small file helpers."""
+"""The project root, and writing files whole: a temporary name renamed into place, or several outputs at once."""
 import contextlib
 import hashlib
 import json
@@ -7,33 +7,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from vae_pipeline.errors import PipelineError
+
 # Every path in the project is anchored here, never at the current directory.
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class PipelineError(Exception):
-    """A problem the user can fix (bad input, bad params, unreachable source).
-
-    Entry points print its message and exit non-zero, without a traceback.
-    """
 
 
 def project_path(relative: str | os.PathLike) -> Path:
     """Resolve a path from params.yaml against the project root."""
     path = Path(relative)
     return path if path.is_absolute() else ROOT / path
-
-
-def stage_output(path: Path, stage: str) -> Path:
-    """`path`, written by `stage`; when it is missing, a PipelineError that says which stage to run."""
-    if not path.exists():
-        raise PipelineError(f"{path}: missing; run the {stage} stage first (dvc repro {stage})")
-    return path
-
-
-def damaged_output(path: Path, what: str, stage: str) -> PipelineError:
-    """The error for `path`, written by `stage`, found damaged: the file, what is wrong, the stage to rerun."""
-    return PipelineError(f"{path}: {what}; rerun the {stage} stage (dvc repro {stage})")
 
 
 @contextlib.contextmanager

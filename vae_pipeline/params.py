@@ -1,17 +1,20 @@
-"""Load params.yaml and check every value against SCHEMA.
+"""params.yaml as the stages read it: the rules of every section a stage reads, and the loader.
 
 One place for every knob: a stage calls `load_params()` and reads
 `params["train"]["beta"]`. A wrong type, an out-of-range value or an unknown
 key stops the stage with a message naming the key and what is allowed.
 
-`python -m vae_pipeline.params outputs` prints what `make clean` removes, one path a line.
+By concern: PIPELINE here holds the sections the stages read (their code deps in dvc.yaml
+include this file); the operating settings that no stage reads (prefect, sweep, retrain,
+stack) have their rules in vae_pipeline/settings.py, which the flows and commands load,
+so a change to a port rule reruns no stage.
 """
-import sys
 from pathlib import Path
 
 import yaml
 
-from vae_pipeline.files import ROOT, PipelineError
+from vae_pipeline.errors import PipelineError
+from vae_pipeline.files import ROOT
 
 PARAMS_FILE = ROOT / "params.yaml"
 
@@ -74,7 +77,7 @@ def mapping_of(rule):
 # leaves them out, and `make exps` (commands/exps.py) does not show them.
 SPEED_ONLY = ("train.threads",)
 
-SCHEMA = {
+PIPELINE = {
     "paths": {
         # Every file the stages write, named once: dvc.yaml reads these too.
         "raw_dir": text(),            # downloads land in <raw_dir>/<dataset>/
@@ -85,7 +88,7 @@ SCHEMA = {
         "train_detail": text(),       # ... and the rest (vae_pipeline.artifacts TRAIN_DETAIL)
         "train_history": text(),
         "embeddings_dir": text(),     # train.parquet + test.parquet
-        "compare_report": text(),     # stages.compare: runs of the MLflow experiment side by side
+        "compare_report": text(),     # commands/compare.py: runs of the MLflow experiment side by side
 
         "latent_map": text(),         # UMAP of mu: x, y, label, index
         "report": text(),             # the self-contained HTML report
@@ -152,27 +155,6 @@ SCHEMA = {
         "walk_frame_ms": integer(10, 10_000),          # GIF frame time
         "hover_points": integer(0, 20_000),            # map points that show their image on hover
     },
-    "prefect": {
-        "download_retries": integer(0, 10),
-        "retry_delay_seconds": number(lo=0),
-        "lock_wait_seconds": number(lo=0),
-    },
-    "sweep": {
-        "beta": list_of(number(lo=0)),
-        "latent_dim": list_of(integer(1, 1024)),
-        "epochs": integer(1),
-        "threads": integer(0),
-        "stage": text(),
-        "scheduler": optional(text()),                 # null: a local Dask cluster
-        "n_workers": integer(1),
-    },
-    "retrain": {
-        "schedule_cron": text(),                       # checked by Prefect when the deployment is served
-        "deployment": text(),
-        "gate_metric": choice("neg_elbo", "iwae_nll"),  # the evaluate stage's figure the gate compares
-        "margin": number(lo=0),
-        "seed": optional(integer(0)),                  # the served deployment's default seed
-    },
     "serve": {
         "port": integer(1, 65535),
         "max_batch": integer(1),                       # rows per request
@@ -186,28 +168,18 @@ SCHEMA = {
         "trustworthiness_samples": integer(0),
         "trustworthiness_neighbors": integer(1),
     },
-    "stack": {                                         # `make stack`: the team's servers (stack/)
-        "state_dir": text(),
-        "host": address(),                             # where every service binds; 127.0.0.1 unless it serves other hosts
-        "postgres_port": integer(1, 65535),
-        "s3_port": integer(1, 65535),
-        "seaweed_port": integer(1, 65527),             # SeaweedFS uses it and the 8 ports above it
-        "mlflow_port": integer(1, 65535),
-        "prefect_port": integer(1, 65535),
-        "git_port": integer(1, 65535),
-        "dask_port": integer(1, 65535),
-        "bucket": text(),
-        "work_pool": text(),
-    },
 }
 
 
-def validate(params: dict, schema: dict = SCHEMA, source: str = "params.yaml") -> dict:
-    """Return `params` if every section and key matches `schema`, else raise PipelineError."""
+def validate(params: dict, schema: dict = PIPELINE, source: str = "params.yaml", whole: bool = False) -> dict:
+    """Return `params` if every section of `schema` and its keys match, else raise PipelineError.
+
+    Sections outside `schema` are left to their own loader, unless `whole`: then `schema` is
+    every section there is (vae_pipeline.settings), and any other is an unknown section."""
     if not isinstance(params, dict):
         raise PipelineError(f"{source}: expected a mapping of sections, got {type(params).__name__}")
     errors = []
-    for section in params.keys() - schema.keys():
+    for section in (params.keys() - schema.keys()) if whole else ():
         errors.append(f"unknown section '{section}' (allowed: {', '.join(schema)})")
     for section, rules in schema.items():
         values = params.get(section)
@@ -226,8 +198,8 @@ def validate(params: dict, schema: dict = SCHEMA, source: str = "params.yaml") -
     return params
 
 
-def load_params(path: Path | None = None) -> dict:
-    """Read and validate params.yaml (the project's, or `path`)."""
+def read_params(path: Path | None = None) -> tuple[dict, str]:
+    """params.yaml (the project's, or `path`) as read, unchecked, and its name for messages."""
     path = Path(path or PARAMS_FILE)
     try:
         params = yaml.safe_load(path.read_text())
@@ -235,36 +207,10 @@ def load_params(path: Path | None = None) -> dict:
         raise PipelineError(f"{path}: cannot read params ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise PipelineError(f"{path}: not valid YAML: {e}") from None
-    return validate(params, source=str(path))
+    return params, str(path)
 
 
-# The paths `make clean` keeps: the downloaded data (fetching it again needs the network; DVC's
-# cache holds it too) and the run record (MLflow's bookkeeping, kept like mlflow.db).
-KEPT_BY_CLEAN = ("raw_dir", "run_record")
-
-
-def outputs(params: dict, root: Path = ROOT) -> list[str]:
-    """Every path of params `paths` that `make clean` removes, each checked to lie inside the project."""
-    found = []
-    for key, path in params["paths"].items():
-        if key in KEPT_BY_CLEAN:
-            continue
-        resolved = (root / path).resolve()
-        if resolved == root.resolve() or not resolved.is_relative_to(root.resolve()):
-            raise PipelineError(f"params.yaml: paths.{key} is {path!r}, outside the project or the project "
-                                "itself; `make clean` removes only what lies inside it")
-        found.append(path)
-    return found
-
-
-def main(argv: list[str]) -> int:
-    if argv != ["outputs"]:
-        print("usage: python -m vae_pipeline.params outputs", file=sys.stderr)
-        return 2
-    from vae_pipeline.cli import exit_code   # cli imports this module
-
-    return exit_code(lambda: print("\n".join(outputs(load_params()))))
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def load_params(path: Path | None = None) -> dict:
+    """Read params.yaml (the project's, or `path`) and check the sections the stages read."""
+    params, source = read_params(path)
+    return validate(params, PIPELINE, source)

@@ -1,4 +1,4 @@
-"""MLflow, in one place: one run per trained model; later stages attach to it.
+"""The MLflow tracking store: where runs go, checked before any work is spent.
 
 Where runs go, the first that is set:
   1. env MLFLOW_TRACKING_URI          e.g. http://127.0.0.1:5000 (an `mlflow server`)
@@ -9,24 +9,18 @@ Every call goes through an MlflowClient with an explicit run id, never the
 fluent `mlflow.start_run`: inside a Prefect task running in another thread the
 fluent "active run" is not there, and mlflow silently opens a second run.
 
-The train stage calls, in order:
-    client = connect(params)                                  # fails here if the URI is unreachable
-    run_id = start_training_run(client, params, device, key, history)   # also logs the data set as
-                                                              # an input and starts the system metrics
-    log_epoch(client, run_id, row)                            # once per epoch, one batched request
-    finish_training_run(client, run_id, params, model, metrics)
-and records the run in paths.run_record, under the hash of the model's files.
-Later stages call attach_to_training_run(params, metrics=..., artifacts=[...]); the
-evaluate stage's figures go to the logged model too (model_metrics=...), so
-`mlflow.search_logged_models` can rank the models by them.
+The run record (params.yaml paths.run_record) maps the hash of the model's files to the record
+of the run that trained them. It is kept out of the model folder: a run id is new on every
+training, so inside models/ it would give identical weights a new hash in dvc.lock and rerun
+everything downstream. It is no DVC output either (git-ignored, like mlflow.db). Keyed by the
+model's hash, it also names the right run when DVC restores an earlier model from its run cache.
 
-The run record is kept out of the model folder: a run id is new on every
-training, so inside models/ it would give identical weights a new hash in
-dvc.lock and rerun everything downstream. It is no DVC output either (git-ignored,
-like mlflow.db). Keyed by the model's hash, it also names the right run when DVC
-restores an earlier model from its run cache.
+Later stages call attach_to_training_run(params, metrics=..., artifacts=[...]); the evaluate
+stage's figures go to the logged model too (model_metrics=...), so `mlflow.search_logged_models`
+can rank the models by them.
 
-Env VAE_RUN_TAGS (a JSON object) adds tags to the run, e.g. the Prefect flow run id.
+The rest of tracking/: runs.py (a training's run: params, tags, epochs, its end) and
+registry.py (the registered decoder and the champion alias).
 """
 import contextlib
 import fcntl
@@ -41,18 +35,12 @@ from pathlib import Path
 
 import requests
 
-from vae_pipeline.datasets import FILES, expected_checksums, raw_dir
-from vae_pipeline.files import ROOT, PipelineError, project_path, sha256_file, write_json
-from vae_pipeline.params import PARAMS_FILE
-from vae_pipeline.provenance import git_provenance
-# torch is imported in the functions that need it (the train stage's): latent_map and report
-# attach to the run without paying its ~1.5 s import.
+from vae_pipeline.errors import PipelineError, redact_uri
+from vae_pipeline.files import ROOT, project_path, sha256_file, write_json
+from vae_pipeline.ml.data import FILES, expected_checksums, raw_dir
 
 log = logging.getLogger("tracking")
 
-RUN_FILE = "mlflow_run.json"          # in paths.checkpoint_dir: the run of an unfinished training
-RUN_TAGS_ENV = "VAE_RUN_TAGS"
-CHAMPION_ALIAS = "champion"           # the registered version in use: `make serve` serves it, retrains move it
 # The experiment is one of model training, not a GenAI app: MLflow 3's tag for what kind it is.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -73,14 +61,6 @@ def tracking_uri(params: dict, root: Path = ROOT) -> str:
     return uri
 
 
-def masked(uri: str) -> str:
-    """The URI with any user:password replaced by ***, safe to print."""
-    parts = urllib.parse.urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
-
-
 def check_reachable(uri: str, timeout: float) -> None:
     """Raise PipelineError (naming the URI, never its credentials) unless a store answers there."""
     if uri.startswith(("http://", "https://")):
@@ -88,16 +68,16 @@ def check_reachable(uri: str, timeout: float) -> None:
         try:
             answer = requests.get(uri.rstrip("/") + "/health", timeout=timeout)
         except requests.RequestException as e:
-            raise PipelineError(f"MLflow tracking server {masked(uri)} is unreachable "
+            raise PipelineError(f"MLflow tracking server {redact_uri(uri)} is unreachable "
                                 f"({type(e).__name__}); start it or set MLFLOW_TRACKING_URI / "
                                 "params.yaml mlflow.tracking_uri") from None
         if answer.status_code != 200:
-            raise PipelineError(f"MLflow tracking server {masked(uri)}: /health answered "
+            raise PipelineError(f"MLflow tracking server {redact_uri(uri)}: /health answered "
                                 f"HTTP {answer.status_code}")
     elif uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise PipelineError(f"MLflow tracking store {masked(uri)}: folder {folder} is missing "
+            raise PipelineError(f"MLflow tracking store {redact_uri(uri)}: folder {folder} is missing "
                                 "or not writable")
 
 
@@ -134,14 +114,14 @@ def connect(params: dict):
     except PipelineError:
         raise
     except Exception as e:
-        reason = (str(e).splitlines() or [type(e).__name__])[0].replace(uri, masked(uri))
+        reason = (str(e).splitlines() or [type(e).__name__])[0].replace(uri, redact_uri(uri))
         raise PipelineError(f"{store_name(uri)}: MLflow tracking store is unusable: {reason}") from None
     return client
 
 
 def store_name(uri: str) -> str:
     """The store as a message names it: the database file of a sqlite:/// URI, else the URI, masked."""
-    return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else masked(uri)
+    return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else redact_uri(uri)
 
 
 def check_sqlite_file(uri: str) -> None:
@@ -249,73 +229,24 @@ def experiment_id(client, params: dict) -> str:
         return experiment.experiment_id
 
 
-def ui_runs_page(uri: str, params: dict) -> str:
-    """The page of MLflow's UI, relative to the UI's address, listing the experiment's training runs
-    in the store at `uri`.
+def log_metrics(client, run_id: str, metrics: dict, step: int = 0, model_id: str | None = None,
+                dataset=None) -> None:
+    """Every numeric value of `metrics` at `step`, in one request.
 
-    MLflow 3.17's UI opens an experiment in its GenAI view (traces, judges) unless
-    the browser has chosen "Model training" in the sidebar: it does not read the
-    experiment's kind tag (tried in headless Chromium). The `workflowType` query opens the runs.
+    With `model_id` they are the logged model's metrics too; with `dataset` (an
+    mlflow.entities.Dataset) they say which data set they were measured on.
     """
-    import mlflow  # imported here: importing mlflow takes seconds
+    from mlflow.entities import Metric
 
-    experiment = mlflow.MlflowClient(uri).get_experiment_by_name(params["mlflow"]["experiment_name"])
-    page = f"#/experiments/{experiment.experiment_id}/runs" if experiment else "#/experiments"
-    return f"{page}?workflowType=machine_learning"
-
-
-def flat_params(params: dict) -> dict[str, str]:
-    """The params that shape the model, flattened: data.dataset, data.binarize and every train.* key."""
-    flat = {"data.dataset": params["data"]["dataset"], "data.binarize": params["data"]["binarize"]}
-
-    def add(prefix, value):
-        if isinstance(value, dict):
-            for key, item in value.items():
-                add(f"{prefix}.{key}", item)
-        else:
-            flat[prefix] = json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)
-
-    add("train", params["train"])
-    return flat
+    now = int(time.time() * 1000)
+    on = {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {}
+    batch = [Metric(key, float(value), now, step, model_id=model_id, **on) for key, value in metrics.items()
+             if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
 
 
-def git_state(params: dict) -> dict[str, str]:
-    """The git provenance (vae_pipeline.provenance) as run tags."""
-    git = git_provenance(params)
-    return {"git.commit": git["commit"] if git["dirty"] is not None else "unknown",
-            "git.dirty": "unknown" if git["dirty"] is None else str(git["dirty"]).lower()}
-
-
-def extra_tags() -> dict[str, str]:
-    """Tags from env VAE_RUN_TAGS, a JSON object (set by the Prefect flows)."""
-    text = os.environ.get(RUN_TAGS_ENV, "").strip()
-    if not text:
-        return {}
-    try:
-        tags = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PipelineError(f"env {RUN_TAGS_ENV}: not valid JSON ({e})") from None
-    if not isinstance(tags, dict):
-        raise PipelineError(f"env {RUN_TAGS_ENV}: expected a JSON object of tags, got {type(tags).__name__}")
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in tags.items()}
-
-
-def run_tags(params: dict, device) -> dict[str, str]:
-    import torch
-    data = raw_dir(params)
-    tags = {
-        "mlflow.source.name": "stages.train",
-        "device": str(device),
-        "threads": str(torch.get_num_threads()),
-        "torch.version": torch.__version__,
-        **git_state(params),
-        **{f"data.sha256.{f.name}": sha256_file(f) for f in sorted(data.iterdir()) if f.is_file()},
-        **extra_tags(),
-    }
-    if "git.commit" in tags and tags["git.commit"] != "unknown":
-        tags["mlflow.source.git.commit"] = tags["git.commit"]
-    return tags
-
+# ---- the run record: which run trained the model on disk; later stages attach to it ----------
 
 def data_input(params: dict):
     """The data set as an MLflow run input (an mlflow.entities.DatasetInput, context `training`).
@@ -335,176 +266,6 @@ def data_input(params: dict):
                       source_type="local", source=json.dumps({"uri": raw_dir(params).as_uri()}),
                       profile=json.dumps({"sha256": {name: checksums[name] for name in FILES}}))
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
-
-
-def log_data_input(client, run_id: str, params: dict) -> None:
-    """Log the data set (data_input) as an input of the run: MLflow's Dataset column shows it."""
-    from mlflow.exceptions import MlflowException
-
-    # MLflow's SQL store looks the data set up, then inserts it when missing: two trainings of one
-    # experiment starting together can both miss it, and the second insert breaks the unique key
-    # (seen with eight writers on the stack's PostgreSQL). Once the other row exists, a retry finds it.
-    datasets, attempts = [data_input(params)], 3
-    for attempt in range(1, attempts + 1):
-        try:
-            client.log_inputs(run_id, datasets=datasets)
-            return
-        except MlflowException as e:
-            if attempt == attempts or "unique constraint" not in str(e).lower():
-                raise
-
-
-# The system metrics monitor of each training run in this process: started by start_training_run,
-# stopped by finish_training_run (a crashed training's stops with the process: it is a daemon thread).
-_monitors = {}
-
-
-def start_system_metrics(client, run_id: str, params: dict) -> None:
-    """Sample CPU, memory, disk and network every mlflow.system_metrics_interval seconds into the
-    run's `system/*` metrics (MLflow's system metrics; null: off). BENCHMARKS.md measures the cost."""
-    interval = params["mlflow"]["system_metrics_interval"]
-    if not interval or run_id in _monitors:
-        return
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no "started monitoring" lines
-    # resume_logging: a resumed training carries on after the steps its run already holds.
-    _monitors[run_id] = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True,
-                                             tracking_uri=client.tracking_uri)
-    _monitors[run_id].start()
-
-
-def stop_system_metrics(run_id: str) -> None:
-    """Stop the run's system metrics monitor, logging what it sampled last."""
-    monitor = _monitors.pop(run_id, None)
-    if monitor is not None:
-        monitor.finish()
-
-
-def served_version(client, name: str) -> tuple[str, bool]:
-    """The version of registered model `name` in use: the champion, else the newest (then False)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version), True
-    except MlflowException:              # no such alias, or no such model
-        pass
-    versions = client.search_model_versions(f"name = '{name}'")
-    if not versions:
-        raise PipelineError(f"MLflow model registry at {masked(client.tracking_uri)}: no version of "
-                            f"model '{name}' (params.yaml mlflow.model_name); train one first (make run)")
-    return str(max(int(v.version) for v in versions)), False
-
-
-def log_metrics(client, run_id: str, metrics: dict, step: int = 0, model_id: str | None = None,
-                dataset=None) -> None:
-    """Every numeric value of `metrics` at `step`, in one request.
-
-    With `model_id` they are the logged model's metrics too; with `dataset` (an
-    mlflow.entities.Dataset) they say which data set they were measured on.
-    """
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    on = {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {}
-    batch = [Metric(key, float(value), now, step, model_id=model_id, **on) for key, value in metrics.items()
-             if isinstance(value, (int, float)) and not isinstance(value, bool)]
-    if batch:
-        client.log_batch(run_id, metrics=batch)
-
-
-def log_epoch(client, run_id: str, row: dict) -> None:
-    """One epoch's history row (train/test loss, recon, KL, seconds) with step = epoch."""
-    log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-
-
-def start_training_run(client, params: dict, device, key: str, history: list[dict]) -> str:
-    """A run for this training: params, tags, and the epochs a resumed checkpoint already holds.
-
-    A training killed and resumed from its checkpoint (same `key`) carries on in
-    the same run; any other unfinished run is closed as FAILED. Every other
-    training gets a fresh run, so a rerun never changes a logged param.
-    """
-    from mlflow.entities import Param, RunTag
-
-    open_file = project_path(params["paths"]["checkpoint_dir"]) / RUN_FILE
-    previous = json.loads(open_file.read_text()) if open_file.exists() else None
-    if previous and previous.get("tracking_uri") == masked(client.tracking_uri):
-        try:
-            if history and previous.get("key") == key:
-                run_id = previous["run_id"]
-                client.update_run(run_id, status="RUNNING")
-                start_system_metrics(client, run_id, params)
-                # An epoch checkpointed while its log failed (the store was down) is logged now.
-                metric = next(name for name in history[0] if name != "epoch")
-                logged = {point.step for point in client.get_metric_history(run_id, metric)}
-                for row in history:
-                    if int(row["epoch"]) not in logged:
-                        log_epoch(client, run_id, row)
-                log.info("MLflow run %s resumed (%s)", run_id, masked(client.tracking_uri))
-                return run_id
-            client.set_terminated(previous["run_id"], status="FAILED")
-        except Exception:  # the run was deleted meanwhile: start a fresh one
-            pass
-
-    t = params["train"]
-    run = client.create_run(experiment_id(client, params),
-                            run_name=f"{params['data']['dataset']}-z{t['latent_dim']}-beta{t['beta']}")
-    run_id = run.info.run_id
-    client.log_batch(run_id,
-                     params=[Param(k, v) for k, v in flat_params(params).items()],
-                     tags=[RunTag(k, v) for k, v in run_tags(params, device).items()])
-    for row in history:  # epochs done before a resume, when the old run is gone
-        log_epoch(client, run_id, row)
-    log_data_input(client, run_id, params)
-    start_system_metrics(client, run_id, params)
-    write_json(open_file, {"run_id": run_id, "key": key, "tracking_uri": masked(client.tracking_uri)})
-    log.info("MLflow run %s in experiment '%s' (%s)", run_id, params["mlflow"]["experiment_name"],
-             masked(client.tracking_uri))
-    return run_id
-
-
-def finish_training_run(client, run_id: str, params: dict, model, metrics: dict) -> dict:
-    """Final figures, artifacts, the registered decoder; then record the run in paths.run_record.
-
-    Returns the record written there, under the hash of the model's files (model_key).
-    """
-    paths = params["paths"]
-    model_dir = project_path(paths["model_dir"])
-    # Not again what log_epoch logged, nor what is a param (epochs) or a tag (threads).
-    logged = client.get_run(run_id).data.metrics.keys() | params["train"].keys()
-    log_metrics(client, run_id, {k: v for k, v in metrics.items() if k not in logged},
-                step=params["train"]["epochs"])
-    for path in sorted(model_dir.glob("vae.*")):
-        client.log_artifact(run_id, str(path), "model")
-    for path in (project_path(paths[key]) for key in ("train_metrics", "train_detail", "train_history")):
-        client.log_artifact(run_id, str(path), "metrics")
-    for path in (PARAMS_FILE, ROOT / "dvc.lock"):
-        if path.exists():
-            client.log_artifact(run_id, str(path))
-    from vae_pipeline.mlflow_decoder import log_decoder  # imported here: it imports torch
-
-    name = params["mlflow"]["model_name"]
-    version, model_id = log_decoder(client, run_id, model, name, flat_params(params),
-                                    params["serve"]["max_batch"])
-    stop_system_metrics(run_id)
-
-    run = client.get_run(run_id)
-    record = {
-        "run_id": run_id,
-        "experiment_id": run.info.experiment_id,
-        "experiment_name": params["mlflow"]["experiment_name"],
-        "tracking_uri": masked(client.tracking_uri),
-        "model_name": name,
-        "model_version": version,
-        "model_uri": f"models:/{name}/{version}",
-        "model_id": model_id,
-    }
-    record_training_run(params, record)
-    client.set_terminated(run_id, status="FINISHED")
-    (project_path(paths["checkpoint_dir"]) / RUN_FILE).unlink(missing_ok=True)
-    log.info("MLflow run %s finished; decoder registered as %s", run_id, record["model_uri"])
-    return record
 
 
 def model_key(model_dir: Path) -> str:
@@ -567,7 +328,7 @@ def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts:
         client.get_run(run_id)
     except Exception:
         raise PipelineError(f"MLflow run {run_id} (from {params['paths']['run_record']}, logged to "
-                            f"{record['tracking_uri']}) is not in {masked(client.tracking_uri)}; "
+                            f"{record['tracking_uri']}) is not in {redact_uri(client.tracking_uri)}; "
                             "point MLFLOW_TRACKING_URI at the store the model was trained with, "
                             "or retrain") from None
     log_metrics(client, run_id, metrics or {}, step)

@@ -9,9 +9,9 @@ the stage that writes it:
 
     data/latent_map.parquet: 1999 rows, expected 2000 (...); rerun the latent_map stage (dvc repro latent_map)
 
-Here: the shared checks, and the readers of the latent map, the metrics JSON files and the
-training curve. The embed stage's tables are read by embeddings.py, the model by
-model_files.py and the IDX files by idx.py, each beside the code that knows its format.
+Here: the shared checks, and the readers of the embed stage's tables, the latent map, the
+metrics JSON files and the training curve. The model is read by saved_model.py and the IDX
+files by ml/data.py, each beside the code that knows its format.
 """
 import json
 import math
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vae_pipeline.files import damaged_output, stage_output
+from vae_pipeline.errors import damaged_output, stage_output
 from vae_pipeline.params import boolean, integer, list_of, mapping_of, optional, text
 
 # The train stage's history, one row per epoch. MLflow gets every column; train.csv (paths.train_history)
@@ -95,6 +95,39 @@ def check_labels(path: Path, labels: np.ndarray, expected: np.ndarray, split: st
         i = int(wrong[0])
         raise damaged_output(path, f"row {i} has label {labels[i]}, but the data set's {split} image {i} is "
                              f"labelled {expected[i]} ({len(wrong)} rows differ)", stage)
+
+
+# ---- the embed stage's tables: one parquet file per split, columns mu_0.., logvar_0.., label ----
+
+def latent_columns(latent_dim: int) -> list[str]:
+    """The table's columns of mu and log sigma^2, in order."""
+    return [f"mu_{j}" for j in range(latent_dim)] + [f"logvar_{j}" for j in range(latent_dim)]
+
+
+def read_embeddings(path: Path, split: str, labels: np.ndarray, latent_dim: int | None = None) -> pd.DataFrame:
+    """The embed stage's table of `split`, whose labels in the data set are `labels`.
+
+    With `latent_dim` (the model's), the table must be of that width; without, of any width
+    (a stage that does not read the model), its mu and logvar columns alike.
+    """
+    path = Path(path)
+    table = read_table(path, "embed", {"label": "int"})
+    width = sum(str(column).startswith("mu_") for column in table.columns)
+    if width == 0:
+        raise damaged_output(path, "no mu_ columns", "embed")
+    if latent_dim is not None and width != latent_dim:
+        raise damaged_output(path, f"{width} mu_ columns, but the model has latent_dim {latent_dim}", "embed")
+    check_columns(path, table, {column: "float" for column in latent_columns(width)}, "embed")
+    check_labels(path, table["label"].to_numpy(), labels, split, "embed")
+    return table
+
+
+def read_mu(path: Path, split: str, labels: np.ndarray,
+            latent_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """mu (N, d) as float32 and the labels of an embed stage table (see read_embeddings)."""
+    table = read_embeddings(path, split, labels, latent_dim)
+    width = sum(str(column).startswith("mu_") for column in table.columns)
+    return table[latent_columns(width)[:width]].to_numpy(np.float32), table["label"].to_numpy()
 
 
 # ---- the latent map -----------------------------------------------------------------------
@@ -194,7 +227,7 @@ def split_figures(figures: dict, headline: dict, detail: dict) -> tuple[dict, di
     """A stage's figures as its two files hold them: (the `headline` keys, the `detail` keys)."""
     unplaced = figures.keys() - headline.keys() - detail.keys()
     if unplaced:  # a new figure must be placed in one of the lists above
-        raise ValueError(f"figures in neither list of vae_pipeline/artifacts.py: {sorted(unplaced)}")
+        raise ValueError(f"figures in neither list of vae_pipeline/outputs.py: {sorted(unplaced)}")
     return ({k: v for k, v in figures.items() if k in headline},
             {k: v for k, v in figures.items() if k in detail})
 

@@ -1,10 +1,10 @@
-"""The trained decoder as an MLflow model: what the model registry holds and `make serve` serves.
+"""The model registry: the trained decoder as an MLflow model, and which version is in use (the champion).
 
 `log_decoder` exports the decoder with torch.export (MLflow's pickle-free `pt2`
 format: a graph plus plain tensors, so loading it runs no pickled code) and logs
-it inside a pyfunc model whose code is vae_pipeline/decoder_pyfunc.py (checks
+it inside a pyfunc model whose code is vae_pipeline/serving/decoder_pyfunc.py (checks
 each request, runs on the CPU; see there why). It registers that model and
-returns the version. tracking.finish_training_run calls it.
+returns the version. tracking/runs.py finish_training_run calls it.
 """
 import copy
 import tempfile
@@ -14,9 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from vae_pipeline.datasets import IMAGE_SIZE
+from vae_pipeline.errors import PipelineError, redact_uri
+from vae_pipeline.ml.data import IMAGE_SIZE
 
 DECODER_NAME = "decoder"              # the MLflow model's name inside the run
+CHAMPION_ALIAS = "champion"           # the registered version in use: `make serve` serves it, retrains move it
 
 
 class ImageDecoder(nn.Module):
@@ -46,7 +48,7 @@ def log_decoder(client, run_id: str, model, registered_name: str, model_params: 
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from vae_pipeline import decoder_pyfunc
+    from vae_pipeline.serving import decoder_pyfunc
 
     latent_dim = model.config["latent_dim"]
     # A CPU copy: exported on the CPU, it loads on any machine; the trained model stays put.
@@ -73,3 +75,18 @@ def log_decoder(client, run_id: str, model, registered_name: str, model_params: 
     # log_model links the model to the fluent API's active run only; this project logs by run id.
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     return str(info.registered_model_version), logged.model_id
+
+
+def served_version(client, name: str) -> tuple[str, bool]:
+    """The version of registered model `name` in use: the champion, else the newest (then False)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version), True
+    except MlflowException:              # no such alias, or no such model
+        pass
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise PipelineError(f"MLflow model registry at {redact_uri(client.tracking_uri)}: no version of "
+                            f"model '{name}' (params.yaml mlflow.model_name); train one first (make run)")
+    return str(max(int(v.version) for v in versions)), False

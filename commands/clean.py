@@ -1,0 +1,32 @@
+"""`make clean`: print every output named in params.yaml `paths`, one a line (the Makefile removes them).
+
+`python -m commands.clean` prints them; each is checked to lie inside the project first.
+"""
+import sys
+from pathlib import Path
+
+from vae_pipeline.errors import PipelineError, exit_code
+from vae_pipeline.files import ROOT
+from vae_pipeline.settings import load_settings
+
+# The paths `make clean` keeps: the downloaded data (fetching it again needs the network; DVC's
+# cache holds it too) and the run record (MLflow's bookkeeping, kept like the tracking store).
+KEPT_BY_CLEAN = ("raw_dir", "run_record")
+
+
+def outputs(params: dict, root: Path = ROOT) -> list[str]:
+    """Every path of params `paths` that `make clean` removes, each checked to lie inside the project."""
+    found = []
+    for key, path in params["paths"].items():
+        if key in KEPT_BY_CLEAN:
+            continue
+        resolved = (root / path).resolve()
+        if resolved == root.resolve() or not resolved.is_relative_to(root.resolve()):
+            raise PipelineError(f"params.yaml: paths.{key} is {path!r}, outside the project or the project "
+                                "itself; `make clean` removes only what lies inside it")
+        found.append(path)
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(exit_code(lambda: print("\n".join(outputs(load_settings())))))
