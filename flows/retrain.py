@@ -1,6 +1,6 @@
 """The `retrain` flow: re-check the data, rerun what DVC finds stale, and gate the champion.
 
-Served on a cron schedule by `python -m flows.serve` (or put on a work pool with
+Served on a cron schedule by `python -m flows.schedule` (or put on a work pool with
 `prefect deploy`, see prefect.yaml). One retrain:
   1. re-checks the data sources: `dvc repro --force --single-item download`
      fetches the files again and checks them against the pinned checksums. Same

@@ -18,7 +18,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages.report import MANIFOLD_GRID, SECTIONS, class_means, map_data
+from stages.report import SECTIONS
+from vae_pipeline.report.explorer import map_data
+from vae_pipeline.report.figures import MANIFOLD_GRID, class_means
 from tests.browser import check_report, skip_without_chromium
 from tests.conftest import downstream, dvc_stages, make_project, run_in, set_params, stages_run, stages_with_param
 from vae_pipeline.errors import PipelineError

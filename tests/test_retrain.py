@@ -151,7 +151,7 @@ def test_the_served_retrain_deployment_runs_on_a_prefect_server_and_names_a_cham
 
     env = prefect_server
     log = tmp_path / "serve.log"
-    runner = start([sys.executable, "-m", "flows.serve"], project, env, log)
+    runner = start([sys.executable, "-m", "flows.schedule"], project, env, log)
     request.addfinalizer(lambda: stop_process_group(runner))
 
     def deployed():

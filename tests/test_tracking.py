@@ -54,7 +54,7 @@ def test_credentials_never_appear_in_messages(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{port}")
     with pytest.raises(PipelineError) as error:
         store.connect(params)
-    assert f"http://***@127.0.0.1:{port} is unreachable" in str(error.value)
+    assert f"http://alice:***@127.0.0.1:{port} is unreachable" in str(error.value)
     assert "s3cret" not in str(error.value)
 
 

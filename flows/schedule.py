@@ -1,4 +1,4 @@
-"""`python -m flows.serve`: serve the retrain flow as a deployment on its cron schedule.
+"""`python -m flows.schedule`: serve the retrain flow as a deployment on its cron schedule.
 
 Needs a Prefect server (see the README, "Scheduled retrains"): PREFECT_API_URL
 must point at it. This process is the runner: it polls the server for the
