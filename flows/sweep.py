@@ -23,11 +23,9 @@ Afterwards the points are experiments of the project (`dvc exp show`), and the
 sweep writes reports/sweep.html and reports/sweep.json and a Prefect table artifact.
 """
 import contextlib
-import io
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,14 +44,15 @@ from prefect_dask import DaskTaskRunner
 import flows.sweep_point
 from flows.artifacts import mlflow_run_link
 from flows.dvc_runner import metrics_files, run_logged, stage_env, workspace_lock
-from vae_pipeline import pages
+from flows.sweep_git import dvc, pull_experiments, push_commit, sweep_commit
 from vae_pipeline.errors import PipelineError, redact_uri
-from vae_pipeline.files import ROOT, atomic_path, write_json
+from vae_pipeline.files import ROOT
 from vae_pipeline.outputs import read_train_metrics
+from vae_pipeline.pages.sweep import table_rows, write_report
 from vae_pipeline.params import SPEED_ONLY
-from vae_pipeline.provenance import git_provenance
 from vae_pipeline.settings import load_settings
 from vae_pipeline.tracking import store
+from vae_pipeline.tracking.sweeps import close_dead_attempts, finish_parent_run, start_parent_run
 
 # The workers never import the project: the point runner travels with each task, by value.
 cloudpickle.register_pickle_by_value(flows.sweep_point)
@@ -61,27 +60,6 @@ cloudpickle.register_pickle_by_value(flows.sweep_point)
 STACK = "stack"                          # sweep.scheduler for the team stack's Dask scheduler
 STACK_REMOTE = "stack"                   # the stack's DVC remote (.dvc/config)
 STACK_ENV = {"git_url": "VAE_STACK_GIT_URL", "dask": "VAE_STACK_DASK_ADDRESS"}   # `.stack/env`, the kit's env
-
-
-def dvc(project: Path, *args: str) -> str:
-    """Run `dvc <args>` in `project`; its output, or PipelineError naming the command."""
-    found = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
-                           env=stage_env({}))
-    if found.returncode != 0:
-        raise PipelineError(f"{project}: `dvc {' '.join(args)}` failed: {found.stderr.strip()[-1500:]}")
-    return found.stdout.strip()
-
-
-def sweep_commit(project: Path, params: dict) -> str:
-    """The commit every point runs: the project's HEAD, refused when a tracked input differs from it
-    (the points would silently run other code or params than the workspace holds)."""
-    git = git_provenance(params, project)
-    if git["dirty"] is None:
-        raise PipelineError(f"{project}: a sweep runs a git commit, but {git['commit']}; commit the project first")
-    if git["dirty"]:
-        raise PipelineError(f"{project}: uncommitted changes to {', '.join(git['changes'])}; the sweep runs "
-                            f"commit {git['commit'][:12]} on its workers: commit (or stash) them first")
-    return git["commit"]
 
 
 def target(project: Path, settings: dict) -> dict:
@@ -155,18 +133,6 @@ def put_shared_stages(project: Path, params: dict, stages: list[str], where: dic
                                 "failed:\n  " + "\n  ".join(lines[-5:]))
 
 
-def push_commit(project: Path, git_url: str, commit: str, branch: str, logger) -> None:
-    """Put the sweep's commit on the stack's git server as `branch` (credentials through the
-    environment, as the workers send them: never on a command line)."""
-    env = {**os.environ, **flows.sweep_point.git_auth_env(git_url)}
-    logger.info("pushing commit %s to %s as %s", commit[:12], redact_uri(git_url), branch)
-    pushed = subprocess.run(["git", "push", "-q", "--force", git_url, f"{commit}:refs/heads/{branch}"],
-                            cwd=project, env=env, capture_output=True, text=True)
-    if pushed.returncode != 0:
-        message = flows.sweep_point.scrub(pushed.stderr.strip(), flows.sweep_point.secrets_of(env))
-        raise PipelineError(f"git push of commit {commit[:12]} to {redact_uri(git_url)} failed: {message}")
-
-
 def point_name(point: dict) -> str:
     return f"beta={point['train.beta']:g} latent={point['train.latent_dim']}"
 
@@ -219,18 +185,11 @@ def point_metrics(result: dict, project: Path, params: dict) -> dict:
         return metrics
 
 
-def start_parent_run(client, params: dict, name: str, settings: dict, commit: str, tags: dict) -> str:
-    """The sweep's MLflow run "sweep <name>": every point's training run is its child."""
-    from mlflow.entities import Param, RunTag
-
-    run = client.create_run(store.experiment_id(client, params), run_name=f"sweep {name}")
-    grid_params = {f"sweep.{key}": json.dumps(value) if isinstance(value, list) else str(value)
-                   for key, value in settings.items()}
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in grid_params.items()],
-                     tags=[RunTag(k, v) for k, v in {**tags, "git.commit": commit,
-                                                     "mlflow.source.git.commit": commit,
-                                                     "mlflow.source.name": "flows.sweep"}.items()])
-    return run.info.run_id
+def grid(settings: dict) -> list[dict]:
+    """The points of the sweep: every beta with every latent size, as params.yaml overrides."""
+    return [{"train.beta": beta, "train.latent_dim": latent_dim, "train.epochs": settings["epochs"],
+             "train.threads": settings["threads"]}
+            for latent_dim in settings["latent_dim"] for beta in settings["beta"]]
 
 
 def settled(futures: list) -> Iterator[tuple[int, object]]:
@@ -248,109 +207,6 @@ def settled(futures: list) -> Iterator[tuple[int, object]]:
             outcome = e
         future.wrapped_future.release()
         yield index_of[future], outcome
-
-
-def close_dead_attempts(client, parent_id: str, results: list[dict], logger) -> list[str]:
-    """Mark FAILED every child run of the parent that is still running: an attempt whose worker died
-    (its point ran again elsewhere, or failed). Returns their run ids."""
-    from mlflow.entities import RunStatus
-
-    done = {r["mlflow_run_id"] for r in results}
-    children = client.search_runs([client.get_run(parent_id).info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000)
-    dead = [run for run in children if run.info.run_id not in done
-            and run.info.status in (RunStatus.to_string(RunStatus.RUNNING), RunStatus.to_string(RunStatus.SCHEDULED))]
-    for run in dead:
-        point = run.data.tags.get("sweep.point", "?")
-        logger.warning("MLflow run %s (point %s, on %s pid %s) never finished: its worker died; marked FAILED",
-                       run.info.run_id, point, run.data.tags.get("sweep.attempt.host"),
-                       run.data.tags.get("sweep.attempt.pid"))
-        client.set_tag(run.info.run_id, "sweep.attempt.outcome", "worker lost; the point ran again")
-        client.set_terminated(run.info.run_id, status="FAILED")
-    return [run.info.run_id for run in dead]
-
-
-def finish_parent_run(client, parent_id: str, results: list[dict], failed: list[str], dead: list[str],
-                      files: list[Path]) -> None:
-    """One entry per point on the parent: the counts, once, and the sweep's page and table."""
-    store.log_metrics(client, parent_id, {"points_done": len(results), "points_failed": len(failed),
-                                             "attempts_lost": len(dead)})
-    for path in files:
-        client.log_artifact(parent_id, str(path))
-    client.set_terminated(parent_id, status="FAILED" if failed else "FINISHED")
-
-
-def table_rows(results: list[dict]) -> list[dict]:
-    """The Prefect table artifact: one row per point."""
-    return [{"beta": r["beta"], "latent_dim": r["latent_dim"], "epochs": r["epochs"],
-             "test_loss": r["metrics"]["train"]["test_loss"], "test_kl": r["metrics"]["train"]["test_kl"],
-             "test_recon": r["metrics"]["train"]["test_recon"], "host": r["host"], "address": r["address"],
-             "seconds": r["seconds"], "experiment": r["exp_name"], "mlflow_run_id": r["mlflow_run_id"]}
-            for r in results]
-
-
-def rate_distortion_svg(results: list[dict]) -> str:
-    """KL (rate) against reconstruction loss (distortion), one line per latent size, points by beta."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 5))
-    ax = fig.subplots()
-    for latent_dim in sorted({r["latent_dim"] for r in results}):
-        runs = sorted((r for r in results if r["latent_dim"] == latent_dim), key=lambda r: r["beta"])
-        kl = [r["metrics"]["train"]["test_kl"] for r in runs]
-        recon = [r["metrics"]["train"]["test_recon"] for r in runs]
-        ax.plot(kl, recon, "o-", label=f"latent {latent_dim}")
-        for r, x, y in zip(runs, kl, recon):
-            ax.annotate(f"β={r['beta']:g}, z={latent_dim}", (x, y), textcoords="offset points",
-                        xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("rate: KL(q(z|x) ‖ p(z)) per test image (nats)")
-    ax.set_ylabel("distortion: reconstruction loss per test image")
-    ax.set_title("Rate–distortion of the sweep (test set)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    svg = io.StringIO()
-    fig.savefig(svg, format="svg", bbox_inches="tight")
-    return svg.getvalue()[svg.getvalue().index("<svg"):]     # drop the XML prologue: inline SVG
-
-
-def write_report(project: Path, params: dict, name: str, results: list[dict], failed: list[str],
-                 extra: dict | None = None) -> tuple[Path, Path]:
-    """reports/sweep.json (every point's figures) and reports/sweep.html (one self-contained page,
-    from vae_pipeline/pages/templates/sweep.html.j2)."""
-    results = sorted(results, key=lambda r: (r["latent_dim"], r["beta"]))
-    data_path = project / params["paths"]["sweep_results"]
-    write_json(data_path, {"sweep": name, **(extra or {}), "points": results, "failed": failed})
-    page = pages.environment().get_template("sweep.html.j2").render(
-        name=name, results=results, failed=failed, epochs=params["sweep"]["epochs"],
-        finished=time.strftime("%Y-%m-%d %H:%M"), svg=rate_distortion_svg(results) if results else "")
-    path = project / params["paths"]["sweep_report"]
-    with atomic_path(path) as tmp:
-        tmp.write_text(page)
-    return path, data_path
-
-
-def grid(settings: dict) -> list[dict]:
-    """The points of the sweep: every beta with every latent size, as params.yaml overrides."""
-    return [{"train.beta": beta, "train.latent_dim": latent_dim, "train.epochs": settings["epochs"],
-             "train.threads": settings["threads"]}
-            for latent_dim in settings["latent_dim"] for beta in settings["beta"]]
-
-
-def pull_experiments(project: Path, where: dict, commit: str, names: list[str], logger) -> None:
-    """Bring the points' experiments into the project, so `dvc exp show` lists them: their refs
-    (DVC's refs/exps/<commit[:2]>/<commit[2:]>/<name>) fetched from the stack's git by git itself, which
-    takes the credentials from the environment (`dvc exp pull` would need them in the URL, on the
-    command line or in the project's git config). Local points pushed straight into the project."""
-    if not where["push"] or not names:
-        return
-    refs = [f"refs/exps/{commit[:2]}/{commit[2:]}/{name}" for name in names]
-    env = {**os.environ, **flows.sweep_point.git_auth_env(where["git_url"])}
-    fetched = subprocess.run(["git", "fetch", "-q", "--force", where["git_url"], *(f"{ref}:{ref}" for ref in refs)],
-                             cwd=project, env=env, capture_output=True, text=True)
-    if fetched.returncode != 0:
-        message = flows.sweep_point.scrub(fetched.stderr.strip(), flows.sweep_point.secrets_of(env))
-        logger.warning("fetching the experiments from %s failed (they stay there): %s",
-                       redact_uri(where["git_url"]), message)
 
 
 @contextlib.contextmanager

@@ -15,14 +15,13 @@ import pytest
 import torch
 import yaml
 
-from vae_pipeline.report.explorer import MAX_SLIDERS
 from tests.browser import explore_report, skip_without_chromium
 from tests.conftest import make_project, run_in, set_params
 from vae_pipeline.ml.data import DATASETS, IMAGE_PIXELS, class_names, read_labels
 from vae_pipeline.ml.model import VAE, load_model
 from vae_pipeline.outputs import read_mu
 from vae_pipeline.params import load_params
-from vae_pipeline.report.explorer import TOLERANCE, decode_packed, pack_decoder
+from vae_pipeline.report.explorer import MAX_SLIDERS, TOLERANCE, decode_packed, pack_decoder
 
 CLASSES = DATASETS["fashion-mnist"]["classes"]
 # The strip's canvases hold grey levels 0..255: a decoded value within TOLERANCE, then rounded.

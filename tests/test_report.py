@@ -19,14 +19,14 @@ import yaml
 from PIL import Image
 
 from stages.report import SECTIONS
-from vae_pipeline.report.explorer import map_data
-from vae_pipeline.report.figures import MANIFOLD_GRID, class_means
 from tests.browser import check_report, skip_without_chromium
 from tests.conftest import downstream, dvc_stages, make_project, run_in, set_params, stages_run, stages_with_param
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import ROOT
 from vae_pipeline.ml.data import IMAGE_SIZE, read_split
 from vae_pipeline.params import validate
+from vae_pipeline.report.explorer import map_data
+from vae_pipeline.report.figures import MANIFOLD_GRID, class_means
 
 SECTION_IDS = [section.id for section in SECTIONS]
 # What the page shows for a latent space of more than 2 dimensions (the tiny config's 4).
