@@ -4,12 +4,14 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
-# Quiet and offline: no telemetry from DVC, MLflow or Prefect.
+# Quiet and offline: no telemetry from DVC, MLflow or Prefect. The same as vae_pipeline/environment.py
+# TELEMETRY_OFF, which the Python code imports (tests/test_facts_once.py checks that they agree).
 export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
-# Prefect's runs, logs and local API database stay in the project (git-ignored).
+# Prefect's runs, logs and local API database stay in the project (git-ignored): params.yaml
+# prefect.home, which the flows read too (tests/test_facts_once.py checks that they agree).
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 # dvc.yaml's `python` must be the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -53,21 +55,17 @@ clean:  ## remove every output named in params.yaml `paths` (keeps raw data, run
 reliability: $(STAMP)  ## bad input, kills and attacks done for real; prints the reliability table
 	pytest -m reliability
 
-# MLflow: the run record of every training (see README, "MLflow").
-MLFLOW_PORT ?= 5000
+# MLflow: the run record of every training (docs/mlflow.md).
 .PHONY: compare mlflow-ui
 compare: $(STAMP)  ## reports/compare.html: the experiment's MLflow runs side by side
 	python -m commands.compare
 
-mlflow-ui: $(STAMP)  ## MLflow's UI over the embedded store, on http://127.0.0.1:5000 (MLFLOW_PORT=...)
-	@echo "The training runs: http://127.0.0.1:$(MLFLOW_PORT)/$$(python -c 'from vae_pipeline import tracking as t; \
-	  from vae_pipeline.params import load_params as p; print(t.ui_runs_page(t.default_tracking_uri(), p()))')"
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
-	  --workers 1 --backend-store-uri "$$(python -c 'from vae_pipeline.tracking import default_tracking_uri as u; print(u())')" --artifacts-destination $(CURDIR)/mlartifacts
+mlflow-ui: $(STAMP)  ## MLflow's UI over the embedded store, on 127.0.0.1 (params mlflow_ui.port; VAE_MLFLOW_UI_PORT=...)
+	python -m commands.mlflow_ui
 
 # The champion decoder over HTTP (docs/serving.md): latent vectors in, 28x28 images out.
 .PHONY: serve
-serve: $(STAMP)  ## serve the champion decoder on http://127.0.0.1:5002 (params serve.port; VAE_SERVE_PORT=...)
+serve: $(STAMP)  ## serve the champion decoder over HTTP on 127.0.0.1 (params serve.port; VAE_SERVE_PORT=...)
 	python -m commands.serve
 
 # The report's browser test runs Debian's chromium headless; install it when missing
@@ -90,7 +88,7 @@ bench: $(STAMP)  ## benchmarks: training vs the article's loop, UMAP, the pipeli
 # worker, git over HTTP, a Dask scheduler, on params.yaml stack.host (127.0.0.1), under supervisord,
 # every service behind credentials; state, logs and secrets in params.yaml stack.state_dir.
 .PHONY: stack stack-down stack-status stack-env stack-worker-kit deploy postgres
-KIT ?= .stack/worker-kit
+KIT ?=
 stack: $(STAMP) postgres  ## start the team stack (a second call finds it running and does nothing)
 	python -m stack up
 
@@ -103,7 +101,7 @@ stack-status:  ## each service of the team stack: state, address, health
 stack-env:  ## `eval "$$(make -s stack-env)"` does `source .stack/env`: make run, the flows, MLflow on the stack
 	@python -m stack env
 
-stack-worker-kit: $(STAMP)  ## what a worker host needs (env, TLS files) into KIT (default .stack/worker-kit)
+stack-worker-kit: $(STAMP)  ## what a worker host needs (env, TLS files) into KIT (default <stack.state_dir>/worker-kit)
 	python -m stack worker-kit $(KIT)
 
 deploy: $(STAMP)  ## put the scheduled retrain on the stack's work pool (cron: params.yaml retrain.schedule_cron)

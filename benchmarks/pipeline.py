@@ -7,10 +7,10 @@ ones git would track: what a fresh clone holds) with the default params, except
 that the download reads this project's data/raw folder through a file:// source
 (the download is cached: no network). Compile caches are this project's, as in
 any run after the first: numba's (.numba_cache/) and Prefect's local API database
-(.prefect/). With --cold both are new and empty, as in a fresh clone's first run. Printed per half: the wall time of each
-stage (from the moment DVC announces it to the next), the whole run, a no-op
-rerun, and the peak memory of the largest process. Then the start-up cost of
-each stage: the seconds `import stages.NAME` takes in a fresh Python.
+(params.yaml prefect.home). With --cold both are new and empty, as in a fresh clone's first
+run. Printed per half: the wall time of each stage (from the moment DVC announces it to
+the next), the whole run, a no-op rerun, and the peak memory of the largest process. Then
+the start-up cost of each stage: the seconds `import stages.NAME` takes in a fresh Python.
 """
 import argparse
 import importlib.util
@@ -25,8 +25,9 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import machine, median
-from vae_pipeline.errors import PipelineError
-from vae_pipeline.files import ROOT, copy_checkout
+from vae_pipeline.environment import TELEMETRY_OFF
+from vae_pipeline.errors import PipelineError, exit_code
+from vae_pipeline.files import ROOT, copy_checkout, project_path
 from vae_pipeline.settings import load_settings
 
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
@@ -36,9 +37,7 @@ def environment(caches: dict | None = None) -> dict:
     """The Makefile's: the venv's python first on PATH (dvc.yaml runs `python -m ...`), telemetry off;
     `caches`: NUMBA_CACHE_DIR and PREFECT_HOME, else each scratch project has its own, empty."""
     venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-           "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
+    env = {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""), **TELEMETRY_OFF,
            "PYTHONUNBUFFERED": "1"}  # lines arrive when printed: their arrival times the stages
     for name in ("NUMBA_CACHE_DIR", "PREFECT_HOME"):
         env.pop(name, None)
@@ -131,7 +130,7 @@ def main() -> None:
         raise PipelineError(f"{raw}: missing; run `python -m stages.download` first")
     print(f"machine: {machine()}")
     caches = None if args.cold else {"NUMBA_CACHE_DIR": str(ROOT / ".numba_cache"),
-                                     "PREFECT_HOME": str(ROOT / ".prefect")}
+                                     "PREFECT_HOME": str(project_path(params["prefect"]["home"]))}
     env = environment(caches)
     print("caches: " + ("cold (new and empty, a fresh clone's first run)" if args.cold else
                         "warm (this project's numba cache and Prefect database, as any later run)"))
@@ -150,7 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except PipelineError as e:
-        raise SystemExit(f"error: {e}")
+    sys.exit(exit_code(main))

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 
+from vae_pipeline.environment import TELEMETRY_OFF
 from vae_pipeline.files import ROOT
 
 FLOW = """
@@ -36,8 +37,8 @@ else:
 
 
 def timed_run(mode: str, home: str) -> tuple[float, float]:
-    env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
+    env = {**os.environ, "PREFECT_HOME": home, **TELEMETRY_OFF,
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
     env.pop("PREFECT_API_URL", None)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()

@@ -20,6 +20,7 @@ import argparse
 import copy
 import functools
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 from benchmarks.common import machine, median
 from stack.settings import Stack
 from stages import train
-from vae_pipeline.errors import PipelineError
+from vae_pipeline.errors import PipelineError, exit_code
 from vae_pipeline.ml.data import raw_dir
 from vae_pipeline.settings import load_settings
 from vae_pipeline.tracking import runs, store
@@ -79,12 +80,12 @@ def main() -> None:
     if args.threads is not None:
         params["train"]["threads"] = args.threads
     if not raw_dir(params).is_dir():
-        raise SystemExit(f"error: {raw_dir(params)} is missing; run `python -m stages.download` first")
+        raise PipelineError(f"{raw_dir(params)}: missing; run `python -m stages.download` first")
     stack = Stack.from_params()
     try:
         store.check_reachable(stack.mlflow_url, 5)
     except PipelineError as e:
-        raise SystemExit(f"error: {e} (`make stack` starts it)")
+        raise PipelineError(f"{e} (`make stack` starts it)") from None
 
     times = {"embedded": [], "stack": []}
     with tempfile.TemporaryDirectory(prefix="tracking-overhead-") as folder:
@@ -114,4 +115,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code(main))

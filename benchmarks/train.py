@@ -18,6 +18,7 @@ and the hardware bound: an epoch's matmul FLOPs over the matmul rate torch
 reaches here at the model's shapes, measured between the epochs.
 """
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch import nn
 
 from benchmarks.common import machine, median
 from stages.train import evaluate, train_epoch
-from vae_pipeline.errors import PipelineError
+from vae_pipeline.errors import PipelineError, exit_code
 from vae_pipeline.ml.data import FILES, IMAGE_PIXELS, load_images, raw_dir
 from vae_pipeline.ml.model import VAE, setup_torch, uses_bf16
 from vae_pipeline.settings import load_settings
@@ -264,7 +265,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except PipelineError as e:
-        raise SystemExit(f"error: {e}")
+    sys.exit(exit_code(main))

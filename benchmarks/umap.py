@@ -27,7 +27,7 @@ import tempfile
 import time
 
 from benchmarks.common import machine
-from vae_pipeline.errors import PipelineError, stage_output
+from vae_pipeline.errors import PipelineError, exit_code, stage_output
 from vae_pipeline.files import ROOT, project_path
 from vae_pipeline.settings import load_settings
 
@@ -119,7 +119,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except PipelineError as e:
-        raise SystemExit(f"error: {e}")
+    sys.exit(exit_code(main))

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 
+from vae_pipeline.errors import PipelineError, exit_code
 from vae_pipeline.files import ROOT
 from vae_pipeline.outputs import METRICS_FILES
 from vae_pipeline.params import SPEED_ONLY
@@ -27,11 +28,15 @@ DROPPED = ["Created", *SPEED_ONLY]
 def dependencies(project=ROOT) -> list[str]:
     """The paths of the dependencies of dvc.yaml's stages (params aside), as `dvc exp show` names them."""
     from dvc.dependency import ParamsDependency
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo  # imported here: DVC's import takes a second
 
-    with Repo(str(project)) as repo:
-        return sorted({os.path.relpath(dep.fs_path, repo.root_dir) for stage in repo.index.stages
-                       for dep in stage.deps if not isinstance(dep, ParamsDependency)})
+    try:
+        with Repo(str(project)) as repo:
+            return sorted({os.path.relpath(dep.fs_path, repo.root_dir) for stage in repo.index.stages
+                           for dep in stage.deps if not isinstance(dep, ParamsDependency)})
+    except DvcException as e:
+        raise PipelineError(f"{project / 'dvc.yaml'}: DVC cannot read the stages ({e}); fix it, then rerun") from None
 
 
 def whole(names) -> str:
@@ -53,4 +58,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(exit_code(lambda: main(sys.argv[1:])))

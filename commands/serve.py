@@ -3,13 +3,14 @@
 `python -m commands.serve` serves models:/<mlflow.model_name>@champion, or the
 newest version when no version is champion yet (it says so in one log line), with
 `mlflow models serve --env-manager local`: in this environment, nothing installed.
-It binds 127.0.0.1 on params.yaml serve.port (env VAE_SERVE_PORT wins) and works
-over the embedded store and over a tracking server (MLFLOW_TRACKING_URI).
+It binds 127.0.0.1 on params.yaml serve.port (env VAE_SERVE_PORT wins; the port's one
+source, which the Makefile and the docs name) and works over the embedded store and over a
+tracking server (MLFLOW_TRACKING_URI). With PORT that port:
 
-    curl -s http://127.0.0.1:5002/invocations -H 'Content-Type: application/json' \\
+    curl -s http://127.0.0.1:PORT/invocations -H 'Content-Type: application/json' \\
          -d '{"inputs": [[0, 0, 0, 0]]}'        # -> {"predictions": [28 x 28 pixel values]}
 
-The model checks each request (vae_pipeline/decoder_pyfunc.py): a bad one gets
+The model checks each request (vae_pipeline/serving/decoder_pyfunc.py): a bad one gets
 HTTP 400 with a message, and at most serve.max_batch rows are decoded per request.
 The version served is fixed at start: after a retrain moves the alias, restart.
 """

@@ -8,7 +8,6 @@
 The pipeline flow and the retrain flow both publish them (the retrain's pipeline is a
 subflow: its artifacts are its own flow run's).
 """
-import urllib.parse
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -16,16 +15,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from flows.dvc_runner import read_metrics
 from vae_pipeline.tracking.store import training_run
-
-
-def mlflow_run_link(record: dict) -> str:
-    """Where to see the run of a run record: its UI page on a tracking server, else its URI."""
-    uri = record["tracking_uri"]
-    if not uri.startswith(("http://", "https://")):
-        return f"runs:/{record['run_id']}"
-    parts = urllib.parse.urlsplit(uri)
-    base = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))  # no credentials
-    return f"{base.rstrip('/')}/#/experiments/{record['experiment_id']}/runs/{record['run_id']}"
+from vae_pipeline.tracking.ui import run_link
 
 
 def metric_rows(project: Path, params: dict) -> list[dict]:
@@ -42,7 +32,8 @@ def publish(project: Path, params: dict) -> None:
     if record is None:
         logger.warning("no MLflow run recorded for the model: no `mlflow-run` link")
     else:
-        create_link_artifact(key="mlflow-run", link=mlflow_run_link(record),
+        create_link_artifact(key="mlflow-run", link=run_link(record["tracking_uri"], record["experiment_id"],
+                                                             record["run_id"]),
                              link_text=f"MLflow run {record['run_id']} ({record['model_uri']})",
                              description="The MLflow run that trained the current model")
     report = project / params["paths"]["report"]

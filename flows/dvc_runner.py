@@ -17,11 +17,10 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from vae_pipeline.environment import TELEMETRY_OFF
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.tracking.runs import RUN_TAGS_ENV
 from vae_pipeline.tracking.store import training_run
-
-LOCK_FILE = ".dvc/tmp/vae-pipeline.lock"        # in the project; .dvc/tmp is git-ignored by DVC
 
 
 def stage_env(run_tags: dict) -> dict:
@@ -30,8 +29,7 @@ def stage_env(run_tags: dict) -> dict:
     venv_bin = str(Path(sys.executable).parent)
     return {**os.environ,
             "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-            "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-            RUN_TAGS_ENV: json.dumps(run_tags)}
+            **TELEMETRY_OFF, RUN_TAGS_ENV: json.dumps(run_tags)}
 
 
 def run_logged(cmd: list[str], cwd: Path, env: dict, logger) -> tuple[int, list[str]]:
@@ -95,10 +93,11 @@ def stage_order(project: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def workspace_lock(project: Path, wait_seconds: float, logger):
-    """Hold the project's pipeline lock: one pipeline per workspace, as DVC's own lock allows one
-    `dvc repro`. A second pipeline waits up to `wait_seconds`, then fails with a clear message."""
-    path = project / LOCK_FILE
+def workspace_lock(project: Path, settings: dict, logger):
+    """Hold the project's pipeline lock (params prefect.lock_file): one pipeline per workspace, as DVC's
+    own lock allows one `dvc repro`. A second pipeline waits up to prefect.lock_wait_seconds, then fails
+    with a clear message. `settings`: params.yaml's `prefect` section."""
+    path, wait_seconds = project / settings["lock_file"], settings["lock_wait_seconds"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         deadline = time.monotonic() + wait_seconds

@@ -8,8 +8,11 @@ address into the settings, because:
     less per run on this machine;
   - the address travels with the settings to the Dask workers of a sweep, which
     then report to this server instead of each starting one of their own.
-With PREFECT_API_URL set (`prefect server start`, see the README) that server is
-used and nothing is started.
+With PREFECT_API_URL set (`prefect server start`, see docs/prefect.md) that server is
+used and nothing is started; one that does not answer stops the command at once.
+
+`run_on_local_api` is the entry point of `python -m flows.NAME`: it ends in the project's one
+error path (vae_pipeline.errors.exit_code).
 """
 import contextlib
 import ctypes
@@ -26,16 +29,33 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, get_current_settings, temporary_settings
 
-from vae_pipeline.errors import PipelineError
-from vae_pipeline.files import ROOT
+from vae_pipeline.environment import TELEMETRY_OFF
+from vae_pipeline.errors import PipelineError, exit_code, redact_uri
+from vae_pipeline.files import project_path
+from vae_pipeline.settings import load_settings
 
 # A loaded 2-core machine took 25 s to bring the server up; Prefect's own default wait is 20 s.
 STARTUP_TIMEOUT = 90
+API_TIMEOUT = 10            # seconds for the server of PREFECT_API_URL to answer
 
 
 def prefect_home() -> Path:
-    """PREFECT_HOME from the environment, else the project's own `.prefect/` (git-ignored)."""
-    return Path(os.environ.get("PREFECT_HOME") or ROOT / ".prefect")
+    """PREFECT_HOME from the environment, else params.yaml prefect.home in the project (git-ignored)."""
+    return Path(os.environ.get("PREFECT_HOME") or project_path(load_settings()["prefect"]["home"]))
+
+
+def check_api(api_url: str, timeout: float = API_TIMEOUT) -> None:
+    """Raise PipelineError (the URL masked) unless a server answers at `api_url` (PREFECT_API_URL):
+    Prefect's client would retry for minutes, then fail with a traceback. Any HTTP answer will do
+    (a server with an auth string refuses a request without it)."""
+    import requests
+
+    try:
+        requests.get(f"{api_url.rstrip('/')}/health", timeout=timeout)
+    except (requests.RequestException, ValueError) as e:
+        raise PipelineError(f"env PREFECT_API_URL: no Prefect server answers at {redact_uri(api_url)} "
+                            f"({type(e).__name__}); start it, or unset PREFECT_API_URL to run on a local "
+                            "API started for the command") from None
 
 
 def free_port() -> int:
@@ -58,7 +78,7 @@ def start_server(home: Path, log_file: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ,
            **get_current_settings().to_environment_variables(exclude_unset=True),
            "PREFECT_HOME": str(home),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false",   # the only switch that stops its heartbeat
+           **TELEMETRY_OFF,
            "PREFECT_UI_ENABLED": "0",
            "PREFECT__SERVER_EPHEMERAL": "1",              # no UI, only the services a run needs
            "PREFECT__SERVER_FINAL": "1"}
@@ -109,6 +129,7 @@ def local_api(home: Path | None = None, timeout: float = STARTUP_TIMEOUT):
     home = Path(home or prefect_home())
     home.mkdir(parents=True, exist_ok=True)
     if os.environ.get("PREFECT_API_URL"):
+        check_api(os.environ["PREFECT_API_URL"])
         with temporary_settings({PREFECT_HOME: str(home)}):
             yield os.environ["PREFECT_API_URL"]
         return
@@ -139,17 +160,22 @@ def local_api(home: Path | None = None, timeout: float = STARTUP_TIMEOUT):
 
 
 def run_on_local_api(run) -> None:
-    """The entry point of `python -m flows.NAME`: run() on the local API.
+    """The entry point of `python -m flows.NAME`: run() on the local API, ending in the one error path.
 
-    A PipelineError (bad params, bad data, a stage that exited 2) exits 2 with its
-    message, as the stages do; anything else exits 1 with a one-line message.
+    A PipelineError (bad params, bad data, a stage that exited 2, no server at PREFECT_API_URL)
+    or an OS error on a write exits 2 with its message (vae_pipeline.errors.exit_code); any other
+    failure of the flow exits 1 with a one-line message. Both have their credentials masked.
     """
-    try:
-        with local_api():
-            run()
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(1)
+    def on_local_api():
+        try:
+            with local_api():
+                run()
+        except Exception as e:
+            if isinstance(e, PipelineError) or isinstance(e, OSError) and e.errno is not None:
+                raise               # exit_code's: exit 2, naming the file of a failed write
+            print(f"error: {redact_uri(f'{type(e).__name__}: {e}')}", file=sys.stderr)
+            return 1
+
+    code = exit_code(on_local_api)
+    if code:
+        sys.exit(code)

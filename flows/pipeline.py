@@ -63,7 +63,7 @@ def pipeline(project: str | None = None, run_tags: dict | None = None) -> list[d
     tags = {**(run_tags or {}), "prefect_flow_run_id": str(flow_run.id),
             "prefect_flow_run_name": flow_run.name}
     results = []
-    with workspace_lock(root, settings["lock_wait_seconds"], logger):
+    with workspace_lock(root, settings, logger):
         for stage in stage_order(root):
             options = {"name": stage, "task_run_name": stage}
             if stage == "download":

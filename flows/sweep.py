@@ -42,24 +42,29 @@ from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
 import flows.sweep_point
-from flows.artifacts import mlflow_run_link
 from flows.dvc_runner import metrics_files, run_logged, stage_env, workspace_lock
 from flows.sweep_git import dvc, pull_experiments, push_commit, sweep_commit
+from vae_pipeline import environment
 from vae_pipeline.errors import PipelineError, redact_uri
 from vae_pipeline.files import ROOT
 from vae_pipeline.outputs import read_train_metrics
 from vae_pipeline.pages.sweep import table_rows, write_report
 from vae_pipeline.params import SPEED_ONLY
-from vae_pipeline.settings import load_settings
+from vae_pipeline.settings import STACK_DVC_REMOTE, load_settings
 from vae_pipeline.tracking import store
+from vae_pipeline.tracking.runs import RUN_TAGS_ENV
 from vae_pipeline.tracking.sweeps import close_dead_attempts, finish_parent_run, start_parent_run
+from vae_pipeline.tracking.ui import run_link
 
 # The workers never import the project: the point runner travels with each task, by value.
 cloudpickle.register_pickle_by_value(flows.sweep_point)
 
 STACK = "stack"                          # sweep.scheduler for the team stack's Dask scheduler
-STACK_REMOTE = "stack"                   # the stack's DVC remote (.dvc/config)
-STACK_ENV = {"git_url": "VAE_STACK_GIT_URL", "dask": "VAE_STACK_DASK_ADDRESS"}   # `.stack/env`, the kit's env
+# The environment of a point's commands, by name (the worker imports nothing of the project): the
+# variables it sets (telemetry off) and the names of those it reads or fills.
+POINT_ENV = {"set": environment.TELEMETRY_OFF, "git_user": environment.STACK_GIT_USER,
+             "git_password": environment.STACK_GIT_PASSWORD, "run_tags": RUN_TAGS_ENV,
+             "secrets": list(environment.SECRET_VALUES)}
 
 
 def target(project: Path, settings: dict) -> dict:
@@ -69,13 +74,13 @@ def target(project: Path, settings: dict) -> dict:
         # (a DVC 3 cache and a local remote have the same layout), so nothing is copied twice.
         return {"git_url": str(project), "dvc_remote": {"name": "sweep-cache", "url": dvc(project, "cache", "dir")},
                 "push": False}
-    git_url = os.environ.get(STACK_ENV["git_url"])
+    git_url = os.environ.get(environment.STACK_GIT_URL)
     if not git_url:
         raise PipelineError(f"params.yaml sweep.scheduler is {settings['scheduler']!r}, so the points run on "
-                            f"other machines and clone the stack's git server, but env {STACK_ENV['git_url']} "
+                            f"other machines and clone the stack's git server, but env {environment.STACK_GIT_URL} "
                             "is not set; `source .stack/env` (the stack host) or the worker kit's env first")
-    return {"git_url": git_url, "push": True,
-            "dvc_remote": {"name": STACK_REMOTE, "url": dvc(project, "config", f"remote.{STACK_REMOTE}.url")}}
+    return {"git_url": git_url, "push": True, "dvc_remote": {
+        "name": STACK_DVC_REMOTE, "url": dvc(project, "config", f"remote.{STACK_DVC_REMOTE}.url")}}
 
 
 def scheduler_address(settings: dict) -> str | None:
@@ -83,10 +88,10 @@ def scheduler_address(settings: dict) -> str | None:
     certificates come from the DASK_DISTRIBUTED__COMM__TLS__* variables), or the address given."""
     if settings["scheduler"] != STACK:
         return settings["scheduler"]
-    address = os.environ.get(STACK_ENV["dask"])
+    address = os.environ.get(environment.STACK_DASK_ADDRESS)
     if not address:
-        raise PipelineError(f"params.yaml sweep.scheduler is 'stack' but env {STACK_ENV['dask']} is not set; "
-                            "`source .stack/env` first")
+        raise PipelineError(f"params.yaml sweep.scheduler is 'stack' but env {environment.STACK_DASK_ADDRESS} "
+                            "is not set; `source .stack/env` first")
     return address
 
 
@@ -121,7 +126,7 @@ def put_shared_stages(project: Path, params: dict, stages: list[str], where: dic
     push their outputs and run cache to its remote, where the points pull them from."""
     if not stages:
         return
-    with workspace_lock(project, params["prefect"]["lock_wait_seconds"], logger):
+    with workspace_lock(project, params["prefect"], logger):
         code, lines = run_logged([sys.executable, "-m", "dvc", "repro", *stages], project, stage_env({}), logger)
         if code != 0:
             raise PipelineError(f"the shared stages {stages} failed in {project}:\n  " + "\n  ".join(lines[-5:]))
@@ -159,7 +164,8 @@ def recipe(point: dict, sweep_name: str, commit: str, where: dict, settings: dic
             # A URI with a password in it stays out: the worker's own env names the store then.
             "tracking_uri": uri if redact_uri(uri) == uri else None,
             "metrics_files": figures,
-            "run_record": params["paths"]["run_record"]}
+            "run_record": params["paths"]["run_record"],
+            "env": POINT_ENV}
 
 
 def figure_files(project: Path, params: dict) -> list[str]:
@@ -293,8 +299,7 @@ def sweep(project: str | None = None) -> list[dict]:
     create_table_artifact(key="sweep-points", table=table_rows(sorted(results, key=lambda r: (r["latent_dim"], r["beta"]))),
                           description=f"The points of sweep {name}: one row per point, its host and figures")
     parent = client.get_run(parent_id)
-    create_link_artifact(key="mlflow-run", link=mlflow_run_link(
-        {"tracking_uri": uri, "experiment_id": parent.info.experiment_id, "run_id": parent_id}),
+    create_link_artifact(key="mlflow-run", link=run_link(uri, parent.info.experiment_id, parent_id),
         link_text=f"MLflow run sweep {name}", description="The sweep's parent run: a child run per point")
     logger.info("%d of %d points done in %.0f s; %s", len(results), len(points), time.time() - started, page)
     if failed:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import flows.sweep_point
 from flows.dvc_runner import stage_env
+from vae_pipeline.environment import SECRET_VALUES, STACK_GIT_PASSWORD, STACK_GIT_USER
 from vae_pipeline.errors import PipelineError, redact_uri
 from vae_pipeline.provenance import git_provenance
 
@@ -36,15 +37,26 @@ def sweep_commit(project: Path, params: dict) -> str:
     return git["commit"]
 
 
+def git_env(url: str) -> dict:
+    """This process's environment plus git's basic auth for `url`, from the stack's variables."""
+    return {**os.environ, **flows.sweep_point.git_auth_env(url, os.environ.get(STACK_GIT_USER),
+                                                             os.environ.get(STACK_GIT_PASSWORD))}
+
+
+def scrubbed(text: str, env: dict) -> str:
+    """`text` without the values of the secret variables of `env`."""
+    return flows.sweep_point.scrub(text, flows.sweep_point.secrets_of(list(SECRET_VALUES), env))
+
+
 def push_commit(project: Path, git_url: str, commit: str, branch: str, logger) -> None:
     """Put the sweep's commit on the stack's git server as `branch` (credentials through the
     environment, as the workers send them: never on a command line)."""
-    env = {**os.environ, **flows.sweep_point.git_auth_env(git_url)}
+    env = git_env(git_url)
     logger.info("pushing commit %s to %s as %s", commit[:12], redact_uri(git_url), branch)
     pushed = subprocess.run(["git", "push", "-q", "--force", git_url, f"{commit}:refs/heads/{branch}"],
                             cwd=project, env=env, capture_output=True, text=True)
     if pushed.returncode != 0:
-        message = flows.sweep_point.scrub(pushed.stderr.strip(), flows.sweep_point.secrets_of(env))
+        message = scrubbed(pushed.stderr.strip(), env)
         raise PipelineError(f"git push of commit {commit[:12]} to {redact_uri(git_url)} failed: {message}")
 
 
@@ -56,10 +68,10 @@ def pull_experiments(project: Path, where: dict, commit: str, names: list[str], 
     if not where["push"] or not names:
         return
     refs = [f"refs/exps/{commit[:2]}/{commit[2:]}/{name}" for name in names]
-    env = {**os.environ, **flows.sweep_point.git_auth_env(where["git_url"])}
+    env = git_env(where["git_url"])
     fetched = subprocess.run(["git", "fetch", "-q", "--force", where["git_url"], *(f"{ref}:{ref}" for ref in refs)],
                              cwd=project, env=env, capture_output=True, text=True)
     if fetched.returncode != 0:
-        message = flows.sweep_point.scrub(fetched.stderr.strip(), flows.sweep_point.secrets_of(env))
+        message = scrubbed(fetched.stderr.strip(), env)
         logger.warning("fetching the experiments from %s failed (they stay there): %s",
                        redact_uri(where["git_url"]), message)

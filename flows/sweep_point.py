@@ -18,11 +18,15 @@ which records task inputs) says:
   tracking_uri  optional: the MLflow store when the worker's environment names none
   metrics_files the files of the point's figures (relative paths), returned to the sweep as text
   run_record    the run record file (params.yaml paths.run_record): the point's MLflow run
+  env           the environment by name, as the project defines it (flows/sweep.py POINT_ENV):
+                "set": variables every command gets (telemetry off); "git_user", "git_password":
+                the variables of the git server's credentials; "run_tags": the variable the
+                training reads its extra MLflow tags from; "secrets": the variables whose
+                values no output line may show
 
-Credentials come from the worker's environment (the worker kit's `env`):
-VAE_STACK_GIT_USER / VAE_STACK_GIT_PASSWORD for the git server (sent as an HTTP header
-through git's GIT_CONFIG_* variables, never on a command line), AWS_* for the DVC remote,
-MLFLOW_TRACKING_* for MLflow.
+Credentials come from the worker's environment (the worker kit's `env`): the git server's
+user and password (sent as an HTTP header through git's GIT_CONFIG_* variables, never on a
+command line), AWS_* for the DVC remote, MLFLOW_TRACKING_* for MLflow.
 """
 import base64
 import json
@@ -40,17 +44,13 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-GIT_USER_ENV = "VAE_STACK_GIT_USER"
-GIT_PASSWORD_ENV = "VAE_STACK_GIT_PASSWORD"
-RUN_TAGS_ENV = "VAE_RUN_TAGS"                  # read by vae_pipeline/tracking.py in the clone
 OUTPUT_LINES = 5                               # the last lines of a failed command put in the error
 
 
-def git_auth_env(url: str, environ=os.environ) -> dict:
-    """git's environment for `url`: basic auth from VAE_STACK_GIT_USER/PASSWORD as an extra HTTP
+def git_auth_env(url: str, user: str | None, password: str | None) -> dict:
+    """git's environment for `url`: basic auth (the git server's user and password) as an extra HTTP
     header for that URL only (GIT_CONFIG_COUNT/KEY/VALUE: no file, nothing on a command line)."""
     env = {"GIT_TERMINAL_PROMPT": "0"}
-    user, password = environ.get(GIT_USER_ENV), environ.get(GIT_PASSWORD_ENV)
     if user and password and url.startswith(("http://", "https://")):
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"http.{url}.extraHeader",
@@ -58,11 +58,15 @@ def git_auth_env(url: str, environ=os.environ) -> dict:
     return env
 
 
-def credentialed(url: str, environ=os.environ) -> str:
+def with_git_auth(env: dict, url: str, names: dict) -> dict:
+    """`env` plus git's basic auth for `url`, from the variables the recipe names (recipe["env"])."""
+    return {**env, **git_auth_env(url, env.get(names["git_user"]), env.get(names["git_password"]))}
+
+
+def credentialed(url: str, user: str | None, password: str | None) -> str:
     """`url` with the git user and password in it, for DVC's own git client (dulwich), which reads
     neither git's extra headers nor its credential helpers. Written only into the clone's
     .git/config (a private temporary folder), never printed."""
-    user, password = environ.get(GIT_USER_ENV), environ.get(GIT_PASSWORD_ENV)
     if not (user and password and url.startswith(("http://", "https://"))):
         return url
     parts = urllib.parse.urlsplit(url)
@@ -70,9 +74,9 @@ def credentialed(url: str, environ=os.environ) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{login}@{parts.netloc.rsplit('@', 1)[-1]}"))
 
 
-def secrets_of(environ=os.environ) -> list[str]:
-    """The values no output line may show: the git password, the S3 secret, MLflow's password."""
-    names = (GIT_PASSWORD_ENV, "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING")
+def secrets_of(names: list[str], environ=os.environ) -> list[str]:
+    """The values no output line may show: those of the variables `names` (the git password, the S3
+    secret, MLflow's password, ...), as they are and URL-quoted."""
     values = [environ.get(name) for name in names]
     return [v for v in values if v] + [urllib.parse.quote(v, safe="") for v in values if v]
 
@@ -83,9 +87,10 @@ def scrub(line: str, secrets: list[str]) -> str:
     return line
 
 
-def run(cmd: list[str], cwd: Path, env: dict, logger, what: str) -> list[str]:
-    """Run `cmd`, logging each output line as it comes (secrets masked); raise naming `what` on failure."""
-    secrets, lines = secrets_of(env), []
+def run(cmd: list[str], cwd: Path, env: dict, logger, what: str, secret_names: list[str]) -> list[str]:
+    """Run `cmd`, logging each output line as it comes (the values of `secret_names` in `env` masked);
+    raise naming `what` on failure."""
+    secrets, lines = secrets_of(secret_names, env), []
     with subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1) as process:
         for line in process.stdout:
@@ -101,10 +106,9 @@ def run(cmd: list[str], cwd: Path, env: dict, logger, what: str) -> list[str]:
 
 def venv_env(extra: dict) -> dict:
     """The environment of the DVC and git commands: this venv's python first on PATH (dvc.yaml runs
-    `python -m stages.X`, from the clone), telemetry off, plus `extra`."""
+    `python -m stages.X`, from the clone), plus `extra` (the recipe's variables: telemetry off)."""
     venv_bin = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-            "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **extra}
+    return {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""), **extra}
 
 
 def dvc_remote_config(remote: dict, environ=os.environ) -> str:
@@ -122,20 +126,24 @@ def dvc_remote_config(remote: dict, environ=os.environ) -> str:
 
 def checkout(recipe: dict, repo: Path, env: dict, logger) -> None:
     """A fresh working copy of the recipe's commit in `repo`, its origin the recipe's git URL."""
-    url = recipe["git_url"]
-    git_env = {**env, **git_auth_env(url)}
-    run(["git", "init", "-q", str(repo)], repo.parent, git_env, logger, "git init")
-    run(["git", "remote", "add", "origin", url], repo, git_env, logger, "git remote add")
+    url, names = recipe["git_url"], recipe["env"]
+    git_env = with_git_auth(env, url, names)
+
+    def git(*args, what):
+        run(["git", *args], repo, git_env, logger, what, names["secrets"])
+
+    run(["git", "init", "-q", str(repo)], repo.parent, git_env, logger, "git init", names["secrets"])
+    git("remote", "add", "origin", url, what="git remote add")
     source = f"refs/heads/{recipe['ref']}" if recipe.get("ref") else recipe["commit"]
-    run(["git", "fetch", "-q", "origin", source], repo, git_env, logger, f"git fetch {url} {source}")
-    run(["git", "checkout", "-q", "--detach", recipe["commit"]], repo, git_env, logger,
-        f"git checkout {recipe['commit']}")
+    git("fetch", "-q", "origin", source, what=f"git fetch {url} {source}")
+    git("checkout", "-q", "--detach", recipe["commit"], what=f"git checkout {recipe['commit']}")
     # DVC's git client (dulwich) pushes the experiment: it gets the credentials in the URL.
-    run(["git", "config", "user.name", "vae sweep"], repo, git_env, logger, "git config")
-    run(["git", "config", "user.email", "sweep@vae-pipeline.invalid"], repo, git_env, logger, "git config")
+    git("config", "user.name", "vae sweep", what="git config")
+    git("config", "user.email", "sweep@vae-pipeline.invalid", what="git config")
     config = repo / ".git" / "config"
     text = config.read_text()
-    config.write_text(text.replace(f"url = {url}\n", f"url = {credentialed(url)}\n", 1))
+    login = credentialed(url, env.get(names["git_user"]), env.get(names["git_password"]))
+    config.write_text(text.replace(f"url = {url}\n", f"url = {login}\n", 1))
     config.chmod(0o600)
 
 
@@ -189,7 +197,8 @@ def run_point(recipe: dict) -> dict:
     started = time.time()
     host, pid = socket.gethostname(), os.getpid()
     attempt = {"sweep.attempt.host": host, "sweep.attempt.pid": str(pid)}
-    env = venv_env({RUN_TAGS_ENV: json.dumps({**recipe["tags"], **attempt})})
+    names = recipe["env"]
+    env = venv_env({**names["set"], names["run_tags"]: json.dumps({**recipe["tags"], **attempt})})
     if not os.environ.get("MLFLOW_TRACKING_URI") and recipe.get("tracking_uri"):
         env["MLFLOW_TRACKING_URI"] = recipe["tracking_uri"]
     work = Path(tempfile.mkdtemp(prefix="vae-point-"))
@@ -203,12 +212,13 @@ def run_point(recipe: dict) -> dict:
         (repo / ".dvc" / "config.local").write_text(dvc_remote_config(recipe["dvc_remote"]))
         timings["checkout_s"] = round(time.perf_counter() - mark, 1)
         mark = time.perf_counter()
-        lines = run(exp_run_command(recipe), repo, env, logger, f"dvc exp run ({recipe['exp_name']})")
+        lines = run(exp_run_command(recipe), repo, env, logger, f"dvc exp run ({recipe['exp_name']})",
+                    names["secrets"])
         timings["exp_run_s"] = round(time.perf_counter() - mark, 1)
         mark = time.perf_counter()
-        git_env = {**env, **git_auth_env(recipe["git_url"])}
         run([sys.executable, "-m", "dvc", "exp", "push", "--force", "--run-cache", "origin", recipe["exp_name"]], repo,
-            git_env, logger, f"dvc exp push ({recipe['exp_name']})")
+            with_git_auth(env, recipe["git_url"], names), logger, f"dvc exp push ({recipe['exp_name']})",
+            names["secrets"])
         timings["push_s"] = round(time.perf_counter() - mark, 1)
         return {
             "exp_name": recipe["exp_name"],

@@ -1,4 +1,4 @@
-"""`python -m stack up|down|status|env|deploy|worker-kit DIR` (the Makefile's stack targets).
+"""`python -m stack up|down|status|env|deploy|worker-kit [DIR]` (the Makefile's stack targets).
 
 up      start the stack (a second `up` finds it running and does nothing)
 down    stop every service; no process is left
@@ -6,8 +6,9 @@ status  each service, its state, address and health (exit 3 unless all are healt
 env     a line that sources <state>/env (the clients' environment, credentials included): for
         `eval "$(make -s stack-env)"`; the secrets stay in the mode-600 file, never printed
 deploy  `prefect deploy` of prefect.yaml on the stack, with the cron of params.yaml
-worker-kit DIR
-        what a worker on another host needs: DIR/env (mode 600) and DIR/tls/ (docs/team-stack.md)
+worker-kit [DIR]
+        what a worker on another host needs: DIR/env (mode 600) and DIR/tls/ (docs/team-stack.md);
+        DIR: <stack.state_dir>/worker-kit unless given
 """
 import sys
 from pathlib import Path
@@ -16,11 +17,11 @@ from stack import control
 from stack.settings import Stack
 from vae_pipeline.errors import exit_code
 
-USAGE = "usage: python -m stack {up,down,status,env,deploy} | python -m stack worker-kit DIR"
+USAGE = "usage: python -m stack {up,down,status,env,deploy} | python -m stack worker-kit [DIR]"
 
 
 def main(argv: list[str]) -> int:
-    if not (len(argv) == 1 and argv[0] in ("up", "down", "status", "env", "deploy")
+    if not (len(argv) == 1 and argv[0] in ("up", "down", "status", "env", "deploy", "worker-kit")
             or len(argv) == 2 and argv[0] == "worker-kit"):
         print(USAGE, file=sys.stderr)
         return 2
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> int:
         elif command == "env":
             print(control.env_source_line(stack))
         elif command == "worker-kit":
-            control.worker_kit(stack, Path(argv[1]))
+            control.worker_kit(stack, Path(argv[1]) if len(argv) == 2 else None)
         else:
             from stack.deploy import deploy
             deploy(stack)

@@ -9,7 +9,7 @@ running is left alone, so a second `up` does nothing. Then the checkout's DVC re
 and <state>/env (mode 600) is written: `source .stack/env` points `make run`, dvc, the
 flows and MLflow's clients at the stack, with its credentials.
 
-worker-kit DIR: what a worker on another host needs (worker_kit below).
+worker-kit [DIR]: what a worker on another host needs (worker_kit below).
 """
 import shlex
 import sys
@@ -19,7 +19,6 @@ from pathlib import Path
 from stack import health, postgres, supervisor, tls
 from stack.git_http import init_repository
 from stack.settings import (
-    DVC_REMOTE,
     GIT_REPO,
     S3_REGION,
     SERVICES,
@@ -29,7 +28,9 @@ from stack.settings import (
     load_secrets,
     write_private,
 )
+from vae_pipeline.environment import STACK_KIT
 from vae_pipeline.errors import PipelineError
+from vae_pipeline.settings import STACK_DVC_REMOTE
 
 START_TIMEOUT = 240         # seconds for one service to answer; a loaded 2-core machine is slow
 
@@ -140,21 +141,21 @@ def env_source_line(stack: Stack) -> str:
     return f". {shlex.quote(str(stack.env_file))}"
 
 
-def worker_kit(stack: Stack, folder: Path, out=sys.stdout) -> None:
+def worker_kit(stack: Stack, folder: Path | None = None, out=sys.stdout) -> None:
     """What a worker host needs and nothing of the project: FOLDER/env (mode 600; KEY=VALUE lines,
     the client environment with the Dask TLS paths inside FOLDER/tls) and FOLDER/tls (the CA
     certificate, the worker certificate and key). The stack need not run; its secrets and
     certificates are made if this comes first. VAE_STACK_KIT names FOLDER: read_env_file moves the
-    paths under it along when the kit is copied elsewhere."""
-    folder = Path(folder).resolve()
+    paths under it along when the kit is copied elsewhere. FOLDER: stack.worker_kit unless given."""
+    folder = Path(folder or stack.worker_kit).resolve()
     if folder in (stack.state.resolve(), stack.tls_dir.resolve()):      # its env and tls/ would overwrite the stack's
-        raise PipelineError(f"{folder}: the stack's own folder; choose another (default .stack/worker-kit)")
+        raise PipelineError(f"{folder}: the stack's own folder; choose another (default {stack.worker_kit})")
     secrets = load_secrets(stack)
     tls.ensure_certificates(stack)
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
     tls.copy_for_workers(stack, folder / "tls")
-    env = {"VAE_STACK_KIT": str(folder), **stack.client_env(secrets, tls_dir=folder / "tls")}
+    env = {STACK_KIT: str(folder), **stack.client_env(secrets, tls_dir=folder / "tls")}
     write_private(folder / "env", "# A worker host's access to the team stack (python -m stack worker-kit); "
                                   "keep it mode 600\n" + env_lines(env, export=False))
     print(f"worker kit in {folder}: env and tls/{{{','.join(TLS_FILES[n] for n in ('ca', 'worker_cert', 'worker_key'))}}}; "
@@ -162,18 +163,18 @@ def worker_kit(stack: Stack, folder: Path, out=sys.stdout) -> None:
 
 
 def configure_dvc(stack: Stack, secrets: dict) -> None:
-    """The remote `stack` of .dvc/config, with this stack's bucket, endpoint and keys, as the
-    checkout's default: all in .dvc/config.local, which DVC keeps out of git (made mode 600 here)."""
+    """The remote `stack` of .dvc/config (STACK_DVC_REMOTE), with this stack's bucket, endpoint and keys,
+    as the checkout's default: all in .dvc/config.local, which DVC keeps out of git (made mode 600 here)."""
     local = stack.root / ".dvc" / "config.local"
     if not local.exists():
         write_private(local, "")
     local.chmod(0o600)
     with dvc_config(stack).edit("local") as config:
-        config["remote"][DVC_REMOTE] = {
-            **config["remote"].get(DVC_REMOTE, {}),
-            "url": f"s3://{stack.bucket}/dvc", "endpointurl": stack.s3_url, "region": S3_REGION,
+        config["remote"][STACK_DVC_REMOTE] = {
+            **config["remote"].get(STACK_DVC_REMOTE, {}),
+            "url": stack.dvc_url, "endpointurl": stack.s3_url, "region": S3_REGION,
             "access_key_id": secrets["s3_access_key"], "secret_access_key": secrets["s3_secret_key"]}
-        config["core"]["remote"] = DVC_REMOTE
+        config["core"]["remote"] = STACK_DVC_REMOTE
 
 
 def unset_dvc_default(stack: Stack) -> None:

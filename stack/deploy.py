@@ -1,10 +1,11 @@
 """`make deploy`: `prefect deploy` of prefect.yaml's retrain deployment onto the stack's work pool.
 
-prefect.yaml takes the cron and the work pool from the environment
-(`{{ $VAE_RETRAIN_CRON }}`, `{{ $VAE_WORK_POOL }}`); this sets them from params.yaml
-(retrain.schedule_cron, stack.work_pool), so the schedule has one source. The
-deployment's runs then happen in this checkout (prefect.yaml's pull step), run by the
-stack's worker, with the stack's environment.
+prefect.yaml takes the deployment's name, the cron and the work pool from the environment
+(`{{ $VAE_RETRAIN_DEPLOYMENT }}`, `{{ $VAE_RETRAIN_CRON }}`, `{{ $VAE_WORK_POOL }}`); this sets
+them from params.yaml (retrain.deployment, retrain.schedule_cron, stack.work_pool), so each has
+one source; the description is the flow's (flows/retrain.py). The deployment's runs then
+happen in this checkout (prefect.yaml's pull step), run by the stack's worker, with the
+stack's environment.
 """
 import os
 import subprocess
@@ -14,13 +15,15 @@ from stack.settings import Stack, load_secrets
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.settings import load_settings
 
-CRON_ENV, POOL_ENV = "VAE_RETRAIN_CRON", "VAE_WORK_POOL"
+# prefect.yaml's variables.
+NAME_ENV, CRON_ENV, POOL_ENV = "VAE_RETRAIN_DEPLOYMENT", "VAE_RETRAIN_CRON", "VAE_WORK_POOL"
 
 
 def deploy(stack: Stack) -> None:
     params = load_settings(stack.root / "params.yaml")
     env = {**os.environ, **stack.client_env(load_secrets(stack)),
-           CRON_ENV: params["retrain"]["schedule_cron"], POOL_ENV: stack.work_pool,
+           NAME_ENV: params["retrain"]["deployment"], CRON_ENV: params["retrain"]["schedule_cron"],
+           POOL_ENV: stack.work_pool,
            "PWD": str(stack.root)}              # prefect.yaml's pull step: the runs happen here
     result = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy",
                              "--name", params["retrain"]["deployment"]],

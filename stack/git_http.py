@@ -16,11 +16,13 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from vae_pipeline.environment import STACK_GIT_PASSWORD, STACK_GIT_USER
+
 REALM = "vae-stack git"
 
 
 def expected_credentials() -> bytes:
-    return f"{os.environ['VAE_STACK_GIT_USER']}:{os.environ['VAE_STACK_GIT_PASSWORD']}".encode()
+    return f"{os.environ[STACK_GIT_USER]}:{os.environ[STACK_GIT_PASSWORD]}".encode()
 
 
 def authorized(header: str | None, expected: bytes) -> bool:

@@ -12,6 +12,7 @@ import requests
 
 from stack import postgres
 from stack.settings import S3_REGION, TLS_FILES, USER, Stack
+from vae_pipeline.errors import PipelineError
 
 TIMEOUT = 3         # seconds per request
 
@@ -110,10 +111,11 @@ def wait_healthy(service: str, stack: Stack, secrets: dict, timeout: float, is_u
     started = time.monotonic()
     while (problem := check(service, stack, secrets)) is not None:
         if not is_up():
-            raise RuntimeError(f"{service} exited while starting; see {stack.logs / service}.log")
+            raise PipelineError(f"{service} exited while starting; see {stack.logs / service}.log (a port of "
+                                "params.yaml `stack` taken by another program?), then `make stack` again")
         if time.monotonic() - started > timeout:
-            raise RuntimeError(f"{service} did not answer within {timeout:.0f} s ({problem}); "
-                               f"see {stack.logs / service}.log")
+            raise PipelineError(f"{service} did not answer within {timeout:.0f} s ({problem}); "
+                                f"see {stack.logs / service}.log")
         time.sleep(0.5)
     return time.monotonic() - started
 

@@ -10,9 +10,11 @@ The interface other code relies on (the distributed sweep, its tests; docs/team-
   stack.client_env(secrets, tls_dir=None)
                                 every variable a client needs, credentials included (CLIENT_ENV_NAMES)
   read_env_file(path)           the KEY=VALUE lines of <state>/env or a worker kit's env, as a dict
-  `python -m stack worker-kit DIR`
+  `python -m stack worker-kit [DIR]`
                                 DIR/env (mode 600) and DIR/tls/{ca.pem,worker.pem,worker-key.pem}:
                                 all a worker host needs besides the venv and the network
+                                (DIR: stack.worker_kit, <state>/worker-kit, unless given)
+The names of the variables the stack and the flows share are vae_pipeline/environment.py's.
 """
 import json
 import os
@@ -21,6 +23,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from vae_pipeline.environment import STACK_DASK_ADDRESS, STACK_GIT_PASSWORD, STACK_GIT_URL, STACK_GIT_USER, STACK_KIT
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import ROOT
 from vae_pipeline.settings import load_settings
@@ -31,7 +34,6 @@ DATABASES = ("mlflow", "mlflow_auth", "prefect")     # mlflow_auth: MLflow's use
 SERVICES = ("postgres", "s3", "mlflow", "prefect-server", "git", "dask-scheduler",
             "prefect-worker")       # in start order
 S3_REGION = "us-east-1"             # SeaweedFS ignores it; the S3 clients want one
-DVC_REMOTE = "stack"                # the DVC remote on the stack's bucket (in .dvc/config)
 GIT_REPO = "vae-pipeline.git"       # the bare repository the git service serves, in <state>/git
 # Each secret and how it is made; an older secrets.json gets the names it lacks added.
 SECRETS = {
@@ -54,7 +56,7 @@ CLIENT_ENV_NAMES = (
     "PREFECT_API_URL", "PREFECT_UI_URL", "PREFECT_API_AUTH_STRING",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
     "MLFLOW_S3_ENDPOINT_URL",
-    "VAE_STACK_GIT_URL", "VAE_STACK_GIT_USER", "VAE_STACK_GIT_PASSWORD", "VAE_STACK_DASK_ADDRESS",
+    STACK_GIT_URL, STACK_GIT_USER, STACK_GIT_PASSWORD, STACK_DASK_ADDRESS,
     "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION", DASK_TLS + "CA_FILE",
     DASK_TLS + "CLIENT__CERT", DASK_TLS + "CLIENT__KEY", DASK_TLS + "WORKER__CERT", DASK_TLS + "WORKER__KEY")
 
@@ -105,6 +107,10 @@ class Stack:
     def git_root(self) -> Path:         # GIT_PROJECT_ROOT of the git service
         return self.state / "git"
 
+    @property
+    def worker_kit(self) -> Path:       # `make stack-worker-kit`'s folder unless given one (KIT=DIR)
+        return self.state / "worker-kit"
+
     # Addresses.
     @property
     def s3_url(self) -> str:
@@ -117,6 +123,10 @@ class Stack:
     @property
     def prefect_url(self) -> str:       # the UI; the API is under /api
         return f"http://{self.host}:{self.prefect_port}"
+
+    @property
+    def dvc_url(self) -> str:           # the DVC remote STACK_DVC_REMOTE, in the bucket
+        return f"s3://{self.bucket}/dvc"
 
     @property
     def postgres_address(self) -> str:
@@ -158,8 +168,8 @@ class Stack:
                 "AWS_ACCESS_KEY_ID": secrets["s3_access_key"], "AWS_SECRET_ACCESS_KEY": secrets["s3_secret_key"],
                 "AWS_DEFAULT_REGION": S3_REGION, "AWS_ENDPOINT_URL": self.s3_url,
                 "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
-                "VAE_STACK_GIT_URL": self.git_url, "VAE_STACK_GIT_USER": USER,
-                "VAE_STACK_GIT_PASSWORD": secrets["git_password"], "VAE_STACK_DASK_ADDRESS": self.dask_address,
+                STACK_GIT_URL: self.git_url, STACK_GIT_USER: USER,
+                STACK_GIT_PASSWORD: secrets["git_password"], STACK_DASK_ADDRESS: self.dask_address,
                 # Dask's configuration (distributed.comm.*) as its environment variables: TLS both ways.
                 "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
                 DASK_TLS + "CA_FILE": str(tls / TLS_FILES["ca"]),
@@ -186,7 +196,7 @@ def read_env_file(path: Path) -> dict[str, str]:
             continue
         key, _, value = line.removeprefix("export ").partition("=")
         env[key] = shlex.split(value)[0] if value else ""
-    written, here = env.get("VAE_STACK_KIT"), str(Path(path).resolve().parent)
+    written, here = env.get(STACK_KIT), str(Path(path).resolve().parent)
     if written and written != here:
         env = {key: here + value[len(written):] if value == written or value.startswith(written + "/") else value
                for key, value in env.items()}

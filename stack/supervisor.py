@@ -15,14 +15,14 @@ from pathlib import Path
 
 from stack import postgres
 from stack.settings import DASK_TLS, TLS_FILES, USER, Stack, write_private
+from vae_pipeline.environment import STACK_GIT_PASSWORD, STACK_GIT_USER, TELEMETRY_OFF
+from vae_pipeline.errors import PipelineError
 
 VENV_BIN = Path(sys.executable).parent
 TEMPLATE = Path(__file__).with_name("supervisord.conf")
 # The servers need no thread pools of their own: the cores belong to the trainings.
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                      "NUMEXPR_NUM_THREADS")}
-TELEMETRY_OFF = {"DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
 # Every program: started on request only, restarted if it dies, stopped with its children.
 COMMON = {"autostart": "false", "autorestart": "true", "startsecs": "2", "stopwaitsecs": "30",
           "stopasgroup": "true", "killasgroup": "true", "redirect_stderr": "true",
@@ -113,7 +113,7 @@ def programs(stack: Stack, secrets: dict) -> dict[str, dict]:
         "git": {
             # `python -m` from the project: this checkout's stack package, whatever the venv installed.
             "command": f"{VENV_BIN / 'python'} -m stack.git_http {host} {stack.git_port} {stack.git_root}",
-            "environment": {"VAE_STACK_GIT_USER": USER, "VAE_STACK_GIT_PASSWORD": secrets["git_password"]},
+            "environment": {STACK_GIT_USER: USER, STACK_GIT_PASSWORD: secrets["git_password"]},
             "directory": str(stack.root)},
         "dask-scheduler": {
             # Mutual TLS only (the TLS settings through the environment); no dashboard.
@@ -193,12 +193,15 @@ def start_daemon(stack: Stack, timeout: float = 30) -> None:
     """Start supervisord (it forks into the background) and wait for its socket to answer."""
     for folder in (stack.logs, stack.run_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(VENV_BIN / "supervisord"), "-c", str(config_path(stack))], env=base_env(),
-                   cwd=stack.root, check=True, stdin=subprocess.DEVNULL)
+    started = subprocess.run([str(VENV_BIN / "supervisord"), "-c", str(config_path(stack))], env=base_env(),
+                             cwd=stack.root, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if started.returncode != 0:
+        raise PipelineError(f"{config_path(stack)}: supervisord exited {started.returncode}: "
+                            f"{(started.stdout + started.stderr).strip()[-1000:]}; see {stack.logs}/supervisord.log")
     deadline = time.monotonic() + timeout
     while not is_running(stack):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"supervisord did not answer within {timeout:.0f} s; see {stack.logs}/supervisord.log")
+            raise PipelineError(f"supervisord did not answer within {timeout:.0f} s; see {stack.logs}/supervisord.log")
         time.sleep(0.2)
 
 
@@ -224,7 +227,8 @@ def shutdown(stack: Stack, timeout: float = 120) -> int | None:
     deadline = time.monotonic() + timeout
     while pid is not None and alive(pid):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"supervisord (pid {pid}) still runs {timeout:.0f} s after its shutdown")
+            raise PipelineError(f"supervisord (pid {pid}) still runs {timeout:.0f} s after its shutdown; "
+                                f"see {stack.logs}/supervisord.log, stop it (kill {pid}), then rerun")
         time.sleep(0.2)
     return pid
 

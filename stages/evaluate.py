@@ -33,6 +33,7 @@ from vae_pipeline.ml.evaluation import active_units, compare, elbo_parts, iwae_n
 from vae_pipeline.ml.model import load_model, setup_torch
 from vae_pipeline.outputs import EVAL_DETAIL, EVAL_METRICS, latent_map_rows, read_latent_map, read_mu, split_figures
 from vae_pipeline.tracking import store
+from vae_pipeline.tracking.names import EVAL_METRIC_PREFIX
 
 log = logging.getLogger("evaluate")
 
@@ -143,11 +144,11 @@ def run(params: dict) -> dict:
                  else "not comparable (" + "; ".join(row["differences"][:2]) + ")")
     # The same figures on the run that trained the model, so MLflow can compare them across runs,
     # and on its logged model, so `mlflow.search_logged_models` ranks the models by them (the
-    # champion gate of flows/retrain.py compares them too); the times on the run only: in eval.json
-    # they would make every rerun a new output.
+    # champion gate, vae_pipeline/tracking/champion.py, compares them too); the times on the run
+    # only: in eval.json they would make every rerun a new output.
     store.attach_to_training_run(
-        params, metrics={f"eval_seconds_{part}": s for part, s in seconds.items()},
-        model_metrics={f"eval_{k}": v for k, v in metrics.items()
+        params, metrics={f"{EVAL_METRIC_PREFIX}seconds_{part}": s for part, s in seconds.items()},
+        model_metrics={EVAL_METRIC_PREFIX + k: v for k, v in metrics.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)},
         artifacts=outputs,
         artifact_dir="metrics")

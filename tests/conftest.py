@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from vae_pipeline.environment import TELEMETRY_OFF
 from vae_pipeline.files import ROOT, copy_checkout
 from vae_pipeline.ml.data import FILES, write_idx
 
@@ -66,9 +67,7 @@ def tiny_params(source: Path, checksums: dict, **overrides) -> dict:
 
 def pipeline_env() -> dict:
     """The environment the Makefile sets: the venv first on PATH, telemetry off."""
-    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-            "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **TELEMETRY_OFF}
 
 
 def run_in(project: Path, *cmd: str, check: bool = True, timeout: int = 600,

@@ -13,12 +13,13 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
 
-from flows.dvc_runner import LOCK_FILE, workspace_lock
+from flows.dvc_runner import workspace_lock
 from flows.local_api import local_api
 from flows.pipeline import pipeline
 from flows.sweep import dask_runner, sweep
 from tests.conftest import VENV_BIN, dvc_stages, pipeline_env, run_in, set_params
 from vae_pipeline.errors import PipelineError
+from vae_pipeline.settings import load_settings
 from vae_pipeline.tracking import store
 
 
@@ -50,6 +51,13 @@ def artifact_markdown(flow_run_id) -> str:
     return artifact(flow_run_id, "vae-pipeline").data
 
 
+LOCK_FILE = load_settings()["prefect"]["lock_file"]
+
+
+def lock_settings(wait_seconds: float) -> dict:
+    return {"lock_file": LOCK_FILE, "lock_wait_seconds": wait_seconds}
+
+
 def outputs_mtimes(project) -> dict:
     return {p: p.stat().st_mtime_ns for folder in ("data/raw", "models", "data/embeddings")
             for p in (project / folder).rglob("*") if p.is_file()}
@@ -59,7 +67,7 @@ def outputs_mtimes(project) -> dict:
 
 def test_a_second_pipeline_waits_for_the_first_then_gets_the_lock(tmp_path, caplog):
     log = logging.getLogger("test-lock")
-    with workspace_lock(tmp_path, 5, log):
+    with workspace_lock(tmp_path, lock_settings(5), log):
         assert (tmp_path / LOCK_FILE).read_text().strip() == str(os.getpid())
         # A flock belongs to an open file, so a second open in this process contends like another process.
         got = []
@@ -73,16 +81,16 @@ def test_a_second_pipeline_waits_for_the_first_then_gets_the_lock(tmp_path, capl
 
 
 def _hold_briefly(project, log) -> str:
-    with workspace_lock(project, 5, log):
+    with workspace_lock(project, lock_settings(5), log):
         return "held"
 
 
 def test_a_second_pipeline_fails_clearly_when_the_first_holds_on(tmp_path):
     log = logging.getLogger("test-lock")
-    with workspace_lock(tmp_path, 5, log):
+    with workspace_lock(tmp_path, lock_settings(5), log):
         started = time.monotonic()
         with pytest.raises(PipelineError, match=rf"another pipeline \(pid {os.getpid()}\) is running"):
-            with workspace_lock(tmp_path, 0.5, log):
+            with workspace_lock(tmp_path, lock_settings(0.5), log):
                 pass
         assert time.monotonic() - started < 3
 

@@ -18,6 +18,7 @@ LAYERS = {
     "vae_pipeline": set(),            # the package itself (an empty __init__); a module left out of
                                       # the layers below lands here, where it may import nothing
     "vae_pipeline.errors": set(),
+    "vae_pipeline.environment": set(),
     "vae_pipeline.files": {"vae_pipeline.errors"},
     "vae_pipeline.params": {"vae_pipeline.errors", "vae_pipeline.files"},
     "vae_pipeline.settings": {"vae_pipeline.params"},

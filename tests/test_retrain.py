@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 
 from flows.local_api import free_port
-from flows.retrain import ALIAS, champion_gate, gate_markdown, metric_key
+from flows.retrain import gate_markdown
 from tests.conftest import VENV_BIN, downstream, dvc_stages, pipeline_env, run_in, stop_process_group
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.ml.data import expected_checksums
 from vae_pipeline.params import load_params
 from vae_pipeline.tracking import runs, store
+from vae_pipeline.tracking.champion import champion_gate, metric_key
+from vae_pipeline.tracking.names import DATA_SHA256_TAG
+from vae_pipeline.tracking.registry import CHAMPION_ALIAS as ALIAS
 
 # ---- the gate, on real registered versions (no training needed) -----------------------------
 
@@ -34,11 +37,11 @@ def registry(tmp_path):
         params = load_params()
         for section, values in sections.items():
             params[section].update(values)
-        run = client.create_run(experiment, tags={f"data.sha256.{name}": sha256
+        run = client.create_run(experiment, tags={DATA_SHA256_TAG + name: sha256
                                                   for name, sha256 in expected_checksums(params).items()})
         client.log_batch(run.info.run_id, params=[Param(key, value)
                                                    for key, value in runs.flat_params(params).items()])
-        figures = {"test_loss": test_loss, "eval_iwae_samples": iwae_samples}
+        figures = {"test_loss": test_loss, metric_key("iwae_samples"): iwae_samples}
         if neg_elbo is not None:
             figures |= {metric_key("neg_elbo"): neg_elbo, metric_key("iwae_nll"): neg_elbo - 2}
         store.log_metrics(client, run.info.run_id, figures)

@@ -2,6 +2,7 @@
 a worker gets (no credential in it), and the point runner's module (no import of the project)."""
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -95,12 +96,13 @@ def test_git_gets_its_password_from_the_environment_never_from_arguments(monkeyp
     monkeypatch.setenv("VAE_STACK_GIT_USER", "vae")
     monkeypatch.setenv("VAE_STACK_GIT_PASSWORD", "pw-123")
     url = "http://10.0.0.1:8417/vae-pipeline.git"
-    env = sweep_point.git_auth_env(url)
-    assert env["GIT_CONFIG_KEY_0"] == f"http.{url}.extraHeader"
-    assert env["GIT_CONFIG_VALUE_0"].startswith("Authorization: Basic ")
-    assert "pw-123" not in json.dumps(env)                          # base64 in a header, not in clear
-    assert sweep_point.git_auth_env("/a/path") == {"GIT_TERMINAL_PROMPT": "0"}
-    assert sweep_point.scrub("fatal: http://vae:pw-123@host", sweep_point.secrets_of()) == \
+    names = sweep.POINT_ENV                                          # what a recipe carries
+    git = {k: v for k, v in sweep_point.with_git_auth(dict(os.environ), url, names).items() if k.startswith("GIT_")}
+    assert git["GIT_CONFIG_KEY_0"] == f"http.{url}.extraHeader"
+    assert git["GIT_CONFIG_VALUE_0"].startswith("Authorization: Basic ")
+    assert "pw-123" not in json.dumps(git)                          # base64 in a header, not in clear
+    assert sweep_point.git_auth_env("/a/path", "vae", "pw-123") == {"GIT_TERMINAL_PROMPT": "0"}
+    assert sweep_point.scrub("fatal: http://vae:pw-123@host", sweep_point.secrets_of(names["secrets"])) == \
         "fatal: http://vae:***@host"
 
 

@@ -1,7 +1,7 @@
 """The operating settings of params.yaml: the sections no stage reads, and the loader of them all.
 
-`prefect` (the pipeline flow), `sweep` (`make sweep`), `retrain` (the scheduled retrain) and
-`stack` (the team's servers). They change how the project is run, never what a stage writes,
+`prefect` (the flows), `sweep` (`make sweep`), `retrain` (the scheduled retrain), `mlflow_ui`
+(`make mlflow-ui`) and `stack` (the team's servers). They change how the project is run, never what a stage writes,
 so no stage imports this module: dvc.yaml lists none of it, and a change here reruns nothing.
 The flows and commands call `load_settings()`, which checks every section (the stages' ones
 of vae_pipeline.params too) and refuses an unknown one.
@@ -26,6 +26,8 @@ SETTINGS = {
         "download_retries": integer(0, 10),
         "retry_delay_seconds": number(lo=0),
         "lock_wait_seconds": number(lo=0),
+        "lock_file": text(),                           # the flows' workspace lock, in the project
+        "home": text(),                                # PREFECT_HOME unless the environment sets one
     },
     "sweep": {
         "beta": list_of(number(lo=0)),
@@ -43,6 +45,9 @@ SETTINGS = {
         "margin": number(lo=0),
         "seed": optional(integer(0)),                  # the served deployment's default seed
     },
+    "mlflow_ui": {                                     # `make mlflow-ui` (commands/mlflow_ui.py)
+        "port": integer(1, 65535),
+    },
     "stack": {                                         # `make stack`: the team's servers (stack/)
         "state_dir": text(),
         "host": address(),                             # where every service binds; 127.0.0.1 unless it serves other hosts
@@ -56,6 +61,10 @@ SETTINGS = {
         "bucket": text(),
         "work_pool": text(),
     },}
+
+# The DVC remote on the stack's bucket: its section in .dvc/config, which `make stack` completes in
+# .dvc/config.local (endpoint and keys) and makes the default; a stack sweep's points push to it.
+STACK_DVC_REMOTE = "stack"
 
 # Every section of params.yaml.
 SCHEMA = {**PIPELINE, **SETTINGS}
