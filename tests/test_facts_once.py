@@ -1,0 +1,114 @@
+"""Every fact once: the copies that cannot import their one source (the Makefile, .dvc/config,
+.gitignore) agree with it, no two services default to one port, and the names shared between
+parts of the project are written only where they are defined."""
+import ast
+import re
+import subprocess
+
+import yaml
+
+from stack.settings import S3_REGION, Stack
+from tests.code_graph import project_modules
+from vae_pipeline import environment
+from vae_pipeline.files import ROOT
+from vae_pipeline.settings import STACK_DVC_REMOTE, load_settings
+from vae_pipeline.tracking import runs
+from vae_pipeline.tracking.names import DATA_SHA256_TAG
+
+SETTINGS = load_settings()
+
+
+def default_ports() -> dict[str, int]:
+    """Every port a service of the project binds by default, by its params.yaml key."""
+    stack = SETTINGS["stack"]
+    ports = {f"stack.{key}": value for key, value in stack.items() if key.endswith("_port")}
+    # SeaweedFS's inner servers take seaweed_port and the 8 ports above it.
+    ports |= {f"stack.seaweed_port+{n}": stack["seaweed_port"] + n for n in range(1, 9)}
+    return ports | {"serve.port": SETTINGS["serve"]["port"], "mlflow_ui.port": SETTINGS["mlflow_ui"]["port"]}
+
+
+def test_no_two_services_default_to_one_port():
+    ports = default_ports()
+    taken = {}
+    for key, port in ports.items():
+        taken.setdefault(port, []).append(key)
+    assert {port: keys for port, keys in taken.items() if len(keys) > 1} == {}
+    assert ports["mlflow_ui.port"] != ports["stack.mlflow_port"]      # `make mlflow-ui` beside the stack
+
+
+def test_the_makefile_exports_what_the_code_defines():
+    """The Makefile cannot import vae_pipeline/environment.py nor read params.yaml cheaply: the
+    environment of its recipes must still be TELEMETRY_OFF, and PREFECT_HOME prefect.home."""
+    shown = subprocess.run(["make", "-s", "--no-print-directory", "--eval", "facts-env: ; @env", "facts-env"],
+                           cwd=ROOT, capture_output=True, text=True, check=True,
+                           env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"}).stdout
+    env = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    assert {name: env.get(name) for name in environment.TELEMETRY_OFF} == environment.TELEMETRY_OFF
+    assert env["PREFECT_HOME"] == str(ROOT / SETTINGS["prefect"]["home"])
+
+
+def test_dvc_config_names_the_stack_remote_as_params_and_make_stack_do():
+    """.dvc/config's remote for a clone that has not run `make stack` is the one `make stack` writes."""
+    from dvc.config import Config
+
+    remote = Config(dvc_dir=str(ROOT / ".dvc"), validate=False).load_one("repo")["remote"][STACK_DVC_REMOTE]
+    stack = Stack.from_params(ROOT)
+    assert (remote["url"], remote["endpointurl"], remote["region"]) == (stack.dvc_url, stack.s3_url, S3_REGION)
+
+
+def test_gitignore_covers_every_path_that_is_no_dvc_output():
+    """Each path of params.yaml that DVC does not track (and so ignores itself) is in .gitignore."""
+    dvc_yaml = (ROOT / "dvc.yaml").read_text()
+    outputs = set()
+    for stage in yaml.safe_load(dvc_yaml)["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                outputs |= set(re.findall(r"\$\{paths\.(\w+)\}", str(entry)))
+    # A folder's pattern in .gitignore ends in "/": so does its path here (`*_dir` keys are folders).
+    untracked = {f"paths.{key}": path + "/" * key.endswith("_dir") for key, path in SETTINGS["paths"].items()
+                 if key not in outputs}
+    untracked |= {"prefect.home": SETTINGS["prefect"]["home"] + "/",
+                  "prefect.lock_file": SETTINGS["prefect"]["lock_file"],
+                  "stack.state_dir": SETTINGS["stack"]["state_dir"] + "/"}
+    assert "paths.run_record" in untracked and "paths.model_dir" not in untracked
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *untracked.values()], cwd=ROOT,
+                             capture_output=True, text=True).stdout.splitlines()
+    assert sorted(key for key, path in untracked.items() if path not in ignored) == []
+
+
+def docstrings(tree: ast.AST) -> set[int]:
+    """The ids of the docstring nodes of a module, its classes and functions."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def test_the_shared_environment_names_are_written_only_where_they_are_defined():
+    """The telemetry-off variables and the stack's VAE_STACK_* names: one definition
+    (vae_pipeline/environment.py); code elsewhere imports them (docstrings may name them)."""
+    names = set(environment.TELEMETRY_OFF) | {value for key, value in vars(environment).items()
+                                              if key.startswith("STACK_")}
+    assert "VAE_STACK_GIT_PASSWORD" in names and "DO_NOT_TRACK" in names
+    found = []
+    for module, path in sorted(project_modules(ROOT).items()):
+        if module == "vae_pipeline.environment" or module.startswith("tests"):
+            continue
+        tree = ast.parse(path.read_text())
+        skip = docstrings(tree)
+        found += [f"{module}:{node.lineno} {node.value}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in names and id(node) not in skip]
+    assert found == []
+
+
+def test_the_gate_reads_the_data_tags_a_training_writes(tmp_path):
+    """The champion gate compares runs by the data.sha256.* tags the train stage sets (tracking/runs.py)."""
+    params = load_settings()
+    params["paths"]["raw_dir"] = str(tmp_path)
+    (tmp_path / params["data"]["dataset"]).mkdir()
+    (tmp_path / params["data"]["dataset"] / "images-idx3-ubyte").write_bytes(b"tiny")
+    tags = runs.run_tags(params, "cpu")
+    assert [key for key in tags if key.startswith(DATA_SHA256_TAG)] == [DATA_SHA256_TAG + "images-idx3-ubyte"]
