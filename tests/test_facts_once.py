@@ -5,10 +5,13 @@ import ast
 import re
 import subprocess
 
+import pytest
+import requests
 import yaml
 
 from stack.settings import S3_REGION, Stack
 from tests.code_graph import project_modules
+from tests.conftest import pipeline_env, run_in
 from vae_pipeline import environment
 from vae_pipeline.files import ROOT
 from vae_pipeline.settings import STACK_DVC_REMOTE, load_settings
@@ -112,3 +115,24 @@ def test_the_gate_reads_the_data_tags_a_training_writes(tmp_path):
     (tmp_path / params["data"]["dataset"] / "images-idx3-ubyte").write_bytes(b"tiny")
     tags = runs.run_tags(params, "cpu")
     assert [key for key in tags if key.startswith(DATA_SHA256_TAG)] == [DATA_SHA256_TAG + "images-idx3-ubyte"]
+
+
+@pytest.mark.slow
+def test_make_deploy_names_the_deployment_from_params_and_describes_it_as_the_flow(project, tmp_path):
+    """prefect.yaml holds neither the name nor the description: `make deploy` passes params.yaml's
+    retrain.deployment (and cron, pool), the description is flows/retrain.py's."""
+    from flows.local_api import local_api
+    from flows.retrain import DESCRIPTION
+    from stack.deploy import prefect_deploy
+
+    params = load_settings(project / "params.yaml")
+    params["retrain"]["deployment"] = "nightly"          # not prefect.yaml's old literal name
+    home = tmp_path / "prefect-home"
+    with local_api(home) as api:
+        env = {**pipeline_env(), "PREFECT_API_URL": api, "PREFECT_HOME": str(home)}
+        run_in(project, "prefect", "work-pool", "create", params["stack"]["work_pool"], "--type", "process", env=env)
+        prefect_deploy(project, params, env)
+        deployment = requests.get(f"{api}/deployments/name/retrain/nightly", timeout=30).json()
+    assert deployment["description"] == DESCRIPTION
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == [params["retrain"]["schedule_cron"]]
+    assert deployment["work_pool_name"] == params["stack"]["work_pool"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flows.local_api import free_port
-from flows.retrain import gate_markdown
+from flows.retrain import DESCRIPTION, gate_markdown
 from tests.conftest import VENV_BIN, downstream, dvc_stages, pipeline_env, run_in, stop_process_group
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.ml.data import expected_checksums
@@ -163,6 +163,7 @@ def test_the_served_retrain_deployment_runs_on_a_prefect_server_and_names_a_cham
         return result.returncode == 0 and result.stdout
     inspected = wait_for(deployed, 120, "the served deployment", log)
     assert "0 3 * * 1" in inspected                # the cron schedule from params.yaml
+    assert DESCRIPTION in inspected                # the description: the flow's
 
     started = time.monotonic()
     run = subprocess.run([str(VENV_BIN / "prefect"), "deployment", "run", "retrain/scheduled",

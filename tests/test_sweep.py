@@ -153,7 +153,7 @@ def test_a_point_reaches_a_dask_worker_that_cannot_import_the_project(tmp_path):
             with sweep.flow_seen_by_workers():
                 future = sweep_point.point_task().submit({"git_url": str(tmp_path / "no-such-repo"),
                                                           "commit": "0" * 40, "exp_name": "x", "tags": {},
-                                                          "overrides": {}})
+                                                          "overrides": {}, "env": sweep.POINT_ENV})
             try:
                 future.result()
             except RuntimeError as e:
