@@ -134,7 +134,7 @@ def local_api(home: Path | None = None, timeout: float = STARTUP_TIMEOUT):
             yield os.environ["PREFECT_API_URL"]
         return
     log_file = home / "local-api.log"
-    for attempt in range(2):            # a second try if another process took the port first
+    for _attempt in range(2):           # a second try if another process took the port first
         process, api_url = start_server(home, log_file)
         try:
             if wait_until_healthy(process, api_url, timeout):

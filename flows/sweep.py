@@ -291,12 +291,13 @@ def sweep(project: str | None = None) -> list[dict]:
     results = [done[index] for index in sorted(done)]       # in the grid's order
     dead = close_dead_attempts(client, parent_id, results, logger)
     pull_experiments(root, where, commit, [r["exp_name"] for r in results], logger)
-    timing = {"commit": commit, "mlflow_parent_run_id": parent_id, "prefect_flow_run_id": str(flow_run.id), "shared_stages": shared,
-              "attempts_lost": dead, "seconds": round(time.time() - started, 1),
+    timing = {"commit": commit, "mlflow_parent_run_id": parent_id, "prefect_flow_run_id": str(flow_run.id),
+              "shared_stages": shared, "attempts_lost": dead, "seconds": round(time.time() - started, 1),
               "points_seconds": round(time.time() - dispatched, 1)}
     page, data = write_report(root, params, name, results, failed, timing)
     finish_parent_run(client, parent_id, results, failed, dead, [page, data])
-    create_table_artifact(key="sweep-points", table=table_rows(sorted(results, key=lambda r: (r["latent_dim"], r["beta"]))),
+    by_size = sorted(results, key=lambda r: (r["latent_dim"], r["beta"]))
+    create_table_artifact(key="sweep-points", table=table_rows(by_size),
                           description=f"The points of sweep {name}: one row per point, its host and figures")
     parent = client.get_run(parent_id)
     create_link_artifact(key="mlflow-run", link=run_link(uri, parent.info.experiment_id, parent_id),

@@ -163,7 +163,8 @@ def test_the_served_retrain_deployment_runs_on_a_prefect_server_and_names_a_cham
         return result.returncode == 0 and result.stdout
     inspected = wait_for(deployed, 120, "the served deployment", log)
     assert "0 3 * * 1" in inspected                # the cron schedule from params.yaml
-    assert DESCRIPTION in inspected                # the description: the flow's
+    with urllib.request.urlopen(f"{env['PREFECT_API_URL']}/deployments/name/retrain/scheduled", timeout=30) as got:
+        assert json.load(got)["description"] == DESCRIPTION     # the flow's: its one source
 
     started = time.monotonic()
     run = subprocess.run([str(VENV_BIN / "prefect"), "deployment", "run", "retrain/scheduled",

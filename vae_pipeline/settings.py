@@ -50,7 +50,7 @@ SETTINGS = {
     },
     "stack": {                                         # `make stack`: the team's servers (stack/)
         "state_dir": text(),
-        "host": address(),                             # where every service binds; 127.0.0.1 unless it serves other hosts
+        "host": address(),                             # where every service binds (127.0.0.1 unless it serves others)
         "postgres_port": integer(1, 65535),
         "s3_port": integer(1, 65535),
         "seaweed_port": integer(1, 65527),             # SeaweedFS uses it and the 8 ports above it
