@@ -3,7 +3,7 @@
 One parquet file per split, columns mu_0..mu_{d-1}, logvar_0..logvar_{d-1}, label.
 The later stages use z = mu, as the article does for its latent map.
 The test split's mean posterior variance goes to the model's MLflow run (the active
-units are the evaluate stage's: vae_pipeline.evaluation.active_units).
+units are the evaluate stage's: vae_pipeline.ml.evaluation.active_units).
 """
 import logging
 

@@ -2,7 +2,7 @@
 
 Writes its figures (nats per test image unless named otherwise) in two files: the headline
 ones, iwae_nll and knn_accuracy, in <paths.eval_metrics> (DVC metrics), the rest in
-<paths.eval_detail> (which key goes where: vae_pipeline/artifacts.py EVAL_METRICS, EVAL_DETAIL):
+<paths.eval_detail> (which key goes where: vae_pipeline/outputs.py EVAL_METRICS, EVAL_DETAIL):
   neg_elbo, recon, kl            the negative ELBO and its two parts, z drawn from q with evaluate.seed
   neg_elbo_mu, recon_mu          the same with z = mu (the KL does not depend on z)
   iwae_nll                       the IWAE estimate of -log p(x) with evaluate.iwae_samples draws (<= neg_elbo),
@@ -10,11 +10,11 @@ ones, iwae_nll and knn_accuracy, in <paths.eval_metrics> (DVC metrics), the rest
   kl_per_dim, mu_variance        per latent dimension; active_units counts Var(mu_j) > evaluate.active_threshold
   knn_accuracy(_per_class)       class of each test mu from its nearest train mu (the embed stage's)
   trustworthiness                how well the latent map stage's UMAP kept the neighbours of its points
-and <paths.literature>: this run beside published figures (vae_pipeline/literature.py).
+and <paths.literature>: this run beside published figures (vae_pipeline/ml/evaluation.py).
 The report stage shows them all.
 
 The ELBO uses beta = 1 whatever train.beta was: it is the bound on log p(x), not the
-training objective. See vae_pipeline/evaluation.py log_likelihood for what "nats" means per likelihood.
+training objective. See vae_pipeline/ml/evaluation.py log_likelihood for what "nats" means per likelihood.
 
 Trustworthiness is measured on the map the report shows (the latent_map stage's
 output, `latent_map.split`), on a random subsample of its points: sklearn's measure

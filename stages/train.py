@@ -4,7 +4,7 @@ The images are read once into tensors; each epoch shuffles the indices and
 slices batches (the last one may be smaller). Per epoch, train and test loss,
 reconstruction and KL (per sample) go to the history CSV; the final figures to
 the metrics JSON (the headline ones: test_recon and test_kl) and the detail JSON
-(the rest; vae_pipeline/artifacts.py TRAIN_METRICS, TRAIN_DETAIL). A checkpoint
+(the rest; vae_pipeline/outputs.py TRAIN_METRICS, TRAIN_DETAIL). A checkpoint
 written atomically after every epoch lets a killed run resume where it stopped,
 with the same result.
 """

@@ -1,4 +1,4 @@
-"""The estimators of vae_pipeline/evaluation.py and the literature table."""
+"""The estimators of vae_pipeline/ml/evaluation.py and the literature table."""
 import math
 
 import numpy as np

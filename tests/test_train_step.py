@@ -111,7 +111,7 @@ def test_thread_count_zero_means_the_idle_cores():
         torch.set_num_threads(before)
 
 
-# Run as a stage runs (through vae_pipeline.cli.main), in a fresh process: MKL fixes its numerics
+# Run as a stage runs (through vae_pipeline.errors.main), in a fresh process: MKL fixes its numerics
 # at its first call, and this test process has called it long before.
 ON_ONE_AND_ON_TWO_THREADS = f"""
 import json
