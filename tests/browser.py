@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 NO_CHROMIUM = ("Debian's chromium is not installed and could not be (`make test` installs it as root "
                "with apt-get install -y chromium)")
@@ -38,13 +38,18 @@ def open_page(browser: Browser, html: Path, width: int = 1280, height: int = 900
     """`html` loaded with the network off in a fresh `width` x `height` window, its first frames drawn; and
     what the page did, kept up to date: every request, and every console error (error log entries, a failed
     load, included) and uncaught exception."""
+    seen = {"requests": [], "console_errors": []}
+
+    def console(message: ConsoleMessage) -> None:
+        if message.type in ("error", "assert"):
+            where = message.location
+            seen["console_errors"].append(f"{message.type}: {message.text} ({where['url'][:80]}:{where['lineNumber']})")
+
     context = browser.new_context(viewport={"width": width, "height": height}, offline=True)
     try:
         page = context.new_page()
-        seen = {"requests": [], "console_errors": []}
         page.on("request", lambda request: seen["requests"].append(request.url[:80]))
-        page.on("console", lambda message: message.type in ("error", "assert") and seen["console_errors"].append(
-            f"{message.type}: {message.text} ({message.location['url'][:80]}:{message.location['lineNumber']})"))
+        page.on("console", console)
         page.on("pageerror", lambda error: seen["console_errors"].append(f"exception: {error}"))
         page.goto(Path(html).resolve().as_uri())
         next_frames(page)       # the map's first drawing is done
