@@ -3,13 +3,10 @@
 Never a browser of Playwright's own (`playwright install` downloads one): `make browser`, run by `make test`,
 installs Debian's chromium with apt-get, and where it is missing the browser tests are skipped and say why.
 Tests get the browser from the `browser` fixture (tests/conftest.py). By hand, on any report:
-    python -m tests.browser reports/index.html /tmp/report.png [FOLDER]
-prints what the report's browser test sees (tests/test_report.py); with FOLDER, also what the explorer's test
-sees (tests/test_explorer.py): its timings, and screenshots of it in use saved in FOLDER.
+    python -m tests.test_report reports/index.html /tmp/report.png    # what the report's browser test sees
+    python -m tests.test_explorer reports/index.html /tmp/shots       # the explorer's: timings, screenshots
 """
-import json
 import shutil
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,20 +59,3 @@ def next_frames(page: Page) -> None:
     """Wait for two animation frames: what the page scheduled for the next frame is drawn."""
     page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 
-
-if __name__ == "__main__":
-    from tests.test_explorer import explore_report
-    from tests.test_report import check_report
-
-    report, screenshot = Path(sys.argv[1]), Path(sys.argv[2])
-    with launch() as chromium:
-        result = check_report(chromium, report, screenshot)
-        if result["hover"]:
-            result["hover"]["pixels"] = f"{len(result['hover']['pixels'])} values"
-        print(json.dumps(result, indent=1))
-        if len(sys.argv) > 3:
-            explored = explore_report(chromium, report, [], Path(sys.argv[3]))
-            print(json.dumps({"timings": explored["timings"], "decoder": explored["decoder"],
-                              "console_errors": explored["console_errors"], "narrow": explored["narrow"],
-                              "keyboard": {k: v for k, v in explored["keyboard"].items() if "slider_" not in k}},
-                             indent=1))

@@ -8,6 +8,7 @@ keyboard alone. Other latent sizes run on copies of that project.
 """
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from tests.browser import next_frames, open_page
+from tests.browser import launch, next_frames, open_page
 from tests.conftest import make_project, run_in, set_params
 from vae_pipeline.ml.data import DATASETS, IMAGE_PIXELS, class_names, read_labels
 from vae_pipeline.ml.model import VAE, load_model
@@ -381,3 +382,13 @@ def test_the_explorer_for_other_latent_sizes(fashion, browser, tmp_path, request
     else:
         assert 'id="explorer-plane"' not in html and before["plane"] is None
         assert f"The {MAX_SLIDERS} dimensions with the most KL" in html
+
+
+if __name__ == "__main__":
+    # python -m tests.test_explorer REPORT FOLDER: the explorer used as the browser test does, on any report;
+    # its timings and what it showed, screenshots of each step in FOLDER (tests/browser.py).
+    with launch() as chromium:
+        explored = explore_report(chromium, Path(sys.argv[1]), [], Path(sys.argv[2]))
+    print(json.dumps({"timings": explored["timings"], "decoder": explored["decoder"],
+                      "console_errors": explored["console_errors"], "narrow": explored["narrow"],
+                      "keyboard": {k: v for k, v in explored["keyboard"].items() if "slider_" not in k}}, indent=1))

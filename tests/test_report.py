@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import yaml
 from PIL import Image
 
 from stages.report import SECTIONS
-from tests.browser import next_frames, open_page
+from tests.browser import launch, next_frames, open_page
 from tests.conftest import downstream, dvc_stages, make_project, run_in, set_params, stages_run, stages_with_param
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import ROOT
@@ -358,3 +359,12 @@ def test_a_2d_latent_space_shows_the_raw_plane(own_copy):
     # The decoder grid: 15 x 15 images of the 2-D plane.
     manifold = Image.open(project / "reports/figures/latent_manifold.png")
     assert manifold.size == ((MANIFOLD_GRID * (IMAGE_SIZE + 2) + 2) * 2,) * 2
+
+
+if __name__ == "__main__":
+    # python -m tests.test_report REPORT SCREENSHOT: what the browser test sees on any report (tests/browser.py).
+    with launch() as chromium:
+        result = check_report(chromium, Path(sys.argv[1]), Path(sys.argv[2]))
+    if result["hover"]:
+        result["hover"]["pixels"] = f"{len(result['hover']['pixels'])} values"
+    print(json.dumps(result, indent=1))
