@@ -244,6 +244,19 @@ def mlflow_server(tmp_path):
         stop_process_group(process)
 
 
+@pytest.fixture
+def browser():
+    """Debian's headless chromium driven by Playwright (tests/browser.py); the test is skipped, saying why, where
+    chromium is missing. One per test, not per session: while Playwright's sync API runs, the main thread has an
+    asyncio loop marked running, and any later test's asyncio.run() in this process would fail."""
+    from tests.browser import NO_CHROMIUM, launch
+
+    if shutil.which("chromium") is None:
+        pytest.skip(NO_CHROMIUM)
+    with launch() as chromium:
+        yield chromium
+
+
 def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
     """Stop a server started with start_new_session=True, and its children: TERM, then KILL."""
     if process.poll() is not None:
