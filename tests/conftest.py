@@ -21,6 +21,7 @@ import yaml
 
 from vae_pipeline.files import ROOT, copy_checkout
 from vae_pipeline.ml.data import FILES, write_idx
+from vae_pipeline.params import Pipeline, Section
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -62,6 +63,13 @@ def tiny_params(source: Path, checksums: dict, **overrides) -> dict:
     for section, values in overrides.items():
         params[section].update(values)
     return params
+
+
+def section(name: str, **values) -> Section:
+    """The project's params.yaml section `name`, typed and checked, with `values` changed: what a function
+    that takes one section (train_epoch, epoch_images, ...) gets in a test."""
+    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())[name]
+    return Pipeline.model_fields[name].annotation.model_validate({**defaults, **values})
 
 
 def pipeline_env() -> dict:

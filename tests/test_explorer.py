@@ -275,9 +275,9 @@ def explored(browser, project: Path, request) -> tuple[dict, object, dict]:
     seen = explore_report(browser, project / "reports/index.html", fixed_vectors(config["latent_dim"]).tolist(),
                           request.config.cache.mkdir(f"explorer-{config['latent_dim']}"))
     params = load_params(project / "params.yaml")
-    raw = project / params["paths"]["raw_dir"] / params["data"]["dataset"]
+    raw = project / params.paths.raw_dir / params.data.dataset
     mu, labels = read_mu(project / "data/embeddings/train.parquet", "train",
-                         read_labels(raw, "train", len(class_names(params))), config["latent_dim"])
+                         read_labels(raw, "train", len(class_names(params.data))), config["latent_dim"])
     return seen, model, {"mu": mu, "labels": labels}
 
 

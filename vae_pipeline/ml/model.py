@@ -66,8 +66,8 @@ class VAE(nn.Module):
         self.decoder = mlp([latent_dim, *reversed(hidden), IMAGE_PIXELS])
 
     @classmethod
-    def from_config(cls, config: dict) -> "VAE":
-        """The VAE of a config holding latent_dim and hidden_dims (params.yaml train, or vae.json)."""
+    def from_config(cls, config: "Train | dict") -> "VAE":
+        """The VAE of a config holding latent_dim and hidden_dims: params.yaml's train section, or vae.json."""
         return cls(latent_dim=config["latent_dim"], hidden_dims=config["hidden_dims"])
 
     def encode(self, x):
