@@ -131,3 +131,11 @@ def test_the_model_config_keeps_the_train_sections_rules(tmp_path):
     config.write_text(json.dumps({"latent_dim": 4, "hidden_dims": [400]}))
     with pytest.raises(PipelineError, match=r"missing key 'likelihood': one of bernoulli, gaussian"):
         read_config(config)
+
+
+def test_every_key_of_every_section_has_its_rule():
+    """The words of every message come from the field's rule: a field without one could not be named."""
+    for name, field in Settings.model_fields.items():
+        for key in field.annotation.model_fields:
+            rule = field.annotation.rule(key)
+            assert rule.allowed and rule.check(DEFAULTS[name][key]), f"{name}.{key}"
