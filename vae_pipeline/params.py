@@ -82,7 +82,9 @@ PIPELINE = {
         # Every file the stages write, named once: dvc.yaml reads these too.
         "raw_dir": text(),            # downloads land in <raw_dir>/<dataset>/
         "model_dir": text(),          # vae.safetensors + vae.json
-        "run_record": text(),         # model hash -> its MLflow run (vae_pipeline.tracking; not a DVC output)
+        "run_record": text(),         # model hash -> its MLflow run (tracking/record.py; not a DVC output)
+        "tracking_store": text(),     # the embedded MLflow store (SQLite) and its artifacts, when no server is
+        "tracking_artifacts": text(), # named; these three lie in the project's home (files.project_home)
         "checkpoint_dir": text(),     # per-epoch training checkpoints (not a DVC output)
         "train_metrics": text(),      # the train stage's headline figures (DVC metrics)
         "train_detail": text(),       # ... and the rest (vae_pipeline.artifacts TRAIN_DETAIL)

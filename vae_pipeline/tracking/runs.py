@@ -6,7 +6,13 @@ The train stage calls, in order:
                                                               # an input and starts the system metrics
     log_epoch(client, run_id, row)                            # once per epoch, one batched request
     finish_training_run(client, run_id, params, model, metrics)
-and the run is recorded in paths.run_record under the hash of the model's files (tracking/store.py).
+and the run is recorded in paths.run_record under the hash of the model's files (tracking/record.py).
+
+The store and the run record are the project's, in its home (files.project_home): a training in a
+temporary copy of `dvc exp run --temp` or of the queue, or in a git worktree, logs there too. The
+run of an unfinished training (RUN_FILE) stays with its checkpoint in the checkout that trains
+(paths.checkpoint_dir): only a rerun there resumes it, and two trainings at once (the queue's `-j 2`,
+a worktree beside the main checkout) each keep their own instead of closing the other's run.
 
 Env VAE_RUN_TAGS (a JSON object) adds tags to the run, e.g. the Prefect flow run id.
 """
@@ -19,7 +25,8 @@ from vae_pipeline.files import ROOT, project_path, sha256_file, write_json
 from vae_pipeline.ml.data import raw_dir
 from vae_pipeline.params import PARAMS_FILE
 from vae_pipeline.provenance import git_provenance
-from vae_pipeline.tracking.store import data_input, experiment_id, log_metrics, record_training_run
+from vae_pipeline.tracking.record import record_training_run
+from vae_pipeline.tracking.store import data_input, experiment_id, log_metrics
 
 # torch is imported in the functions that need it: importing this module costs no torch import.
 

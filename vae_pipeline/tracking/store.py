@@ -2,28 +2,28 @@
 
 Where runs go, the first that is set:
   1. env MLFLOW_TRACKING_URI          e.g. http://127.0.0.1:5000 (an `mlflow server`)
-  2. params.yaml mlflow.tracking_uri
-  3. sqlite:///<project>/mlflow.db, artifacts in <project>/mlartifacts/ (both git-ignored)
+  2. params.yaml mlflow.tracking_uri  (a relative sqlite:/// path lies in the project's home)
+  3. the embedded store: the SQLite file paths.tracking_store, its artifacts in paths.tracking_artifacts,
+     both in the project's home (git-ignored)
+The home (files.project_home) is the checkout itself under `dvc repro` and `dvc exp run`, the
+repository that started the experiment for `dvc exp run --temp` and queued experiments (their
+temporary copy is deleted when they end), and the main checkout for a linked git worktree: every
+way DVC runs a stage logs to the one store and registers there. The run record (tracking/record.py)
+lives in the home too; the checkpoints of an unfinished training stay in the checkout that trains
+(tracking/runs.py).
 
 Every call goes through an MlflowClient with an explicit run id, never the
 fluent `mlflow.start_run`: inside a Prefect task running in another thread the
 fluent "active run" is not there, and mlflow silently opens a second run.
 
-The run record (params.yaml paths.run_record) maps the hash of the model's files to the record
-of the run that trained them. It is kept out of the model folder: a run id is new on every
-training, so inside models/ it would give identical weights a new hash in dvc.lock and rerun
-everything downstream. It is no DVC output either (git-ignored, like mlflow.db). Keyed by the
-model's hash, it also names the right run when DVC restores an earlier model from its run cache.
+Later stages call attach_to_training_run(params, metrics=..., artifacts=[...]), which finds the
+run in the run record; the evaluate stage's figures go to the logged model too
+(model_metrics=...), so `mlflow.search_logged_models` can rank the models by them.
 
-Later stages call attach_to_training_run(params, metrics=..., artifacts=[...]); the evaluate
-stage's figures go to the logged model too (model_metrics=...), so `mlflow.search_logged_models`
-can rank the models by them.
-
-The rest of tracking/: runs.py (a training's run: params, tags, epochs, its end) and
-registry.py (the registered decoder and the champion alias).
+The rest of tracking/: runs.py (a training's run: params, tags, epochs, its end), record.py (the
+run record) and registry.py (the registered decoder and the champion alias).
 """
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -36,8 +36,10 @@ from pathlib import Path
 import requests
 
 from vae_pipeline.errors import PipelineError, redact_uri
-from vae_pipeline.files import ROOT, project_path, sha256_file, write_json
+from vae_pipeline.files import ROOT, home_path, locked
 from vae_pipeline.ml.data import FILES, expected_checksums, raw_dir
+from vae_pipeline.params import load_params
+from vae_pipeline.tracking.record import training_run
 
 log = logging.getLogger("tracking")
 
@@ -45,20 +47,58 @@ log = logging.getLogger("tracking")
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def default_tracking_uri(root: Path = ROOT) -> str:
-    """The embedded store: an SQLite file in the project (its artifacts go to <root>/mlartifacts)."""
-    return f"sqlite:///{Path(root) / 'mlflow.db'}"
+def default_tracking_uri(root: Path = ROOT, params: dict | None = None) -> str:
+    """The embedded store of the project at `root`: sqlite:///<its home>/<paths.tracking_store>
+    (params: root's params.yaml when not given)."""
+    params = params or load_params(Path(root) / "params.yaml")
+    return f"sqlite:///{home_path(params['paths']['tracking_store'], root)}"
+
+
+def default_artifact_root(root: Path = ROOT, params: dict | None = None) -> Path:
+    """Where the embedded store keeps its artifacts: paths.tracking_artifacts in the project's home."""
+    params = params or load_params(Path(root) / "params.yaml")
+    return home_path(params["paths"]["tracking_artifacts"], root)
 
 
 def tracking_uri(params: dict, root: Path = ROOT) -> str:
     """The tracking URI: env MLFLOW_TRACKING_URI, else mlflow.tracking_uri, else the project's SQLite file."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"]
     if not uri:
-        return default_tracking_uri(root)
-    # A relative SQLite path would depend on the current directory: anchor it at the project.
+        return default_tracking_uri(root, params)
+    # A relative SQLite path would depend on the current directory: anchor it at the project's home.
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{Path(root) / uri.removeprefix('sqlite:///')}"
+        uri = f"sqlite:///{home_path(uri.removeprefix('sqlite:///'), root)}"
     return uri
+
+
+def artifact_location(uri: str, params: dict) -> str | None:
+    """The artifact root of a new experiment in the store at `uri`; None: the store's own (a server's).
+
+    A SQLite store has none of its own (mlflow would use ./mlruns in the current directory): its
+    artifacts lie where paths.tracking_artifacts lies from paths.tracking_store, so the embedded
+    store's go to paths.tracking_artifacts, and another SQLite file's beside it alike.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    store_folder = home_path(params["paths"]["tracking_store"]).parent
+    beside = os.path.relpath(home_path(params["paths"]["tracking_artifacts"]), store_folder)
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", params["mlflow"]["experiment_name"])
+    return (Path(uri.removeprefix("sqlite:///")).parent / beside / slug).resolve().as_uri()
+
+
+def ui_runs_page(uri: str, params: dict) -> str:
+    """The page of MLflow's UI, relative to the UI's address, listing the experiment's training runs
+    in the store at `uri` (`make mlflow-ui` prints it).
+
+    MLflow 3.17's UI opens an experiment in its GenAI view (traces, judges) unless the browser
+    has chosen "Model training" in the sidebar: it does not read the experiment's kind tag
+    (tried in headless Chromium). The `workflowType` query opens the runs.
+    """
+    import mlflow  # imported here: importing mlflow takes seconds
+
+    experiment = mlflow.MlflowClient(uri).get_experiment_by_name(params["mlflow"]["experiment_name"])
+    page = f"#/experiments/{experiment.experiment_id}/runs" if experiment else "#/experiments"
+    return f"{page}?workflowType=machine_learning"
 
 
 def check_reachable(uri: str, timeout: float) -> None:
@@ -95,6 +135,8 @@ def connect(params: dict):
     import mlflow  # imported here: importing mlflow takes seconds, and only tracking needs it
 
     uri = tracking_uri(params)
+    if uri == default_tracking_uri(params=params):   # the project's own: its folder is made as an output's is
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     check_reachable(uri, params["mlflow"]["connect_timeout"])
     exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
@@ -186,7 +228,6 @@ def sqlite_open_lock(uri: str):
     half-built. Under this lock one process creates the tables and the others find
     them. Later writes need no lock: mlflow has SQLite wait up to 20 s for a busy
     database (tests/test_concurrency.py: eight writers at once lose nothing).
-    The folder is locked, not a lock file, so nothing is left beside the database.
     Other stores: no lock.
     """
     if not uri.startswith("sqlite:///"):
@@ -194,12 +235,8 @@ def sqlite_open_lock(uri: str):
         return
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (seconds of imports: not under the lock)
 
-    folder = os.open(Path(uri.removeprefix("sqlite:///")).parent, os.O_RDONLY)
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)  # released on close, or when the process dies
+    with locked(Path(uri.removeprefix("sqlite:///")).parent):
         yield
-    finally:
-        os.close(folder)
 
 
 def experiment_id(client, params: dict) -> str:
@@ -213,15 +250,9 @@ def experiment_id(client, params: dict) -> str:
             for key, value in EXPERIMENT_KIND.items():
                 client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
-    # A SQLite store has no artifact root of its own (mlflow would use ./mlruns in the current
-    # directory): keep the artifacts beside the database file.
-    location = None
-    uri = client.tracking_uri
-    if uri.startswith("sqlite:///"):
-        slug = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / slug).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, params),
+                                        tags=EXPERIMENT_KIND)
     except MlflowException:  # created meanwhile by a parallel run
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -246,7 +277,7 @@ def log_metrics(client, run_id: str, metrics: dict, step: int = 0, model_id: str
         client.log_batch(run_id, metrics=batch)
 
 
-# ---- the run record: which run trained the model on disk; later stages attach to it ----------
+# ---- later stages attach to the run that trained the model on disk ----------------------------
 
 def data_input(params: dict):
     """The data set as an MLflow run input (an mlflow.entities.DatasetInput, context `training`).
@@ -266,42 +297,6 @@ def data_input(params: dict):
                       source_type="local", source=json.dumps({"uri": raw_dir(params).as_uri()}),
                       profile=json.dumps({"sha256": {name: checksums[name] for name in FILES}}))
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
-
-
-def model_key(model_dir: Path) -> str:
-    """The SHA-256 of a model folder: of each file's name and SHA-256, in name order."""
-    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file())
-    listing = "".join(f"{p.relative_to(model_dir)}\0{sha256_file(p)}\n" for p in files)
-    return hashlib.sha256(listing.encode()).hexdigest()
-
-
-def run_records(params: dict, root: Path = ROOT) -> dict[str, dict]:
-    """paths.run_record: {model_key: the record of the run that trained that model}; {} when missing."""
-    path = Path(root) / params["paths"]["run_record"]   # an absolute path stays as it is
-    if not path.exists():
-        return {}
-    try:
-        records = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PipelineError(f"{path}: unreadable run record ({e}); delete it (later stages then "
-                            "attach nothing to MLflow until the next training)") from None
-    if not isinstance(records, dict):
-        raise PipelineError(f"{path}: expected a JSON object of run records; delete it")
-    return records
-
-
-def record_training_run(params: dict, record: dict) -> None:
-    """Record `record` as the run that trained the model now in paths.model_dir."""
-    key = model_key(project_path(params["paths"]["model_dir"]))
-    write_json(project_path(params["paths"]["run_record"]), {**run_records(params), key: record})
-
-
-def training_run(params: dict, root: Path = ROOT) -> dict | None:
-    """The run that trained the model now in paths.model_dir (of the project at `root`), or None."""
-    model_dir = Path(root) / params["paths"]["model_dir"]
-    if not model_dir.is_dir():
-        return None
-    return run_records(params, root).get(model_key(model_dir))
 
 
 def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts: list[Path] = (),
