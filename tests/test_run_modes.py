@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import make_project, run_in, set_params
 from vae_pipeline.params import load_params
 from vae_pipeline.tracking import store
-from vae_pipeline.tracking.record import run_records, training_run
+from vae_pipeline.tracking.store import run_records, training_run
 
 pytestmark = pytest.mark.slow
 

@@ -1,27 +1,24 @@
-"""The MLflow tracking store: where runs go, checked before any work is spent.
+"""The MLflow tracking store: where runs go, checked before any work is spent; the run record.
 
 Where runs go, the first that is set:
   1. env MLFLOW_TRACKING_URI          e.g. http://127.0.0.1:5000 (an `mlflow server`)
   2. params.yaml mlflow.tracking_uri  (a relative sqlite:/// path lies in the project's home)
-  3. the embedded store: the SQLite file paths.tracking_store, its artifacts in paths.tracking_artifacts,
-     both in the project's home (git-ignored)
-The home (files.project_home) is the checkout itself under `dvc repro` and `dvc exp run`, the
-repository that started the experiment for `dvc exp run --temp` and queued experiments (their
-temporary copy is deleted when they end), and the main checkout for a linked git worktree: every
-way DVC runs a stage logs to the one store and registers there. The run record (tracking/record.py)
-lives in the home too; the checkpoints of an unfinished training stay in the checkout that trains
-(tracking/runs.py).
+  3. the embedded store: the SQLite file paths.tracking_store, its artifacts in paths.tracking_artifacts
+The home (files.project_home) is the main checkout for every way DVC runs a stage (in a temporary
+copy, a worktree): all log to the one store, register there, and keep the one run record.
 
 Every call goes through an MlflowClient with an explicit run id, never the
 fluent `mlflow.start_run`: inside a Prefect task running in another thread the
 fluent "active run" is not there, and mlflow silently opens a second run.
 
-Later stages call attach_to_training_run(params, metrics=..., artifacts=[...]), which finds the
-run in the run record; the evaluate stage's figures go to the logged model too
-(model_metrics=...), so `mlflow.search_logged_models` can rank the models by them.
+The run record (params.yaml paths.run_record) maps the hash of the model's files to the record
+of the run that trained them. It is kept out of the model folder: a run id is new on every
+training, so inside models/ it would give identical weights a new hash in dvc.lock and rerun
+everything downstream. It is no DVC output either (git-ignored, like the store). Keyed by the model's
+hash, it names the right run when DVC restores a model from its run cache or an experiment.
 
-The rest of tracking/: runs.py (a training's run: params, tags, epochs, its end), record.py (the
-run record) and registry.py (the registered decoder and the champion alias).
+The rest of tracking/: runs.py (a training's run: params, tags, epochs, its end, its record),
+registry.py (the registered decoder and the champion alias), ui.py (`make mlflow-ui`).
 """
 import contextlib
 import hashlib
@@ -36,10 +33,9 @@ from pathlib import Path
 import requests
 
 from vae_pipeline.errors import PipelineError, redact_uri
-from vae_pipeline.files import ROOT, home_path, locked
+from vae_pipeline.files import ROOT, home_path, locked, sha256_file
 from vae_pipeline.ml.data import FILES, expected_checksums, raw_dir
 from vae_pipeline.params import load_params
-from vae_pipeline.tracking.record import training_run
 
 log = logging.getLogger("tracking")
 
@@ -48,16 +44,9 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def default_tracking_uri(root: Path = ROOT, params: dict | None = None) -> str:
-    """The embedded store of the project at `root`: sqlite:///<its home>/<paths.tracking_store>
-    (params: root's params.yaml when not given)."""
+    """sqlite:///<home>/<paths.tracking_store>: the embedded store of the project at `root` (params: its own)."""
     params = params or load_params(Path(root) / "params.yaml")
     return f"sqlite:///{home_path(params['paths']['tracking_store'], root)}"
-
-
-def default_artifact_root(root: Path = ROOT, params: dict | None = None) -> Path:
-    """Where the embedded store keeps its artifacts: paths.tracking_artifacts in the project's home."""
-    params = params or load_params(Path(root) / "params.yaml")
-    return home_path(params["paths"]["tracking_artifacts"], root)
 
 
 def tracking_uri(params: dict, root: Path = ROOT) -> str:
@@ -74,9 +63,8 @@ def tracking_uri(params: dict, root: Path = ROOT) -> str:
 def artifact_location(uri: str, params: dict) -> str | None:
     """The artifact root of a new experiment in the store at `uri`; None: the store's own (a server's).
 
-    A SQLite store has none of its own (mlflow would use ./mlruns in the current directory): its
-    artifacts lie where paths.tracking_artifacts lies from paths.tracking_store, so the embedded
-    store's go to paths.tracking_artifacts, and another SQLite file's beside it alike.
+    A SQLite store has none (mlflow would use ./mlruns in the current directory): its artifacts lie
+    where paths.tracking_artifacts lies from paths.tracking_store (the embedded store's: there).
     """
     if not uri.startswith("sqlite:///"):
         return None
@@ -84,21 +72,6 @@ def artifact_location(uri: str, params: dict) -> str | None:
     beside = os.path.relpath(home_path(params["paths"]["tracking_artifacts"]), store_folder)
     slug = re.sub(r"[^A-Za-z0-9._-]", "_", params["mlflow"]["experiment_name"])
     return (Path(uri.removeprefix("sqlite:///")).parent / beside / slug).resolve().as_uri()
-
-
-def ui_runs_page(uri: str, params: dict) -> str:
-    """The page of MLflow's UI, relative to the UI's address, listing the experiment's training runs
-    in the store at `uri` (`make mlflow-ui` prints it).
-
-    MLflow 3.17's UI opens an experiment in its GenAI view (traces, judges) unless the browser
-    has chosen "Model training" in the sidebar: it does not read the experiment's kind tag
-    (tried in headless Chromium). The `workflowType` query opens the runs.
-    """
-    import mlflow  # imported here: importing mlflow takes seconds
-
-    experiment = mlflow.MlflowClient(uri).get_experiment_by_name(params["mlflow"]["experiment_name"])
-    page = f"#/experiments/{experiment.experiment_id}/runs" if experiment else "#/experiments"
-    return f"{page}?workflowType=machine_learning"
 
 
 def check_reachable(uri: str, timeout: float) -> None:
@@ -135,8 +108,6 @@ def connect(params: dict):
     import mlflow  # imported here: importing mlflow takes seconds, and only tracking needs it
 
     uri = tracking_uri(params)
-    if uri == default_tracking_uri(params=params):   # the project's own: its folder is made as an output's is
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     check_reachable(uri, params["mlflow"]["connect_timeout"])
     exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
@@ -277,7 +248,7 @@ def log_metrics(client, run_id: str, metrics: dict, step: int = 0, model_id: str
         client.log_batch(run_id, metrics=batch)
 
 
-# ---- later stages attach to the run that trained the model on disk ----------------------------
+# ---- the run record: which run trained the model on disk; later stages attach to it ----------
 
 def data_input(params: dict):
     """The data set as an MLflow run input (an mlflow.entities.DatasetInput, context `training`).
@@ -299,17 +270,52 @@ def data_input(params: dict):
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
 
 
+def model_key(model_dir: Path) -> str:
+    """The SHA-256 of a model folder: of each file's name and SHA-256, in name order."""
+    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file())
+    listing = "".join(f"{p.relative_to(model_dir)}\0{sha256_file(p)}\n" for p in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def record_path(params: dict, root: Path = ROOT) -> Path:
+    """paths.run_record, in the home of the project at `root`."""
+    return home_path(params["paths"]["run_record"], root)
+
+
+def run_records(params: dict, root: Path = ROOT) -> dict[str, dict]:
+    """paths.run_record: {model_key: the record of the run that trained that model}; {} when missing."""
+    path = record_path(params, root)
+    if not path.exists():
+        return {}
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PipelineError(f"{path}: unreadable run record ({e}); delete it (later stages then "
+                            "attach nothing to MLflow until the next training)") from None
+    if not isinstance(records, dict):
+        raise PipelineError(f"{path}: expected a JSON object of run records; delete it")
+    return records
+
+
+def training_run(params: dict, root: Path = ROOT) -> dict | None:
+    """The run that trained the model now in paths.model_dir (of the project at `root`), or None."""
+    model_dir = Path(root) / params["paths"]["model_dir"]
+    if not model_dir.is_dir():
+        return None
+    return run_records(params, root).get(model_key(model_dir))
+
+
 def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts: list[Path] = (),
                            artifact_dir: str | None = None, step: int = 0,
                            model_metrics: dict | None = None) -> str | None:
     """Log a later stage's metrics and files to the run that trained the current model.
 
-    metrics: name -> number, logged at `step` in one request (a rerun adds a
-    point, it never conflicts). model_metrics: the same, and the logged model's
-    metrics too, measured on the data set (data_input). artifacts: files or folders, stored under
-    `artifact_dir` in the run. Params are never logged here: they belong to
-    the training. Returns the run id, or None (with a warning) when no run is
-    recorded for the model (trained before tracking existed, or in another workspace).
+    metrics: name -> number, logged at `step` in one request (a rerun adds a point, it never
+    conflicts). model_metrics: the same, and the logged model's metrics too, measured on the data
+    set (data_input; `mlflow.search_logged_models` ranks the models by them). artifacts: files or
+    folders, stored under `artifact_dir` in the run. Params are never logged here: they belong to
+    the training. Returns the run id, or None (with a warning) when no run is recorded for the
+    model (trained before tracking existed, or elsewhere with another store).
     """
     record = training_run(params)
     if record is None:
