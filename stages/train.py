@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -185,31 +184,28 @@ def write_history(path: Path, history: list) -> None:
 
 
 def save_outputs(params: Pipeline, client, run_id: str, model, metrics: dict, history: list, seconds: float) -> None:
-    """The model, the metrics, the history and the run record, all new or (on any failure) all old.
+    """The model, the metrics and the history, all new or (on any failure) all old; the run recorded.
 
     They are written to staging names first, the MLflow run finished and the decoder
     registered from there, and only then moved into place together (files.replace_together):
-    a failure on the way, e.g. at the model registry, leaves the previous run's set whole,
-    never new weights beside the previous run record. The checkpoint of the last epoch stays,
-    so a rerun goes straight to saving.
+    a failure on the way, e.g. at the model registry, leaves the previous run's set whole.
+    The run record (in the project's home, shared by every checkout and experiment) gains the
+    new model's record before the model moves in: keyed by the model's hash, a record of a model
+    that never moved in names nothing, and the old model still finds its own. The checkpoint of
+    the last epoch stays, so a rerun goes straight to saving.
     """
     paths = params.paths
-    record = project_path(paths.run_record)
-    # The record first, the model last: killed between two moves, the record already names the new
-    # model (records are keyed by the model's hash), and the old model still finds its own record.
-    outputs = [record, project_path(paths.train_metrics), project_path(paths.train_detail),
+    outputs = [project_path(paths.train_metrics), project_path(paths.train_detail),
                project_path(paths.train_history), project_path(paths.model_dir)]
-    with replace_together(*outputs) as (new_record, new_metrics, new_detail, new_history, new_model):
+    with replace_together(*outputs) as (new_metrics, new_detail, new_history, new_model):
         save_model(model, new_model, {"likelihood": params.train.likelihood})
         write_history(new_history, history)
         headline, detail = split_figures(metrics, TRAIN_METRICS, TRAIN_DETAIL)
         write_json(new_metrics, headline)
         write_json(new_detail, detail)
-        if record.exists():
-            shutil.copy2(record, new_record)   # the records of earlier models stay in it
-        # finish_training_run logs the files at these paths and records the run there.
+        # finish_training_run logs the files at these paths and records the run of the model there.
         staged = params.model_copy(update={"paths": paths.model_copy(update={
-            "run_record": str(new_record), "train_metrics": str(new_metrics), "train_detail": str(new_detail),
+            "train_metrics": str(new_metrics), "train_detail": str(new_detail),
             "train_history": str(new_history), "model_dir": str(new_model)})})
         try:
             # (The thread count is the run's `threads` tag.)

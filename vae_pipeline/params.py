@@ -218,6 +218,8 @@ class Paths(Section):
     raw_dir: Annotated[str, text()]               # downloads land in <raw_dir>/<dataset>/
     model_dir: Annotated[str, text()]             # vae.safetensors + vae.json
     run_record: Annotated[str, text()]            # model hash -> its MLflow run (tracking/store.py; no DVC output)
+    tracking_store: Annotated[str, text()]        # the embedded MLflow store (SQLite) and its artifacts, when no
+    tracking_artifacts: Annotated[str, text()]    # server is named; these three lie in the project's home
     checkpoint_dir: Annotated[str, text()]        # per-epoch training checkpoints (not a DVC output)
     train_metrics: Annotated[str, text()]         # the train stage's headline figures (DVC metrics)
     train_detail: Annotated[str, text()]          # ... and the rest (vae_pipeline/outputs.py TRAIN_DETAIL)
