@@ -67,16 +67,15 @@ def test_gitignore_covers_every_path_that_is_no_dvc_output():
         for kind in ("outs", "metrics", "plots"):
             for entry in stage.get(kind, []):
                 outputs |= set(re.findall(r"\$\{paths\.(\w+)\}", str(entry)))
-    # A folder's pattern in .gitignore ends in "/": so does its path here (`*_dir` keys are folders).
-    untracked = {f"paths.{key}": path + "/" * key.endswith("_dir") for key, path in SETTINGS["paths"].items()
-                 if key not in outputs}
-    untracked |= {"prefect.home": SETTINGS["prefect"]["home"] + "/",
-                  "prefect.lock_file": SETTINGS["prefect"]["lock_file"],
-                  "stack.state_dir": SETTINGS["stack"]["state_dir"] + "/"}
+    untracked = {f"paths.{key}": path for key, path in SETTINGS["paths"].items() if key not in outputs}
+    untracked |= {key: SETTINGS[key.split(".")[0]][key.split(".")[1]]
+                  for key in ("prefect.home", "prefect.lock_file", "stack.state_dir")}
     assert "paths.run_record" in untracked and "paths.model_dir" not in untracked
-    ignored = subprocess.run(["git", "check-ignore", "--no-index", *untracked.values()], cwd=ROOT,
-                             capture_output=True, text=True).stdout.splitlines()
-    assert sorted(key for key, path in untracked.items() if path not in ignored) == []
+    # Asked as a file and as a folder (a pattern such as `.prefect/` matches folders only).
+    asked = [name for path in untracked.values() for name in (path, path + "/")]
+    ignored = set(subprocess.run(["git", "check-ignore", "--no-index", *asked], cwd=ROOT,
+                                 capture_output=True, text=True).stdout.splitlines())
+    assert sorted(key for key, path in untracked.items() if not {path, path + "/"} & ignored) == []
 
 
 def docstrings(tree: ast.AST) -> set[int]:
