@@ -34,7 +34,7 @@ from vae_pipeline.ml.model import load_model, setup_torch
 from vae_pipeline.outputs import EVAL_DETAIL, EVAL_METRICS, latent_map_rows, read_latent_map, read_mu, split_figures
 from vae_pipeline.params import Pipeline
 from vae_pipeline.tracking import store
-from vae_pipeline.tracking.names import EVAL_METRIC_PREFIX
+from vae_pipeline.tracking.store import EVAL_METRIC_PREFIX
 
 log = logging.getLogger("evaluate")
 

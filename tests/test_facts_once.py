@@ -16,7 +16,7 @@ from vae_pipeline import environment
 from vae_pipeline.files import ROOT
 from vae_pipeline.settings import STACK_DVC_REMOTE, load_settings
 from vae_pipeline.tracking import runs
-from vae_pipeline.tracking.names import DATA_SHA256_TAG
+from vae_pipeline.tracking.store import DATA_SHA256_TAG
 
 SETTINGS = load_settings()
 

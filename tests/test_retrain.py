@@ -17,8 +17,8 @@ from vae_pipeline.ml.data import expected_checksums
 from vae_pipeline.params import load_params
 from vae_pipeline.tracking import runs, store
 from vae_pipeline.tracking.champion import champion_gate, metric_key
-from vae_pipeline.tracking.names import DATA_SHA256_TAG
 from vae_pipeline.tracking.registry import CHAMPION_ALIAS as ALIAS
+from vae_pipeline.tracking.store import DATA_SHA256_TAG
 
 # ---- the gate, on real registered versions (no training needed) -----------------------------
 

@@ -8,8 +8,8 @@ least retrain.margin, and only between models of the same data files, pixel trea
 test_loss weighs the KL by train.beta: a smaller beta would win by construction.)
 """
 from vae_pipeline.errors import PipelineError
-from vae_pipeline.tracking.names import DATA_SHA256_TAG, EVAL_METRIC_PREFIX
 from vae_pipeline.tracking.registry import CHAMPION_ALIAS
+from vae_pipeline.tracking.store import DATA_SHA256_TAG, EVAL_METRIC_PREFIX
 
 # Two models are compared only when their runs agree on these params: the same data set, the same
 # pixel treatment and the same likelihood, else their figures are nats of different things.

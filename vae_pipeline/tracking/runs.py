@@ -25,13 +25,21 @@ from vae_pipeline.files import ROOT, locked, project_path, sha256_file, write_js
 from vae_pipeline.ml.data import raw_dir
 from vae_pipeline.params import PARAMS_FILE
 from vae_pipeline.provenance import git_provenance
-from vae_pipeline.tracking.store import data_input, experiment_id, log_metrics, model_key, record_path, run_records
+from vae_pipeline.tracking.store import (
+    DATA_SHA256_TAG,
+    data_input,
+    experiment_id,
+    log_metrics,
+    model_key,
+    record_path,
+    run_records,
+)
 
 # torch is imported in the functions that need it: importing this module costs no torch import.
 
 log = logging.getLogger("tracking")
 
-RUN_FILE = "mlflow_run.json"          # in paths.checkpoint_dir: the run of an unfinished training
+RUN_FILE = "open_run.json"            # in paths.checkpoint_dir: the MLflow run of an unfinished training
 RUN_TAGS_ENV = "VAE_RUN_TAGS"
 
 
@@ -80,7 +88,7 @@ def run_tags(params: dict, device) -> dict[str, str]:
         "threads": str(torch.get_num_threads()),
         "torch.version": torch.__version__,
         **git_state(params),
-        **{f"data.sha256.{f.name}": sha256_file(f) for f in sorted(data.iterdir()) if f.is_file()},
+        **{f"{DATA_SHA256_TAG}{f.name}": sha256_file(f) for f in sorted(data.iterdir()) if f.is_file()},
         **extra_tags(),
     }
     if "git.commit" in tags and tags["git.commit"] != "unknown":

@@ -7,9 +7,8 @@ Where runs go, the first that is set:
 The home (files.project_home) is the main checkout for every way DVC runs a stage (in a temporary
 copy, a worktree): all log to the one store, register there, and keep the one run record.
 
-Every call goes through an MlflowClient with an explicit run id, never the
-fluent `mlflow.start_run`: inside a Prefect task running in another thread the
-fluent "active run" is not there, and mlflow silently opens a second run.
+Every call goes through an MlflowClient with an explicit run id, never the fluent `mlflow.start_run`:
+in a Prefect task's thread the fluent "active run" is not there, and mlflow silently opens a second.
 
 The run record (params.yaml paths.run_record) maps the hash of the model's files to the record
 of the run that trained them. It is kept out of the model folder: a run id is new on every
@@ -17,8 +16,7 @@ training, so inside models/ it would give identical weights a new hash in dvc.lo
 everything downstream. It is no DVC output either (git-ignored, like the store). Keyed by the model's
 hash, it names the right run when DVC restores a model from its run cache or an experiment.
 
-The rest of tracking/: runs.py (a training's run: params, tags, epochs, its end, its record),
-registry.py (the registered decoder and the champion alias), ui.py (`make mlflow-ui`).
+Beside it: runs.py (a training's run), registry.py, champion.py (the gate), sweeps.py, ui.py.
 """
 import contextlib
 import hashlib
@@ -41,6 +39,8 @@ log = logging.getLogger("tracking")
 
 # The experiment is one of model training, not a GenAI app: MLflow 3's tag for what kind it is.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# Names the stages write and the champion gate reads: eval_<figure>, a tag data.sha256.<file> per data file.
+EVAL_METRIC_PREFIX, DATA_SHA256_TAG = "eval_", "data.sha256."
 
 
 def default_tracking_uri(root: Path = ROOT, params: dict | None = None) -> str:
