@@ -36,6 +36,7 @@ from vae_pipeline.settings import load_settings
 
 # --- The article's code, as published (plus `.to(device)` so it also runs on a GPU; its 784 is IMAGE_PIXELS) ---
 
+
 class ArticleVAE(nn.Module):
     def __init__(self, latent_dim=2):
         super().__init__()
@@ -73,7 +74,7 @@ def article_loss(recon_x, x, mu, logvar, beta):
 def article_epoch(model, optimizer, train_loader, beta, device):
     model.train()
     train_loss = 0
-    for batch_idx, (data, _) in enumerate(train_loader):
+    for data, _ in train_loader:
         data = data.to(device)
         optimizer.zero_grad()
         recon_batch, mu, logvar = model(data)
@@ -200,12 +201,14 @@ def main() -> None:
             for name, model in models.items():
                 rng[name] = swap_rng(rng[name])
                 if name == "article":
-                    took, loss = timed(device, lambda: article_epoch(model, optimizers[name], loader,
+                    # timed() calls the lambda at once: the loop's variables are the current ones.
+                    took, loss = timed(device, lambda: article_epoch(model, optimizers[name], loader,  # noqa: B023
                                                                      t["beta"], device))
                 else:
                     precision = name.split()[1]
                     took, (loss, _, _) = timed(device, lambda: train_epoch(
-                        model, optimizers[name], x_train, t.model_copy(update={"precision": precision}), epoch))
+                        model, optimizers[name], x_train, t.model_copy(update={"precision": precision}),  # noqa: B023
+                        epoch))  # noqa: B023
                 rng[name] = swap_rng(rng[name])
                 seconds[name].append(took)
                 figures.append(f"{name} {took:.2f}s (train loss {loss:.2f})")
@@ -244,7 +247,8 @@ def main() -> None:
     print()
     print(f"DataLoader alone (PIL + ToTensor, no training): {median(loader_seconds):.2f} s per epoch")
     print(f"epoch FLOPs: {flops / 1e9:.0f} GFLOP (every linear layer, forward + 2x backward; autograd "
-          f"skips the first layer's input gradient, so {(flops - 2 * n * IMAGE_PIXELS * t['hidden_dims'][0]) / 1e9:.0f} "
+          f"skips the first layer's input gradient, so "
+          f"{(flops - 2 * n * IMAGE_PIXELS * t['hidden_dims'][0]) / 1e9:.0f} "
           "GFLOP actually run)")
     for p in precisions:
         print(f"matmul rate {p}: median {median(rates[p]):.0f} GFLOP/s (best {max(rates[p]):.0f}) at batch "

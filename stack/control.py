@@ -77,8 +77,8 @@ def up(stack: Stack, out=sys.stdout) -> bool:
     start_and_wait("prefect-worker")
     configure_dvc(stack, secrets)
     write_private(stack.env_file, env_text(stack, secrets))
-    print(f"the stack is up in {time.monotonic() - started:.0f} s; point this shell at it with: "
-          f"source {stack.env_file.relative_to(stack.root) if stack.env_file.is_relative_to(stack.root) else stack.env_file}",
+    env_file = stack.env_file.relative_to(stack.root) if stack.env_file.is_relative_to(stack.root) else stack.env_file
+    print(f"the stack is up in {time.monotonic() - started:.0f} s; point this shell at it with: source {env_file}",
           file=out)
     return True
 
@@ -158,8 +158,8 @@ def worker_kit(stack: Stack, folder: Path | None = None, out=sys.stdout) -> None
     env = {STACK_KIT: str(folder), **stack.client_env(secrets, tls_dir=folder / "tls")}
     write_private(folder / "env", "# A worker host's access to the team stack (python -m stack worker-kit); "
                                   "keep it mode 600\n" + env_lines(env, export=False))
-    print(f"worker kit in {folder}: env and tls/{{{','.join(TLS_FILES[n] for n in ('ca', 'worker_cert', 'worker_key'))}}}; "
-          f"the stack is at {stack.host}", file=out)
+    files = ",".join(TLS_FILES[n] for n in ("ca", "worker_cert", "worker_key"))
+    print(f"worker kit in {folder}: env and tls/{{{files}}}; the stack is at {stack.host}", file=out)
 
 
 def configure_dvc(stack: Stack, secrets: dict) -> None:

@@ -43,7 +43,8 @@ def init_repository(root: Path, name: str) -> bool:
     if (repository / "HEAD").exists():
         return False
     root.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "init", "-q", "--bare", "--initial-branch=main", str(repository)], check=True, capture_output=True)
+    subprocess.run(["git", "init", "-q", "--bare", "--initial-branch=main", str(repository)], check=True,
+                   capture_output=True)
     return True
 
 

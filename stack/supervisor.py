@@ -95,7 +95,8 @@ def programs(stack: Stack, secrets: dict) -> dict[str, dict]:
                        f"--app-name basic-auth",
             # The store URIs go through the environment, not the command line that `ps` shows; the
             # basic-auth app reads its users' database and admin password from the mode-600 ini.
-            "environment": {"MLFLOW_BACKEND_STORE_URI": stack.database_url("mlflow", password, driver="postgresql+psycopg2"),
+            "environment": {"MLFLOW_BACKEND_STORE_URI": stack.database_url("mlflow", password,
+                                                                           driver="postgresql+psycopg2"),
                             "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{stack.bucket}/mlflow",
                             "MLFLOW_AUTH_CONFIG_PATH": str(mlflow_auth_path(stack)),
                             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets["mlflow_flask_secret"],

@@ -7,7 +7,8 @@ BCE), and `decode` applies the sigmoid to give pixel values in [0, 1].
 
 Where torch runs: the device, how many CPU threads, and whether matmuls run in bfloat16.
 
-On disk, <model_dir>/vae.safetensors (weights) and vae.json (its config): tensors and JSON only, never pickle: loading a model runs no code from the files.
+On disk, <model_dir>/vae.safetensors (weights) and vae.json (its config): tensors and JSON only, never
+pickle: loading a model runs no code from the files.
 
 Loading checks both files before it allocates anything: the config against the rules of
 params.yaml's train section; the weights' header against the config. A safetensors file is
