@@ -152,7 +152,7 @@ def stages_run(output: str) -> list[str]:
 
 
 # The reliability report (`make reliability`) and its helpers.
-pytest_plugins = ["tests.reliability"]
+pytest_plugins = ["tests.reliability.report"]
 
 
 # `make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadgroup`): a group's tests

@@ -10,7 +10,7 @@ the checkout and the pytest folders are hidden under empty tmpfs mounts: it has 
 (`python -m stack worker-kit`) and the stack's address. A four-point sweep (2 beta x 2 latent
 sizes, 1 epoch, tiny data) runs on them; once host 1 has finished a point, in the middle of its
 next one every process of host 1 is killed. (The local Dask path of the same code is
-tests/test_flows.py's two-point sweep.)
+tests/pipeline/test_flows.py's two-point sweep.)
 
 Root only (ip netns, mount): elsewhere skipped, saying why. Everything made is removed in
 `finally` blocks, whatever happens.

@@ -7,7 +7,7 @@ appended junk) or in its structure (a column dropped, renamed or of another type
 NaN, infinite or out of range, rows lost or shuffled; a tensor of another shape, a config
 key changed; a JSON key deleted or of another type). The stages' own read functions must
 return a valid result (checked here) or raise the project's PipelineError naming the file;
-any other exception fails the test. At least tests.fuzzing.EXAMPLES examples per kind.
+any other exception fails the test. At least tests.reliability.fuzzing.EXAMPLES examples per kind.
 """
 import json
 import math
@@ -19,7 +19,7 @@ import torch
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from tests.fuzzing import fuzz_reader, mutate, mutation, outcome_row
+from tests.reliability.fuzzing import fuzz_reader, mutate, mutation, outcome_row
 from vae_pipeline.ml.model import CONFIG_FILE, VAE, WEIGHTS_FILE, load_model, save_model
 from vae_pipeline.outputs import (
     CURVE_COLUMNS,

@@ -14,7 +14,7 @@ import torch
 
 from stages import download, train
 from tests.conftest import put_data, run_in, set_params
-from tests.reliability import changed_files, run_stage, snapshot
+from tests.reliability.helpers import changed_files, run_stage, snapshot
 from vae_pipeline.errors import PipelineError, redact_uri
 from vae_pipeline.files import ROOT
 from vae_pipeline.ml.data import FILES

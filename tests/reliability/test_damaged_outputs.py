@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import copy_project, put_data, run_in, set_params
-from tests.reliability import run_stage, snapshot
+from tests.reliability.helpers import run_stage, snapshot
 from vae_pipeline.files import ROOT
 from vae_pipeline.params import load_params
 from vae_pipeline.tracking.store import training_run

@@ -28,7 +28,7 @@ import requests
 from stack import health, postgres, supervisor
 from stack.settings import CLIENT_ENV_NAMES, SERVICES, TLS_FILES, USER, Stack, load_secrets, read_env_file
 from tests.conftest import free_port, make_project, pipeline_env, run_in, set_params
-from tests.test_concurrency import check_nothing_lost, eight_writers_at_once
+from tests.reliability.test_concurrency import check_nothing_lost, eight_writers_at_once
 from vae_pipeline.files import ROOT
 from vae_pipeline.params import load_params
 from vae_pipeline.tracking import store
