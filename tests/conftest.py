@@ -194,6 +194,12 @@ pytest_plugins = ["tests.reliability.report"]
 # run in one worker, in order, so a module-scoped fixture (a trained project, a server) is made once.
 # A file's group is the file, unless its tests name one: the team-stack files share `team-stack`, so
 # two stacks (each a PostgreSQL, an S3 store and three servers) never start at once.
+def pytest_configure(config):
+    # pyproject.toml's testpaths name the layers' folders: a test file beside this one would never run.
+    if stray := sorted(p.name for p in Path(__file__).parent.glob("test_*.py")):
+        raise pytest.UsageError(f"tests/{stray[0]}: move it into its layer's folder (see tests/conftest.py)")
+
+
 @pytest.hookimpl(tryfirst=True)     # before xdist reads the marks
 def pytest_collection_modifyitems(items):
     for item in items:
