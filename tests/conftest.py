@@ -72,6 +72,7 @@ def build_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Pat
         if failed.exists():
             raise AssertionError(f"{name}: another worker's build of it failed:\n{failed.read_text()}")
         if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)     # what a worker killed while building left
             try:
                 build(folder)
             except BaseException as e:
@@ -190,16 +191,17 @@ def stages_run(output: str) -> list[str]:
 pytest_plugins = ["tests.reliability.report"]
 
 
-# `make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadgroup`): a group's tests
-# run in one worker, in order, so a module-scoped fixture (a trained project, a server) is made once.
-# A file's group is the file, unless its tests name one: the team-stack files share `team-stack`, so
-# two stacks (each a PostgreSQL, an S3 store and three servers) never start at once.
 def pytest_configure(config):
     # pyproject.toml's testpaths name the layers' folders: a test file beside this one would never run.
     if stray := sorted(p.name for p in Path(__file__).parent.glob("test_*.py")):
         raise pytest.UsageError(f"tests/{stray[0]}: move it into its layer's folder (see tests/conftest.py)")
 
 
+# `make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadgroup`): a group's tests
+# run in one worker, in order, so a module-scoped fixture (a trained project, a server) is made once.
+# A file's group is the file, unless its tests name one: the team-stack files share `team-stack`, so
+# two stacks (each a PostgreSQL, an S3 store and three servers) never start at once. The tiny built
+# projects are made once for both workers (build_once).
 @pytest.hookimpl(tryfirst=True)     # before xdist reads the marks
 def pytest_collection_modifyitems(items):
     for item in items:
