@@ -44,7 +44,7 @@ test: $(STAMP) browser postgres  ## run the test suite (slow end-to-end tests in
 	pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: $(STAMP)  ## run the tests, skipping the slow end-to-end ones
-	pytest -m "not slow"
+	pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 clean:  ## remove every output named in params.yaml `paths` (keeps raw data, run record, mlflow.db, DVC cache, .venv)
 	set -o pipefail; python -m commands.clean | xargs -r -d '\n' rm -rf --
