@@ -60,10 +60,11 @@ compare: $(STAMP)  ## reports/compare.html: the experiment's MLflow runs side by
 	python -m commands.compare
 
 mlflow-ui: $(STAMP)  ## MLflow's UI over the embedded store, on http://127.0.0.1:5000 (MLFLOW_PORT=...)
-	@echo "The training runs: http://127.0.0.1:$(MLFLOW_PORT)/$$(python -c 'from vae_pipeline import tracking as t; \
-	  from vae_pipeline.params import load_params as p; print(t.ui_runs_page(t.default_tracking_uri(), p()))')"
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
-	  --workers 1 --backend-store-uri "$$(python -c 'from vae_pipeline.tracking import default_tracking_uri as u; print(u())')" --artifacts-destination $(CURDIR)/mlartifacts
+	@echo "The training runs: http://127.0.0.1:$(MLFLOW_PORT)/$$(python -c 'from vae_pipeline.tracking import ui; \
+	  print(ui.runs_page())')"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+	  --backend-store-uri "$$(python -c 'from vae_pipeline.tracking import store; print(store.default_tracking_uri())')" \
+	  --artifacts-destination "$$(python -c 'from vae_pipeline.tracking import ui; print(ui.artifact_root())')"
 
 # The champion decoder over HTTP (docs/serving.md): latent vectors in, 28x28 images out.
 .PHONY: serve

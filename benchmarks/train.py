@@ -29,7 +29,7 @@ from torch import nn
 from benchmarks.common import machine, median
 from stages.train import evaluate, train_epoch
 from vae_pipeline.errors import PipelineError
-from vae_pipeline.ml.data import FILES, IMAGE_PIXELS, load_images, raw_dir
+from vae_pipeline.ml.data import FILES, IMAGE_PIXELS, dataset_dir, load_images, raw_dir
 from vae_pipeline.ml.model import VAE, setup_torch, uses_bf16
 from vae_pipeline.settings import load_settings
 
@@ -160,14 +160,14 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_settings()
-    t = dict(params["train"])
+    t = params.train
     epochs = args.epochs or t["epochs"]
     if t["hidden_dims"] != [400] or t["likelihood"] != "bernoulli":
         raise PipelineError("benchmarks.train compares against the article's model: it needs "
                             "train.hidden_dims [400] and train.likelihood bernoulli")
     device = setup_torch(t["device"], t["threads"] if args.threads is None else args.threads)
-    x_train, _ = load_images(params, "train", device)
-    x_test, _ = load_images(params, "test", device)
+    x_train, _ = load_images(params.data, dataset_dir(params.paths, params.data), "train", device)
+    x_test, _ = load_images(params.data, dataset_dir(params.paths, params.data), "test", device)
     n = len(x_train)
 
     # Contenders: the article, the project in float32 and, where it is native, in bf16.
@@ -204,7 +204,7 @@ def main() -> None:
                 else:
                     precision = name.split()[1]
                     took, (loss, _, _) = timed(device, lambda: train_epoch(
-                        model, optimizers[name], x_train, {**t, "precision": precision}, epoch))
+                        model, optimizers[name], x_train, t.model_copy(update={"precision": precision}), epoch))
                 rng[name] = swap_rng(rng[name])
                 seconds[name].append(took)
                 figures.append(f"{name} {took:.2f}s (train loss {loss:.2f})")

@@ -57,8 +57,8 @@ def child(random_state: int | None, neighbours: str, subsample: int | None, refi
     figures = {"import": since(start)}
 
     params = load_settings()
-    p = {**params["latent_map"], "random_state": random_state, "neighbours": neighbours}
-    labels = read_labels(raw_dir(params), "train", len(class_names(params)))
+    p = params.latent_map.model_copy(update={"random_state": random_state, "neighbours": neighbours})
+    labels = read_labels(raw_dir(params), "train", len(class_names(params.data)))
     mu, _ = read_mu(project_path(params["paths"]["embeddings_dir"]) / "train.parquet", "train", labels)
     mu = mu[:subsample]
     for run in ["fit", "refit"][:2 if refit else 1]:

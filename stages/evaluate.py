@@ -2,7 +2,7 @@
 
 Writes its figures (nats per test image unless named otherwise) in two files: the headline
 ones, iwae_nll and knn_accuracy, in <paths.eval_metrics> (DVC metrics), the rest in
-<paths.eval_detail> (which key goes where: vae_pipeline/artifacts.py EVAL_METRICS, EVAL_DETAIL):
+<paths.eval_detail> (which key goes where: vae_pipeline/outputs.py EVAL_METRICS, EVAL_DETAIL):
   neg_elbo, recon, kl            the negative ELBO and its two parts, z drawn from q with evaluate.seed
   neg_elbo_mu, recon_mu          the same with z = mu (the KL does not depend on z)
   iwae_nll                       the IWAE estimate of -log p(x) with evaluate.iwae_samples draws (<= neg_elbo),
@@ -10,11 +10,11 @@ ones, iwae_nll and knn_accuracy, in <paths.eval_metrics> (DVC metrics), the rest
   kl_per_dim, mu_variance        per latent dimension; active_units counts Var(mu_j) > evaluate.active_threshold
   knn_accuracy(_per_class)       class of each test mu from its nearest train mu (the embed stage's)
   trustworthiness                how well the latent map stage's UMAP kept the neighbours of its points
-and <paths.literature>: this run beside published figures (vae_pipeline/literature.py).
+and <paths.literature>: this run beside published figures (vae_pipeline/ml/evaluation.py).
 The report stage shows them all.
 
 The ELBO uses beta = 1 whatever train.beta was: it is the bound on log p(x), not the
-training objective. See vae_pipeline/evaluation.py log_likelihood for what "nats" means per likelihood.
+training objective. See vae_pipeline/ml/evaluation.py log_likelihood for what "nats" means per likelihood.
 
 Trustworthiness is measured on the map the report shows (the latent_map stage's
 output, `latent_map.split`), on a random subsample of its points: sklearn's measure
@@ -28,10 +28,11 @@ import pandas as pd
 import torch
 
 from vae_pipeline.files import project_path, replace_together, write_json
-from vae_pipeline.ml.data import class_names, load_images, raw_dir, read_labels
+from vae_pipeline.ml.data import class_names, dataset_dir, load_images, read_labels
 from vae_pipeline.ml.evaluation import active_units, compare, elbo_parts, iwae_nll
 from vae_pipeline.ml.model import load_model, setup_torch
 from vae_pipeline.outputs import EVAL_DETAIL, EVAL_METRICS, latent_map_rows, read_latent_map, read_mu, split_figures
+from vae_pipeline.params import Pipeline
 from vae_pipeline.tracking import store
 
 log = logging.getLogger("evaluate")
@@ -58,49 +59,50 @@ def map_trustworthiness(mu: np.ndarray, latent_map: pd.DataFrame, samples: int, 
                                  n_neighbors=neighbours))
 
 
-def run(params: dict) -> dict:
-    t, e, paths = params["train"], params["evaluate"], params["paths"]
-    device = setup_torch(t["device"], t["threads"])
+def run(params: Pipeline | dict) -> dict:
+    params = Pipeline.of(params)
+    t, e, paths, split = params.train, params.evaluate, params.paths, params.latent_map.split
+    device = setup_torch(t.device, t.threads)
     # Everything this stage reads, read (and checked) first: a damaged input stops it in seconds.
-    model, config = load_model(project_path(paths["model_dir"]), device)
+    model, config = load_model(project_path(paths.model_dir), device)
     likelihood = config["likelihood"]
-    x, test_labels = load_images(params, "test", device)
-    embeddings, classes = project_path(paths["embeddings_dir"]), class_names(params)
+    raw = dataset_dir(paths, params.data)
+    x, test_labels = load_images(params.data, raw, "test", device)
+    embeddings, classes = project_path(paths.embeddings_dir), class_names(params.data)
     # Each split's table must be of the model's width and hold the data set's labels, row for row.
-    split_labels = {"train": read_labels(raw_dir(params), "train", len(classes)), "test": test_labels}
+    split_labels = {"train": read_labels(raw, "train", len(classes)), "test": test_labels}
     mu_of = {split: read_mu(embeddings / f"{split}.parquet", split, labels, config["latent_dim"])[0]
              for split, labels in split_labels.items()}
     latent_map = None
-    if e["trustworthiness_samples"]:
-        split = params["latent_map"]["split"]
-        latent_map = read_latent_map(project_path(paths["latent_map"]), split, split_labels[split],
-                                     latent_map_rows(len(split_labels[split]), params["latent_map"]["subsample"]))
+    if e.trustworthiness_samples:
+        latent_map = read_latent_map(project_path(paths.latent_map), split, split_labels[split],
+                                     latent_map_rows(len(split_labels[split]), params.latent_map.subsample))
     seconds = {}
 
     started = time.perf_counter()
-    generator = torch.Generator(device=device).manual_seed(e["seed"])
-    recon, kl, mu = elbo_parts(model, x, likelihood, t["eval_batch_size"], generator)
-    recon_mu, _, _ = elbo_parts(model, x, likelihood, t["eval_batch_size"])
+    generator = torch.Generator(device=device).manual_seed(e.seed)
+    recon, kl, mu = elbo_parts(model, x, likelihood, t.eval_batch_size, generator)
+    recon_mu, _, _ = elbo_parts(model, x, likelihood, t.eval_batch_size)
     kl_per_dim = kl.mean(0).cpu().numpy()
-    n_active, variance = active_units(mu.cpu().numpy(), e["active_threshold"])
+    n_active, variance = active_units(mu.cpu().numpy(), e.active_threshold)
     seconds["elbo"] = time.perf_counter() - started
     log.info("negative ELBO %.2f (recon %.2f + KL %.2f), z = mu: %.2f; %d of %d latent units active",
              recon.mean() + kl.sum(1).mean(), recon.mean(), kl.sum(1).mean(),
              recon_mu.mean() + kl.sum(1).mean(), n_active, len(variance))
 
     started = time.perf_counter()
-    log.info("IWAE estimate with k = %d on %d images ...", e["iwae_samples"], len(x))
-    generator = torch.Generator(device=device).manual_seed(e["seed"])
-    nll = iwae_nll(model, x, likelihood, e["iwae_samples"], e["batch_size"], generator, progress=True)
+    log.info("IWAE estimate with k = %d on %d images ...", e.iwae_samples, len(x))
+    generator = torch.Generator(device=device).manual_seed(e.seed)
+    nll = iwae_nll(model, x, likelihood, e.iwae_samples, e.batch_size, generator, progress=True)
     seconds["iwae"] = time.perf_counter() - started
 
     metrics = {
-        "dataset": params["data"]["dataset"], "binarize": params["data"]["binarize"],
+        "dataset": params.data.dataset, "binarize": params.data.binarize,
         "likelihood": likelihood, "test_images": len(x),
         "neg_elbo": (recon.mean() + kl.sum(1).mean()).item(),
         "recon": recon.mean().item(), "kl": kl.sum(1).mean().item(),
         "neg_elbo_mu": (recon_mu.mean() + kl.sum(1).mean()).item(), "recon_mu": recon_mu.mean().item(),
-        "iwae_nll": nll.mean().item(), "iwae_samples": e["iwae_samples"],
+        "iwae_nll": nll.mean().item(), "iwae_samples": e.iwae_samples,
         # Standard error of the mean over test images: how far another test set could move it.
         "iwae_nll_se": (nll.std() / len(nll) ** 0.5).item(),
         "kl_per_dim": {str(j): float(v) for j, v in enumerate(kl_per_dim)},
@@ -108,32 +110,30 @@ def run(params: dict) -> dict:
         "active_units": n_active, "latent_dim": len(variance),
     }
     log.info("IWAE -log p(x) %.2f (k = %d), %.2f below the negative ELBO, %.0fs", metrics["iwae_nll"],
-             e["iwae_samples"], metrics["neg_elbo"] - metrics["iwae_nll"], seconds["iwae"])
+             e.iwae_samples, metrics["neg_elbo"] - metrics["iwae_nll"], seconds["iwae"])
     if metrics["iwae_nll"] > metrics["neg_elbo"]:
         log.warning("the IWAE estimate is above the negative ELBO: the bound is tight here and the "
                     "difference is sampling noise; raise evaluate.iwae_samples")
 
     started = time.perf_counter()
     metrics["knn_accuracy"], metrics["knn_accuracy_per_class"] = knn_accuracy(
-        mu_of["train"], split_labels["train"], mu_of["test"], split_labels["test"], e["knn_neighbors"], classes)
-    metrics["knn_neighbors"] = e["knn_neighbors"]
+        mu_of["train"], split_labels["train"], mu_of["test"], split_labels["test"], e.knn_neighbors, classes)
+    metrics["knn_neighbors"] = e.knn_neighbors
     seconds["knn"] = time.perf_counter() - started
     log.info("kNN (k = %d) class accuracy of test mu against train mu: %.4f",
-             e["knn_neighbors"], metrics["knn_accuracy"])
+             e.knn_neighbors, metrics["knn_accuracy"])
 
     metrics["trustworthiness"] = None
     if latent_map is not None:
         started = time.perf_counter()
         metrics["trustworthiness"] = map_trustworthiness(
-            mu_of[params["latent_map"]["split"]], latent_map, e["trustworthiness_samples"],
-            e["trustworthiness_neighbors"], e["seed"])
+            mu_of[split], latent_map, e.trustworthiness_samples, e.trustworthiness_neighbors, e.seed)
         seconds["trustworthiness"] = time.perf_counter() - started
-        log.info("trustworthiness %.4f (%d neighbours)", metrics["trustworthiness"],
-                 e["trustworthiness_neighbors"])
-    metrics["trustworthiness_neighbors"] = e["trustworthiness_neighbors"]
+        log.info("trustworthiness %.4f (%d neighbours)", metrics["trustworthiness"], e.trustworthiness_neighbors)
+    metrics["trustworthiness_neighbors"] = e.trustworthiness_neighbors
 
-    rows = compare(params, metrics)
-    outputs = [project_path(paths[key]) for key in ("eval_metrics", "eval_detail", "literature")]
+    rows = compare(params.data, t, e, metrics)
+    outputs = [project_path(path) for path in (paths.eval_metrics, paths.eval_detail, paths.literature)]
     with replace_together(*outputs) as staged:   # every file new, or every one as it was
         for path, value in zip(staged, [*split_figures(metrics, EVAL_METRICS, EVAL_DETAIL), rows]):
             write_json(path, value)

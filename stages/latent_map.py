@@ -26,8 +26,9 @@ import pandas as pd
 
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import ROOT, atomic_path, project_path
-from vae_pipeline.ml.data import class_names, raw_dir, read_labels
+from vae_pipeline.ml.data import class_names, dataset_dir, read_labels
 from vae_pipeline.outputs import latent_map_rows, read_mu
+from vae_pipeline.params import LatentMap, Pipeline
 from vae_pipeline.tracking import store
 
 log = logging.getLogger("latent_map")
@@ -40,7 +41,7 @@ def exact_neighbours(points: np.ndarray, k: int, metric: str) -> tuple[np.ndarra
     return indices, distances.astype(np.float32)
 
 
-def fit_map(points: np.ndarray, p: dict) -> np.ndarray:
+def fit_map(points: np.ndarray, p: LatentMap) -> np.ndarray:
     """The 2-D UMAP of `points` (N, d) with the `latent_map` params `p`."""
     # Set before numba is first imported (by umap, just below); a value already set wins.
     os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
@@ -54,15 +55,15 @@ def fit_map(points: np.ndarray, p: dict) -> np.ndarray:
         compiled.enable_caching()
 
     knn = (None, None, None)
-    if p["neighbours"] == "exact":
+    if p.neighbours == "exact":
         started = time.perf_counter()
-        knn = (*exact_neighbours(points, p["n_neighbors"], p["metric"]), None)
-        log.info("exact %d nearest neighbours of %d points: %.1fs", p["n_neighbors"], len(points),
+        knn = (*exact_neighbours(points, p.n_neighbors, p.metric), None)
+        log.info("exact %d nearest neighbours of %d points: %.1fs", p.n_neighbors, len(points),
                  time.perf_counter() - started)
     # A fixed random_state makes UMAP single-threaded; null lets it use every core.
-    reducer = umap.UMAP(n_components=2, n_neighbors=p["n_neighbors"], min_dist=p["min_dist"],
-                        metric=p["metric"], random_state=p["random_state"],
-                        n_jobs=1 if p["random_state"] is not None else -1, precomputed_knn=knn,
+    reducer = umap.UMAP(n_components=2, n_neighbors=p.n_neighbors, min_dist=p.min_dist,
+                        metric=p.metric, random_state=p.random_state,
+                        n_jobs=1 if p.random_state is not None else -1, precomputed_knn=knn,
                         verbose=True, tqdm_kwds={"disable": None})
     # verbose UMAP prints its own repr first: keep the neighbour arrays in it to a line or two.
     with warnings.catch_warnings(), np.printoptions(threshold=0, edgeitems=1, linewidth=1000):
@@ -71,27 +72,29 @@ def fit_map(points: np.ndarray, p: dict) -> np.ndarray:
         return reducer.fit_transform(points)
 
 
-def run(params: dict) -> dict:
-    p, paths = params["latent_map"], params["paths"]
-    source = project_path(paths["embeddings_dir"]) / f"{p['split']}.parquet"
+def run(params: Pipeline | dict) -> dict:
+    params = Pipeline.of(params)
+    p, paths = params.latent_map, params.paths
+    source = project_path(paths.embeddings_dir) / f"{p.split}.parquet"
     # Checked row for row against the data set's labels (its smallest file): a table cut short or of
     # other data stops here. The model is not read here, so any latent width will do.
-    mu, labels = read_mu(source, p["split"], read_labels(raw_dir(params), p["split"], len(class_names(params))))
+    labels = read_labels(dataset_dir(paths, params.data), p.split, len(class_names(params.data)))
+    mu, labels = read_mu(source, p.split, labels)
     index = np.arange(len(mu))
-    if latent_map_rows(len(mu), p["subsample"]) < len(mu):
-        rng = np.random.default_rng(p["random_state"] or 0)
-        index = np.sort(rng.choice(len(mu), p["subsample"], replace=False))
-    if len(index) <= p["n_neighbors"]:
-        raise PipelineError(f"params.yaml: latent_map.n_neighbors is {p['n_neighbors']} but only "
+    if latent_map_rows(len(mu), p.subsample) < len(mu):
+        rng = np.random.default_rng(p.random_state or 0)
+        index = np.sort(rng.choice(len(mu), p.subsample, replace=False))
+    if len(index) <= p.n_neighbors:
+        raise PipelineError(f"params.yaml: latent_map.n_neighbors is {p.n_neighbors} but only "
                             f"{len(index)} points are mapped; lower it or raise latent_map.subsample")
 
-    log.info("UMAP of %d x %d mu from %s (%s neighbours)", len(index), mu.shape[1], source, p["neighbours"])
+    log.info("UMAP of %d x %d mu from %s (%s neighbours)", len(index), mu.shape[1], source, p.neighbours)
     started = time.perf_counter()
     xy = fit_map(mu[index], p)
     seconds = time.perf_counter() - started
 
     table = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "label": labels[index], "index": index})
-    path = project_path(paths["latent_map"])
+    path = project_path(paths.latent_map)
     with atomic_path(path) as tmp:
         table.to_parquet(tmp, index=False)
     log.info("%s: %d points, UMAP took %.1fs", path, len(table), seconds)

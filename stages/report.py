@@ -27,7 +27,15 @@ import torch
 
 from vae_pipeline import pages
 from vae_pipeline.files import project_path, replace_together, sha256_file
-from vae_pipeline.ml.data import FILES, IMAGE_PIXELS, IMAGE_SIZE, class_names, expected_checksums, raw_dir, read_split
+from vae_pipeline.ml.data import (
+    FILES,
+    IMAGE_PIXELS,
+    IMAGE_SIZE,
+    class_names,
+    dataset_checksums,
+    dataset_dir,
+    read_split,
+)
 from vae_pipeline.ml.model import load_model
 from vae_pipeline.outputs import (
     latent_map_rows,
@@ -38,6 +46,7 @@ from vae_pipeline.outputs import (
     read_mu,
     read_train_metrics,
 )
+from vae_pipeline.params import Pipeline
 from vae_pipeline.provenance import git_provenance
 from vae_pipeline.report.explorer import explorer_data, map_data, page_decoder
 from vae_pipeline.report.figures import (
@@ -81,17 +90,19 @@ class Inputs:
     each other, so a damaged one stops the report with its name and the stage to rerun.
     """
 
-    def __init__(self, params: dict):
+    def __init__(self, params: Pipeline):
         self.params = params
-        self.dataset = params["data"]["dataset"]
-        self.classes = class_names(params)
-        self.model, self.config = load_model(project_path(params["paths"]["model_dir"]), "cpu")
+        self.dataset = params.data.dataset
+        self.classes = class_names(params.data)
+        self.raw_dir = dataset_dir(params.paths, params.data)
+        self.model, self.config = load_model(project_path(params.paths.model_dir), "cpu")
         self.likelihood = self.config["likelihood"]
         self.split_images = {}
         self.split_mu = {}
 
     def path(self, key: str):
-        return project_path(self.params["paths"][key])
+        """The output named `key` in params.yaml `paths`."""
+        return project_path(getattr(self.params.paths, key))
 
     def mu(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The embed stage's μ (N, latent_dim) of `split` and their labels, read once, checked against
@@ -103,7 +114,7 @@ class Inputs:
 
     @cached_property
     def latent_map(self) -> pd.DataFrame:
-        split, subsample = self.params["latent_map"]["split"], self.params["latent_map"]["subsample"]
+        split, subsample = self.params.latent_map.split, self.params.latent_map.subsample
         labels = self.images(split)[1]
         return read_latent_map(self.path("latent_map"), split, labels, latent_map_rows(len(labels), subsample))
 
@@ -130,12 +141,12 @@ class Inputs:
     def images(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The IDX images and labels of `split`, read once."""
         if split not in self.split_images:
-            self.split_images[split] = read_split(raw_dir(self.params), split, len(self.classes))
+            self.split_images[split] = read_split(self.raw_dir, split, len(self.classes))
         return self.split_images[split]
 
     def generator(self) -> torch.Generator:
         """A fresh torch generator seeded with report.seed: each section draws the same whatever ran before."""
-        return torch.Generator().manual_seed(self.params["report"]["seed"])
+        return torch.Generator().manual_seed(self.params.report.seed)
 
 
 # ---- the sections: each returns its figures (file name -> bytes) and its template's values ---
@@ -145,10 +156,10 @@ Part = tuple[dict[str, bytes], dict]
 
 def summary_section(inputs: Inputs) -> Part:
     """The headline numbers, the data and the model, and where they came from."""
-    expected = expected_checksums(inputs.params)
+    expected = dataset_checksums(inputs.params.data)
     checksums = []
     for name in FILES:
-        actual = sha256_file(raw_dir(inputs.params) / name)
+        actual = sha256_file(inputs.raw_dir / name)
         checksums.append({"file": name, "sha256": actual, "verified": actual == expected.get(name)})
     return {}, {
         "n_train": len(inputs.mu("train")[0]), "n_test": inputs.evaluation["test_images"],
@@ -163,21 +174,20 @@ def latent_map_section(inputs: Inputs) -> Part:
 
     With a 2-D latent space, also the plane itself.
     """
-    params, classes, dataset = inputs.params, inputs.classes, inputs.dataset
+    r, classes, dataset = inputs.params.report, inputs.classes, inputs.dataset
     table = inputs.latent_map
-    split = params["latent_map"]["split"]
+    split = inputs.params.latent_map.split
     log.info("latent map of %d points", len(table))
     figures = {"latent_map.png": plot_latent_map(table, classes,
                                                  f"UMAP of μ, {dataset} {split} ({len(table):,} images)")}
-    interactive, sprite = map_data(table, inputs.images(split)[0], classes, params["report"]["hover_points"],
-                                   params["report"]["seed"])
+    interactive, sprite = map_data(table, inputs.images(split)[0], classes, r.hover_points, r.seed)
     interactive["split"] = split
     # The explorer selects the map's hover points: their μ, in the map's order.
     hover_rows = np.frombuffer(base64.b64decode(interactive["rows"]), "<u4")
     hover_mu = inputs.mu(split)[0][hover_rows]
-    e, r = inputs.evaluation, params["report"]
+    e = inputs.evaluation
     kl = np.array([e["kl_per_dim"][str(j)] for j in range(e["latent_dim"])])
-    explorer = explorer_data(hover_mu, kl, r["walk_steps"], r["walk_frame_ms"])
+    explorer = explorer_data(hover_mu, kl, r.walk_steps, r.walk_frame_ms)
     decoder = page_decoder(inputs.model, hover_mu, inputs.generator())
     if inputs.config["latent_dim"] == 2:
         mu, labels = inputs.mu("train")
@@ -198,17 +208,17 @@ def latent_map_section(inputs: Inputs) -> Part:
 
 def prior_samples_section(inputs: Inputs) -> Part:
     """Images decoded from z drawn from the prior."""
-    return {"prior_samples.png": prior_samples(inputs.model, inputs.params["report"]["samples_grid"],
+    return {"prior_samples.png": prior_samples(inputs.model, inputs.params.report.samples_grid,
                                                inputs.generator())}, {}
 
 
 def reconstructions_section(inputs: Inputs) -> Part:
     """Test images, one per class in turn (each picked at random within its class), and their decodings."""
-    r, classes = inputs.params["report"], inputs.classes
+    r, classes = inputs.params.report, inputs.classes
     images, labels = inputs.images("test")
-    rng = np.random.default_rng(r["seed"])
+    rng = np.random.default_rng(r.seed)
     picks = []
-    for i in range(r["reconstructions"]):
+    for i in range(r.reconstructions):
         candidates = np.flatnonzero(labels == i % len(classes))
         picks.append(rng.choice(candidates) if len(candidates) else rng.integers(len(labels)))
     figure, recon = reconstructions(inputs.model, images[picks], labels[picks], classes, inputs.likelihood,
@@ -218,12 +228,12 @@ def reconstructions_section(inputs: Inputs) -> Part:
 
 def latent_walk_section(inputs: Inputs) -> Part:
     """A straight walk between the class means of report.walk_digits: a strip and a GIF."""
-    r, classes = inputs.params["report"], inputs.classes
+    r, classes = inputs.params.report, inputs.classes
     mu, labels = inputs.mu("train")
-    source = project_path(inputs.params["paths"]["embeddings_dir"]) / "train.parquet"
-    means = class_means(mu, labels, r["walk_digits"], classes, str(source))
-    names = [classes[d] for d in r["walk_digits"]]
-    strip, gif, frames = latent_walk(inputs.model, means, names, r["walk_steps"], r["walk_frame_ms"])
+    source = inputs.path("embeddings_dir") / "train.parquet"
+    means = class_means(mu, labels, r.walk_digits, classes, str(source))
+    names = [classes[d] for d in r.walk_digits]
+    strip, gif, frames = latent_walk(inputs.model, means, names, r.walk_steps, r.walk_frame_ms)
     return {"latent_walk.png": strip, "latent_walk.gif": gif}, {"names": names, "frames": frames}
 
 
@@ -237,7 +247,7 @@ def kl_per_dimension_section(inputs: Inputs) -> Part:
     e = inputs.evaluation
     dims = [str(j) for j in range(e["latent_dim"])]
     kl = np.array([e["kl_per_dim"][j] for j in dims])
-    threshold = inputs.params["evaluate"]["active_threshold"]
+    threshold = inputs.params.evaluate.active_threshold
     active = np.array([e["mu_variance"][j] > threshold for j in dims])
     return {"kl_per_dimension.png": plot_kl_per_dimension(kl, active)}, {
         "kl_total": float(kl.sum()), "active_units": e["active_units"], "latent_dim": e["latent_dim"],
@@ -301,12 +311,12 @@ def write_figures(folder, figures: dict[str, bytes]) -> None:
         (folder / name).write_bytes(data)
 
 
-def run(params: dict) -> dict:
-    paths = params["paths"]
+def run(params: Pipeline | dict) -> dict:
+    params = Pipeline.of(params)
     inputs = Inputs(params)
     figures, parts = build_sections(inputs)
     html = render(inputs, parts)
-    path, figures_dir = project_path(paths["report"]), project_path(paths["figures_dir"])
+    path, figures_dir = inputs.path("report"), inputs.path("figures_dir")
     # The page and its figures change together; the figures folder is replaced whole, so a figure
     # of an earlier run (latent_plane.png of a 2-D model) does not linger.
     with replace_together(path, figures_dir) as (new_page, new_figures):

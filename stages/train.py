@@ -4,7 +4,7 @@ The images are read once into tensors; each epoch shuffles the indices and
 slices batches (the last one may be smaller). Per epoch, train and test loss,
 reconstruction and KL (per sample) go to the history CSV; the final figures to
 the metrics JSON (the headline ones: test_recon and test_kl) and the detail JSON
-(the rest; vae_pipeline/artifacts.py TRAIN_METRICS, TRAIN_DETAIL). A checkpoint
+(the rest; vae_pipeline/outputs.py TRAIN_METRICS, TRAIN_DETAIL). A checkpoint
 written atomically after every epoch lets a killed run resume where it stopped,
 with the same result.
 """
@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -21,9 +20,10 @@ from tqdm import tqdm
 
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import atomic_path, project_path, replace_together, write_json
-from vae_pipeline.ml.data import SPLIT_STREAM, binarize, load_images
+from vae_pipeline.ml.data import SPLIT_STREAM, binarize, dataset_dir, load_images
 from vae_pipeline.ml.model import VAE, reparameterize, save_model, setup_torch, uses_bf16, vae_loss
 from vae_pipeline.outputs import CURVE_COLUMNS, HISTORY_COLUMNS, TRAIN_DETAIL, TRAIN_METRICS, split_figures
+from vae_pipeline.params import Data, Pipeline, Train
 from vae_pipeline.tracking import runs, store
 
 log = logging.getLogger("train")
@@ -37,7 +37,7 @@ log = logging.getLogger("train")
 CUDA_CHECK_EVERY = 50
 
 
-def train_epoch(model, optimizer, x, t: dict, epoch: int) -> list[float]:
+def train_epoch(model, optimizer, x, t: Train, epoch: int) -> list[float]:
     """One pass over x in shuffled batches; returns per-sample loss, recon, KL.
 
     Kept close to the hardware's limit (see BENCHMARKS.md): x is already a tensor on
@@ -48,17 +48,17 @@ def train_epoch(model, optimizer, x, t: dict, epoch: int) -> list[float]:
     """
     model.train()
     n = len(x)
-    bf16 = uses_bf16(x.device, t["precision"])
+    bf16 = uses_bf16(x.device, t.precision)
     order = torch.randperm(n, device=x.device)
-    batch_losses = torch.zeros(math.ceil(n / t["batch_size"]), device=x.device)
+    batch_losses = torch.zeros(math.ceil(n / t.batch_size), device=x.device)
     totals = torch.zeros(3, device=x.device)
-    starts = range(0, n, t["batch_size"])
+    starts = range(0, n, t.batch_size)
     checked = 0  # batches whose loss has been looked at
     for i, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", disable=None, leave=False)):
-        batch = x.index_select(0, order[start:start + t["batch_size"]])
+        batch = x.index_select(0, order[start:start + t.batch_size])
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits, mu, logvar = model(batch)
-        loss, recon, kl = vae_loss(logits, batch, mu, logvar, t["beta"], t["likelihood"])
+        loss, recon, kl = vae_loss(logits, batch, mu, logvar, t.beta, t.likelihood)
         # Kept on the device: no host sync per batch.
         batch_losses[i] = loss.detach()
         # On the CPU the check costs nothing: a bad loss stops training before its step
@@ -88,40 +88,40 @@ def stop_if_not_finite(batch_losses, start: int, stop: int, epoch: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, x, t: dict, sample: bool = True) -> list[float]:
+def evaluate(model, x, t: Train, sample: bool = True) -> list[float]:
     """Per-sample loss, recon, KL on x; z is sampled with a fixed seed (or z = mu).
 
     Always float32, whatever train.precision: the reported test loss is the model's own.
     """
     model.eval()
-    generator = torch.Generator(device=x.device).manual_seed(t["seed"])
+    generator = torch.Generator(device=x.device).manual_seed(t.seed)
     totals = torch.zeros(3, device=x.device)
-    for start in range(0, len(x), t["eval_batch_size"]):
-        batch = x[start:start + t["eval_batch_size"]]
+    for start in range(0, len(x), t.eval_batch_size):
+        batch = x[start:start + t.eval_batch_size]
         mu, logvar = model.encode(batch)
         z = reparameterize(mu, logvar, generator) if sample else mu
-        loss, recon, kl = vae_loss(model.decode_logits(z), batch, mu, logvar, t["beta"], t["likelihood"])
+        loss, recon, kl = vae_loss(model.decode_logits(z), batch, mu, logvar, t.beta, t.likelihood)
         totals += torch.stack([loss, recon, kl])
     return (totals / len(x)).tolist()
 
 
-def epoch_beta(t: dict, epoch: int) -> float:
+def epoch_beta(t: Train, epoch: int) -> float:
     """KL warm-up: beta is 0 in epoch 1 and rises linearly to train.beta after kl_warmup_epochs epochs."""
-    if epoch > t["kl_warmup_epochs"]:
-        return t["beta"]
-    return t["beta"] * (epoch - 1) / t["kl_warmup_epochs"]
+    if epoch > t.kl_warmup_epochs:
+        return t.beta
+    return t.beta * (epoch - 1) / t.kl_warmup_epochs
 
 
-def epoch_images(x_train, data: dict, epoch: int):
+def epoch_images(x_train, data: Data, epoch: int):
     """The training images of an epoch: a fresh Bernoulli draw with dynamic binarization, else x_train."""
-    if data["binarize"] != "dynamic":
+    if data.binarize != "dynamic":
         return x_train
-    return binarize(x_train, data["binarize_seed"], SPLIT_STREAM["train"], epoch)
+    return binarize(x_train, data.binarize_seed, SPLIT_STREAM["train"], epoch)
 
 
-def checkpoint_key(params: dict) -> str:
+def checkpoint_key(data: Data, train: Train) -> str:
     """Identifies the params a checkpoint belongs to; a checkpoint of other params is ignored."""
-    shaping = {"data": params["data"], "train": params["train"]}
+    shaping = {"data": data.model_dump(), "train": train.model_dump()}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -183,33 +183,30 @@ def write_history(path: Path, history: list) -> None:
         tmp.write_text("\n".join(lines) + "\n")
 
 
-def save_outputs(params: dict, client, run_id: str, model, metrics: dict, history: list, seconds: float) -> None:
-    """The model, the metrics, the history and the run record, all new or (on any failure) all old.
+def save_outputs(params: Pipeline, client, run_id: str, model, metrics: dict, history: list, seconds: float) -> None:
+    """The model, the metrics and the history, all new or (on any failure) all old; the run recorded.
 
     They are written to staging names first, the MLflow run finished and the decoder
     registered from there, and only then moved into place together (files.replace_together):
-    a failure on the way, e.g. at the model registry, leaves the previous run's set whole,
-    never new weights beside the previous run record. The checkpoint of the last epoch stays,
-    so a rerun goes straight to saving.
+    a failure on the way, e.g. at the model registry, leaves the previous run's set whole.
+    The run record (in the project's home, shared by every checkout and experiment) gains the
+    new model's record before the model moves in: keyed by the model's hash, a record of a model
+    that never moved in names nothing, and the old model still finds its own. The checkpoint of
+    the last epoch stays, so a rerun goes straight to saving.
     """
-    paths = params["paths"]
-    record = project_path(paths["run_record"])
-    # The record first, the model last: killed between two moves, the record already names the new
-    # model (records are keyed by the model's hash), and the old model still finds its own record.
-    outputs = [record, project_path(paths["train_metrics"]), project_path(paths["train_detail"]),
-               project_path(paths["train_history"]), project_path(paths["model_dir"])]
-    with replace_together(*outputs) as (new_record, new_metrics, new_detail, new_history, new_model):
-        save_model(model, new_model, {"likelihood": params["train"]["likelihood"]})
+    paths = params.paths
+    outputs = [project_path(paths.train_metrics), project_path(paths.train_detail),
+               project_path(paths.train_history), project_path(paths.model_dir)]
+    with replace_together(*outputs) as (new_metrics, new_detail, new_history, new_model):
+        save_model(model, new_model, {"likelihood": params.train.likelihood})
         write_history(new_history, history)
         headline, detail = split_figures(metrics, TRAIN_METRICS, TRAIN_DETAIL)
         write_json(new_metrics, headline)
         write_json(new_detail, detail)
-        if record.exists():
-            shutil.copy2(record, new_record)   # the records of earlier models stay in it
-        # finish_training_run logs the files at these paths and records the run there.
-        staged = {**params, "paths": {**paths, "run_record": str(new_record), "train_metrics": str(new_metrics),
-                                      "train_detail": str(new_detail),
-                                      "train_history": str(new_history), "model_dir": str(new_model)}}
+        # finish_training_run logs the files at these paths and records the run of the model there.
+        staged = params.model_copy(update={"paths": paths.model_copy(update={
+            "train_metrics": str(new_metrics), "train_detail": str(new_detail),
+            "train_history": str(new_history), "model_dir": str(new_model)})})
         try:
             # (The thread count is the run's `threads` tag.)
             runs.finish_training_run(client, run_id, staged, model, {**metrics, "train_seconds": seconds})
@@ -223,41 +220,44 @@ def save_outputs(params: dict, client, run_id: str, model, metrics: dict, histor
                 "stage (dvc repro train) once the store works") from None
 
 
-def run(params: dict) -> dict:
-    t, paths = params["train"], params["paths"]
+def run(params: Pipeline | dict) -> dict:
+    params = Pipeline.of(params)
+    t, data = params.train, params.data
     # The tracking store first: one that is unreachable, damaged or read-only fails here, in
     # seconds, not after the last epoch.
     mlflow_client = store.connect(params)
-    device = setup_torch(t["device"], t["threads"])
-    torch.manual_seed(t["seed"])
+    device = setup_torch(t.device, t.threads)
+    torch.manual_seed(t.seed)
     # Dynamic binarization keeps the grey training images: epoch_images draws from them.
-    x_train, _ = load_images(params, "train", device, fixed_draw=params["data"]["binarize"] != "dynamic")
-    x_test, _ = load_images(params, "test", device)
-    if t["batch_size"] > len(x_train):
-        raise PipelineError(f"params.yaml: train.batch_size is {t['batch_size']}, larger than the "
+    raw = dataset_dir(params.paths, data)
+    x_train, _ = load_images(data, raw, "train", device, fixed_draw=data.binarize != "dynamic")
+    x_test, _ = load_images(data, raw, "test", device)
+    if t.batch_size > len(x_train):
+        raise PipelineError(f"params.yaml: train.batch_size is {t.batch_size}, larger than the "
                             f"{len(x_train)} training images")
     log.info("%d train / %d test images on %s (%d threads)", len(x_train), len(x_test), device,
              torch.get_num_threads())
 
     model = VAE.from_config(t).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t["lr"], fused=True)  # one kernel for all tensors
-    checkpoint = project_path(paths["checkpoint_dir"]) / "train.pt"
-    key = checkpoint_key(params)
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, fused=True)  # one kernel for all tensors
+    checkpoint = project_path(params.paths.checkpoint_dir) / "train.pt"
+    key = checkpoint_key(data, t)
     done, history = load_checkpoint(checkpoint, model, optimizer, key)
     run_id = runs.start_training_run(mlflow_client, params, device, key,
                                          [dict(zip(HISTORY_COLUMNS, row)) for row in history])
 
-    for epoch in range(done + 1, t["epochs"] + 1):
+    for epoch in range(done + 1, t.epochs + 1):
         started = time.perf_counter()
-        x_epoch = epoch_images(x_train, params["data"], epoch)
-        train_figures = train_epoch(model, optimizer, x_epoch, {**t, "beta": epoch_beta(t, epoch)}, epoch)
+        x_epoch = epoch_images(x_train, data, epoch)
+        train_figures = train_epoch(model, optimizer, x_epoch, t.model_copy(update={"beta": epoch_beta(t, epoch)}),
+                                    epoch)
         test_figures = evaluate(model, x_test, t)
         if not all(map(math.isfinite, test_figures)):
             raise PipelineError(f"train: test loss became {test_figures[0]} after epoch {epoch}; "
                                 "nothing of this epoch was saved. Lower train.lr or check the data.")
         seconds = time.perf_counter() - started
         history.append([epoch, *train_figures, *test_figures, seconds])
-        log.info("epoch %2d/%d  train %.2f  test %.2f (recon %.2f, KL %.2f)  %.1fs", epoch, t["epochs"],
+        log.info("epoch %2d/%d  train %.2f  test %.2f (recon %.2f, KL %.2f)  %.1fs", epoch, t.epochs,
                  train_figures[0], *test_figures, seconds)
         save_checkpoint(checkpoint, model, optimizer, epoch, history, key)
         runs.log_epoch(mlflow_client, run_id, dict(zip(HISTORY_COLUMNS, history[-1])))
@@ -269,14 +269,14 @@ def run(params: dict) -> dict:
         "test_loss": test_loss, "test_recon": test_recon, "test_kl": test_kl,
         "test_loss_mu": test_loss_mu, "test_recon_mu": test_recon_mu,
         "best_test_loss": min(row[4] for row in history),
-        "epochs": t["epochs"],
+        "epochs": t.epochs,
         "device": str(device),
     }
     seconds = sum(row[-1] for row in history)
     save_outputs(params, mlflow_client, run_id, model, metrics, history, seconds)
     checkpoint.unlink(missing_ok=True)
     log.info("test loss %.2f per sample (z = mu: %.2f) after %d epochs, %.0fs",
-             test_loss, test_loss_mu, t["epochs"], seconds)
+             test_loss, test_loss_mu, t.epochs, seconds)
     return metrics
 
 

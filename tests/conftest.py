@@ -30,6 +30,7 @@ import yaml
 
 from vae_pipeline.files import ROOT, copy_checkout
 from vae_pipeline.ml.data import FILES, write_idx
+from vae_pipeline.params import Pipeline, Section
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -98,6 +99,13 @@ def tiny_params(source: Path, checksums: dict, **overrides) -> dict:
     for section, values in overrides.items():
         params[section].update(values)
     return params
+
+
+def section(name: str, **values) -> Section:
+    """The project's params.yaml section `name`, typed and checked, with `values` changed: what a function
+    that takes one section (train_epoch, epoch_images, ...) gets in a test."""
+    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())[name]
+    return Pipeline.model_fields[name].annotation.model_validate({**defaults, **values})
 
 
 def pipeline_env() -> dict:
@@ -342,6 +350,19 @@ def mlflow_server(tmp_path):
         yield url, folder
     finally:
         stop_process_group(process)
+
+
+@pytest.fixture
+def browser():
+    """Debian's headless chromium driven by Playwright (tests/browser.py); the test is skipped, saying why, where
+    chromium is missing. One per test, not per session: while Playwright's sync API runs, the main thread has an
+    asyncio loop marked running, and any later test's asyncio.run() in this process would fail."""
+    from tests.browser import NO_CHROMIUM, launch
+
+    if shutil.which("chromium") is None:
+        pytest.skip(NO_CHROMIUM)
+    with launch() as chromium:
+        yield chromium
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:

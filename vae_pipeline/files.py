@@ -1,5 +1,8 @@
-"""The project root, and writing files whole: a temporary name renamed into place, or several outputs at once."""
+"""The project root and its home (the checkout whose tracking store it shares), and writing files whole:
+a temporary name renamed into place, or several outputs at once."""
 import contextlib
+import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -17,6 +20,68 @@ def project_path(relative: str | os.PathLike) -> Path:
     """Resolve a path from params.yaml against the project root."""
     path = Path(relative)
     return path if path.is_absolute() else ROOT / path
+
+
+# ---- the home: one tracking store and run record for every way DVC runs a stage ----------------
+#
+# The outputs of a stage belong to the checkout that runs it (ROOT). The MLflow store and the run
+# record belong to the project: they must outlive the copies DVC runs experiments in, and be the
+# same for every checkout of the repository. Where a stage may run, and the home it resolves to:
+#   `dvc repro`, `dvc exp run` (in the workspace)   ROOT itself
+#   `dvc exp run --temp`, queued experiments         DVC runs them in a throwaway git repository under
+#     (`dvc queue start`)                            <repo>/.dvc/tmp/exps and sets env DVC_ROOT to <repo>
+#                                                    (dvc/repo/experiments/queue/base.py): that repo
+#   a linked worktree (`git worktree add`)           the repository's main checkout (git's common dir)
+# Both steps apply: a temp run started in a worktree goes to the main checkout.
+
+@functools.cache
+def main_checkout(root: Path) -> Path:
+    """The main working tree of the git repository whose top folder is `root`; `root` when that is it,
+    or when root is no such top folder (no git, a project inside another repository, a bare repository's
+    worktree)."""
+    git_env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR")}
+    try:
+        found = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--show-toplevel", "--git-common-dir"],
+                               cwd=root, env=git_env, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return root
+    lines = found.stdout.splitlines()
+    if found.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root:
+        return root
+    common = Path(lines[1]).resolve()
+    return common.parent if common.name == ".git" and common.parent.is_dir() else root
+
+
+def project_home(root: Path = ROOT) -> Path:
+    """The checkout that holds the tracking store and the run record of the project at `root` (see above)."""
+    root = Path(root).resolve()
+    # DVC_ROOT counts only for a copy inside that repository's .dvc folder: a value inherited from
+    # another project's DVC run (a stage that runs `dvc repro` elsewhere) is not this project's.
+    dvc_root = os.environ.get("DVC_ROOT")
+    if dvc_root and root.is_relative_to(Path(dvc_root).resolve() / ".dvc"):
+        root = Path(dvc_root).resolve()
+    return main_checkout(root)
+
+
+def home_path(relative: str | os.PathLike, root: Path = ROOT) -> Path:
+    """Resolve a path from params.yaml against the home of the project at `root` (project_home)."""
+    path = Path(relative)
+    return path if path.is_absolute() else project_home(root) / path
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """Hold an exclusive lock on `folder` (released on exit, or when the process dies).
+
+    For a read-modify-write of a file in it that several processes share. The folder is
+    locked, not a lock file, so nothing is left beside what it guards.
+    """
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
 
 
 @contextlib.contextmanager

@@ -16,12 +16,14 @@ files by ml/data.py, each beside the code that knows its format.
 import json
 import math
 from pathlib import Path
+from typing import Annotated, Union
 
 import numpy as np
 import pandas as pd
+from pydantic import AfterValidator
 
 from vae_pipeline.errors import damaged_output, stage_output
-from vae_pipeline.params import boolean, integer, list_of, mapping_of, optional, text
+from vae_pipeline.params import Rule, boolean, integer, list_of, mapping_of, optional, text
 
 # The train stage's history, one row per epoch. MLflow gets every column; train.csv (paths.train_history)
 # holds the figures alone, so a rerun with the same params writes it byte for byte again.
@@ -164,9 +166,15 @@ def read_latent_map(path: Path, split: str, labels: np.ndarray, rows: int) -> pd
 
 # ---- JSON ----------------------------------------------------------------------------------
 
-def finite():
-    return ("a finite number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-            and math.isfinite(v))
+def finite() -> Rule:
+    def is_finite(value):
+        try:
+            if math.isfinite(value):
+                return value
+        except OverflowError:   # an integer beyond any float
+            pass
+        raise ValueError("not finite")
+    return Rule("a finite number", Annotated[Union[int, float], AfterValidator(is_finite)])
 
 
 # What each metrics file holds, as params.yaml's rules (vae_pipeline.params): a key its readers
@@ -211,15 +219,15 @@ def read_json(path: Path, stage: str):
 
 
 def check_fields(path: Path, data, rules: dict, stage: str, where: str = "") -> dict:
-    """`data` is a JSON object whose keys follow `rules` (name -> (allowed, check)); `where` prefixes the key."""
+    """`data` is a JSON object whose keys follow `rules` (name -> Rule); `where` prefixes the key."""
     if not isinstance(data, dict):
         raise damaged_output(path, f"{where or 'the file '}holds {type(data).__name__}, expected a JSON object",
                              stage)
-    for key, (allowed, check) in rules.items():
+    for key, rule in rules.items():
         if key not in data:
-            raise damaged_output(path, f"missing key '{where}{key}' ({allowed})", stage)
-        if not check(data[key]):
-            raise damaged_output(path, f"'{where}{key}' is {shown(data[key])}; expected {allowed}", stage)
+            raise damaged_output(path, f"missing key '{where}{key}' ({rule.allowed})", stage)
+        if not rule.check(data[key]):
+            raise damaged_output(path, f"'{where}{key}' is {shown(data[key])}; expected {rule.allowed}", stage)
     return data
 
 

@@ -1,202 +1,335 @@
-"""params.yaml as the stages read it: the rules of every section a stage reads, and the loader.
+"""params.yaml as the stages read it: one typed, checked model per section, and the loader.
 
-One place for every knob: a stage calls `load_params()` and reads
-`params["train"]["beta"]`. A wrong type, an out-of-range value or an unknown
-key stops the stage with a message naming the key and what is allowed.
+One place for every knob: a stage calls `load_params()` and reads `params.train.beta`. Each
+section is a pydantic model (Paths to Evaluate, below): strict (no coercion: "15" is no
+integer, nor is true), closed (no unknown key) and frozen. Every wrong type or value, missing
+or unknown key is named in one message, a line each: the key, its value, what is allowed:
 
-By concern: PIPELINE here holds the sections the stages read (their code deps in dvc.yaml
+    params.yaml: invalid params:
+      'train.lr' is -0.1; allowed: a number > 0
+      unknown key 'train.learning_rate' (allowed: latent_dim, hidden_dims, ...)
+
+The "allowed" text is the field's rule (integer(), number(), choice(), ...), which also
+holds the pydantic type that checks the value.
+
+By concern: Pipeline here holds the sections the stages read (their code deps in dvc.yaml
 include this file); the operating settings that no stage reads (prefect, sweep, retrain,
-stack) have their rules in vae_pipeline/settings.py, which the flows and commands load,
-so a change to a port rule reruns no stage.
+stack) are in vae_pipeline/settings.py, which the flows and commands load, so a change to a
+port rule reruns no stage.
+
+Code that has not moved to the typed sections yet (tracking/, the flows, the commands, the
+stack) reads the config as a mapping, `params["train"]["beta"]`: the first such read makes a
+copy in plain dicts (the "view"), which that code may change as it would a dict. The typed
+sections never change; a stage's `run` takes its params through Pipeline.of, which checks a
+dict, or a config changed through its view, again.
 """
+import ipaddress
+from functools import cached_property
 from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import ROOT
 
 PARAMS_FILE = ROOT / "params.yaml"
+STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-# A rule is (description of what is allowed, function value -> bool).
-def integer(lo=None, hi=None):
-    bounds = " and ".join(s for s in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}") if s)
-    return (f"an integer {bounds}".strip(),
-            lambda v: isinstance(v, int) and not isinstance(v, bool)
-            and (lo is None or v >= lo) and (hi is None or v <= hi))
+# ---- rules: what a key allows, in words and as a pydantic type --------------------------------
 
+class Rule:
+    """A field's rule: `allowed`, the words every message about it uses, and `annotation`, the
+    pydantic type that checks it. Written in a field as `Annotated[int, integer(1)]`: the type
+    there is for the reader, the rule's annotation is what pydantic checks."""
 
-def number(lo=None, above=None):
-    bound = f" >= {lo}" if lo is not None else f" > {above}" if above is not None else ""
-    return (f"a number{bound}",
-            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-            and (lo is None or v >= lo) and (above is None or v > above))
+    def __init__(self, allowed: str, annotation):
+        self.allowed, self.annotation = allowed, annotation
 
+    @cached_property
+    def adapter(self) -> TypeAdapter:
+        return TypeAdapter(self.annotation, config=ConfigDict(strict=True))
 
-def choice(*values):
-    return (f"one of {', '.join(map(str, values))}", lambda v: v in values)
+    def __get_pydantic_core_schema__(self, source, handler):
+        return handler.generate_schema(self.annotation)
 
-
-def text():
-    return ("a string", lambda v: isinstance(v, str) and v != "")
-
-
-def address():
-    """One IP address a server can bind: not the unspecified (wildcard) address, which binds every network."""
-    import ipaddress
-
-    def ok(v):
+    def check(self, value) -> bool:
+        """Whether `value` keeps the rule (for files checked key by key: vae.json, the metrics JSON)."""
         try:
-            return not ipaddress.ip_address(v).is_unspecified
-        except (TypeError, ValueError):
+            self.adapter.validate_python(value)
+        except ValidationError:
             return False
-    return ("one IP address (not a wildcard address)", ok)
+        return True
 
 
-def boolean():
-    return ("true or false", lambda v: isinstance(v, bool))
+def integer(lo=None, hi=None) -> Rule:
+    bounds = " and ".join(s for s in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}") if s)
+    return Rule(f"an integer {bounds}".strip(), Annotated[int, Field(ge=lo, le=hi)])
 
 
-def optional(rule):
-    return (f"null or {rule[0]}", lambda v: v is None or rule[1](v))
+def number(lo=None, above=None) -> Rule:
+    """An int or a float, kept as given (1 stays 1: it is logged and written as it was read)."""
+    bound = f" >= {lo}" if lo is not None else f" > {above}" if above is not None else ""
+    limits = Field(ge=lo, gt=above)
+    return Rule(f"a number{bound}", Union[Annotated[int, limits], Annotated[float, limits]])
 
 
-def list_of(rule, min_len=1):
-    return (f"a list of at least {min_len} items, each {rule[0]}",
-            lambda v: isinstance(v, list) and len(v) >= min_len and all(rule[1](x) for x in v))
+def choice(*values) -> Rule:
+    return Rule(f"one of {', '.join(map(str, values))}", Literal[values])
 
 
-def mapping_of(rule):
-    return (f"a mapping of names to {rule[0]}",
-            lambda v: isinstance(v, dict) and all(isinstance(k, str) and rule[1](x) for k, x in v.items()))
+def text() -> Rule:
+    return Rule("a string", Annotated[str, Field(min_length=1)])
 
+
+def address() -> Rule:
+    """One IP address a server can bind: not the unspecified (wildcard) address, which binds every network."""
+    def bindable(value: str) -> str:
+        if ipaddress.ip_address(value).is_unspecified:   # a ValueError for no address at all
+            raise ValueError("a wildcard address")
+        return value
+    return Rule("one IP address (not a wildcard address)", Annotated[str, AfterValidator(bindable)])
+
+
+def boolean() -> Rule:
+    return Rule("true or false", bool)
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(f"null or {rule.allowed}", Optional[rule.annotation])
+
+
+def list_of(rule: Rule, min_len=1) -> Rule:
+    return Rule(f"a list of at least {min_len} items, each {rule.allowed}",
+                Annotated[list[rule.annotation], Field(min_length=min_len)])
+
+
+def mapping_of(rule: Rule) -> Rule:
+    return Rule(f"a mapping of names to {rule.allowed}", dict[str, rule.annotation])
+
+
+# ---- a section, and the config of sections ----------------------------------------------------
+
+class Section(BaseModel):
+    """One section of params.yaml: strict, closed, frozen. Also readable as a mapping, section["beta"]."""
+    model_config = STRICT
+
+    @classmethod
+    def rule(cls, key: str) -> Rule:
+        return next(m for m in cls.model_fields[key].metadata if isinstance(m, Rule))
+
+    def __getitem__(self, key: str):
+        if key not in type(self).model_fields:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def keys(self):
+        return type(self).model_fields.keys()
+
+
+class Config(BaseModel):
+    """Sections by name: `params.train` is typed; `params["train"]` is the view's plain dict (module doc)."""
+    model_config = STRICT
+    _view: dict | None = PrivateAttr(None)
+
+    @classmethod
+    def of(cls, params):
+        """`params` as this config: a dict is checked, and so is a config that was read (perhaps changed)
+        as a mapping; a config of typed sections alone is taken as it is."""
+        if isinstance(params, Config):
+            if params._view is None and isinstance(params, cls):
+                return params
+            params = params._view if params._view is not None else params.model_dump()
+        return validate(params, cls)
+
+    def view(self) -> dict:
+        """The config as plain dicts, made on first use: what code that reads mappings reads and changes."""
+        if self._view is None:
+            self._view = self.model_dump()
+        return self._view
+
+    def __getitem__(self, section: str) -> dict:
+        return self.view()[section]
+
+    def __contains__(self, section) -> bool:
+        return section in self.view()
+
+    def keys(self):
+        return self.view().keys()
+
+    def items(self):
+        return self.view().items()
+
+    def get(self, section: str, default=None):
+        return self.view().get(section, default)
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False):
+        """A copy of the typed sections (with `update`); a view of the original is not carried over."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied._view = None
+        return copied
+
+
+def validate(params, model: "type[Config] | None" = None, source: str = "params.yaml") -> Config:
+    """`params` (sections as read from YAML) as the typed `model` (Pipeline unless named), else a
+    PipelineError naming every key that is wrong, missing or unknown, and what is allowed.
+
+    A Config that forbids extra keys (vae_pipeline.settings) is every section there is: any
+    other is an unknown section. Otherwise the sections outside it are left to their loader."""
+    model = model or Pipeline
+    if not isinstance(params, dict):
+        raise PipelineError(f"{source}: expected a mapping of sections, got {type(params).__name__}")
+    if model.model_config.get("extra") != "forbid":
+        params = {section: values for section, values in params.items() if section in model.model_fields}
+    try:
+        return model.model_validate(params)
+    except ValidationError as error:
+        problems = sorted({problem(model, params, e) for e in error.errors()})
+        raise PipelineError(f"{source}: invalid params:\n  " + "\n  ".join(problems)) from None
+
+
+def problem(model: type[Config], params: dict, error: dict) -> str:
+    """One of pydantic's errors in the project's words: the key, what is wrong, what is allowed."""
+    section, key = error["loc"][0], error["loc"][1] if len(error["loc"]) > 1 else None
+    unknown = error["type"] in ("extra_forbidden", "invalid_key")
+    if key is None:
+        return (f"unknown section '{section}' (allowed: {', '.join(model.model_fields)})" if unknown
+                else f"missing section '{section}'")    # absent, or not a mapping of keys
+    rules = model.model_fields[section].annotation
+    if unknown:
+        return f"unknown key '{section}.{key}' (allowed: {', '.join(rules.model_fields)})"
+    if error["type"] == "missing" and len(error["loc"]) == 2:
+        return f"missing key '{section}.{key}' ({rules.rule(key).allowed})"
+    return f"'{section}.{key}' is {params[section][key]!r}; allowed: {rules.rule(key).allowed}"
+
+
+# ---- the sections the stages read -------------------------------------------------------------
 
 # Params that change how fast a stage runs, never what it writes (MKL's strict mode: the same
-# numbers on any thread count, vae_pipeline/cli.py): a sweep point's `dvc exp run` command
+# numbers on any thread count, vae_pipeline/ml/model.py): a sweep point's `dvc exp run` command
 # leaves them out, and `make exps` (commands/exps.py) does not show them.
 SPEED_ONLY = ("train.threads",)
 
-PIPELINE = {
-    "paths": {
-        # Every file the stages write, named once: dvc.yaml reads these too.
-        "raw_dir": text(),            # downloads land in <raw_dir>/<dataset>/
-        "model_dir": text(),          # vae.safetensors + vae.json
-        "run_record": text(),         # model hash -> its MLflow run (vae_pipeline.tracking; not a DVC output)
-        "checkpoint_dir": text(),     # per-epoch training checkpoints (not a DVC output)
-        "train_metrics": text(),      # the train stage's headline figures (DVC metrics)
-        "train_detail": text(),       # ... and the rest (vae_pipeline.artifacts TRAIN_DETAIL)
-        "train_history": text(),
-        "embeddings_dir": text(),     # train.parquet + test.parquet
-        "compare_report": text(),     # commands/compare.py: runs of the MLflow experiment side by side
 
-        "latent_map": text(),         # UMAP of mu: x, y, label, index
-        "report": text(),             # the self-contained HTML report
-        "figures_dir": text(),        # the report's figures as PNG files
+class Paths(Section):
+    """Every file the stages write, named once: dvc.yaml reads these too."""
+    raw_dir: Annotated[str, text()]               # downloads land in <raw_dir>/<dataset>/
+    model_dir: Annotated[str, text()]             # vae.safetensors + vae.json
+    run_record: Annotated[str, text()]            # model hash -> its MLflow run (tracking/store.py; no DVC output)
+    tracking_store: Annotated[str, text()]        # the embedded MLflow store (SQLite) and its artifacts, when no
+    tracking_artifacts: Annotated[str, text()]    # server is named; these three lie in the project's home
+    checkpoint_dir: Annotated[str, text()]        # per-epoch training checkpoints (not a DVC output)
+    train_metrics: Annotated[str, text()]         # the train stage's headline figures (DVC metrics)
+    train_detail: Annotated[str, text()]          # ... and the rest (vae_pipeline/outputs.py TRAIN_DETAIL)
+    train_history: Annotated[str, text()]
+    embeddings_dir: Annotated[str, text()]        # train.parquet + test.parquet
+    compare_report: Annotated[str, text()]        # commands/compare.py: runs of the MLflow experiment side by side
 
-        "sweep_report": text(),
-        "sweep_results": text(),
-        "champion": text(),           # flows/retrain.py: the champion gate's decision
+    latent_map: Annotated[str, text()]            # UMAP of mu: x, y, label, index
+    report: Annotated[str, text()]                # the self-contained HTML report
+    figures_dir: Annotated[str, text()]           # the report's figures as PNG files
 
-        "eval_metrics": text(),       # the evaluate stage's headline figures (DVC metrics)
-        "eval_detail": text(),        # ... and its detail (vae_pipeline.artifacts EVAL_DETAIL)
-        "literature": text(),
-    },
-    "data": {
-        "dataset": choice("mnist", "fashion-mnist"),
-        "sources": optional(list_of(text())),          # null: the dataset's own list
-        "sha256": optional(mapping_of(text())),        # null: the pinned checksums
-        "connect_timeout": number(above=0),
-        "binarize": choice("none", "static", "dynamic"),
-        "binarize_seed": integer(0),
-    },
-    "train": {
-        "latent_dim": integer(1, 1024),
-        "hidden_dims": list_of(integer(1, 100_000)),
-        "batch_size": integer(1),
-        "epochs": integer(1),
-        "lr": number(above=0),
-        "beta": number(lo=0),
-        "likelihood": choice("bernoulli", "gaussian"),
-        "seed": integer(0),
-        "device": choice("auto", "cpu", "cuda"),
-        "threads": integer(0),                         # 0: the idle cores, at least 1
-        "eval_batch_size": integer(1),
-        "precision": choice("fp32", "bf16", "auto"),   # matmuls in training; auto: bf16 where native
+    sweep_report: Annotated[str, text()]
+    sweep_results: Annotated[str, text()]
+    champion: Annotated[str, text()]              # flows/retrain.py: the champion gate's decision
 
-        "kl_warmup_epochs": integer(0),
-    },
-    "embed": {
-        "batch_size": integer(1),
-    },
-    "mlflow": {
-        "tracking_uri": optional(text()),              # null: env MLFLOW_TRACKING_URI, else sqlite in the repo
-        "experiment_name": text(),
-        "model_name": text(),                          # the registered model (the decoder)
-        "connect_timeout": number(above=0),
-        "compare_max_runs": integer(1),
-        "system_metrics_interval": optional(number(above=0)),   # null: no system metrics
-    },
-    "latent_map": {
-        "split": choice("train", "test"),
-        "subsample": optional(integer(2)),             # null: every row of the split
-        "n_neighbors": integer(2),
-        "min_dist": number(lo=0),
-        "metric": choice("euclidean", "manhattan", "chebyshev", "cosine", "correlation"),
-        "neighbours": choice("exact", "nndescent"),    # exact: scikit-learn; nndescent: UMAP's own search
-        "random_state": optional(integer(0)),         # null: not reproducible, uses every core
-    },
-    "report": {
-        "seed": integer(0),
-        "samples_grid": integer(1, 40),                # prior samples: an N x N grid
-        "reconstructions": integer(1, 100),
-        "walk_digits": list_of(integer(0, 9), min_len=2),
-        "walk_steps": integer(1, 100),                 # images per leg, from one class mean to the next
-        "walk_frame_ms": integer(10, 10_000),          # GIF frame time
-        "hover_points": integer(0, 20_000),            # map points that show their image on hover
-    },
-    "serve": {
-        "port": integer(1, 65535),
-        "max_batch": integer(1),                       # rows per request
-    },
-    "evaluate": {
-        "iwae_samples": integer(1),
-        "batch_size": integer(1),
-        "seed": integer(0),
-        "active_threshold": number(lo=0),
-        "knn_neighbors": integer(1),
-        "trustworthiness_samples": integer(0),
-        "trustworthiness_neighbors": integer(1),
-    },
-}
+    eval_metrics: Annotated[str, text()]          # the evaluate stage's headline figures (DVC metrics)
+    eval_detail: Annotated[str, text()]           # ... and its detail (vae_pipeline/outputs.py EVAL_DETAIL)
+    literature: Annotated[str, text()]
 
 
-def validate(params: dict, schema: dict = PIPELINE, source: str = "params.yaml", whole: bool = False) -> dict:
-    """Return `params` if every section of `schema` and its keys match, else raise PipelineError.
+class Data(Section):
+    dataset: Annotated[str, choice("mnist", "fashion-mnist")]
+    sources: Annotated[list[str] | None, optional(list_of(text()))]          # null: the dataset's own list
+    sha256: Annotated[dict[str, str] | None, optional(mapping_of(text()))]   # null: the pinned checksums
+    connect_timeout: Annotated[float, number(above=0)]
+    binarize: Annotated[str, choice("none", "static", "dynamic")]
+    binarize_seed: Annotated[int, integer(0)]
 
-    Sections outside `schema` are left to their own loader, unless `whole`: then `schema` is
-    every section there is (vae_pipeline.settings), and any other is an unknown section."""
-    if not isinstance(params, dict):
-        raise PipelineError(f"{source}: expected a mapping of sections, got {type(params).__name__}")
-    errors = []
-    for section in (params.keys() - schema.keys()) if whole else ():
-        errors.append(f"unknown section '{section}' (allowed: {', '.join(schema)})")
-    for section, rules in schema.items():
-        values = params.get(section)
-        if not isinstance(values, dict):
-            errors.append(f"missing section '{section}'")
-            continue
-        for key in values.keys() - rules.keys():
-            errors.append(f"unknown key '{section}.{key}' (allowed: {', '.join(rules)})")
-        for key, (allowed, check) in rules.items():
-            if key not in values:
-                errors.append(f"missing key '{section}.{key}' ({allowed})")
-            elif not check(values[key]):
-                errors.append(f"'{section}.{key}' is {values[key]!r}; allowed: {allowed}")
-    if errors:
-        raise PipelineError(f"{source}: invalid params:\n  " + "\n  ".join(sorted(errors)))
-    return params
 
+class Train(Section):
+    latent_dim: Annotated[int, integer(1, 1024)]
+    hidden_dims: Annotated[list[int], list_of(integer(1, 100_000))]
+    batch_size: Annotated[int, integer(1)]
+    epochs: Annotated[int, integer(1)]
+    lr: Annotated[float, number(above=0)]
+    beta: Annotated[float, number(lo=0)]
+    likelihood: Annotated[str, choice("bernoulli", "gaussian")]
+    seed: Annotated[int, integer(0)]
+    device: Annotated[str, choice("auto", "cpu", "cuda")]
+    threads: Annotated[int, integer(0)]                          # 0: the idle cores, at least 1
+    eval_batch_size: Annotated[int, integer(1)]
+    precision: Annotated[str, choice("fp32", "bf16", "auto")]   # matmuls in training; auto: bf16 where native
+
+    kl_warmup_epochs: Annotated[int, integer(0)]
+
+
+class Embed(Section):
+    batch_size: Annotated[int, integer(1)]
+
+
+class MLflow(Section):
+    tracking_uri: Annotated[str | None, optional(text())]        # null: env MLFLOW_TRACKING_URI, else sqlite
+    experiment_name: Annotated[str, text()]
+    model_name: Annotated[str, text()]                           # the registered model (the decoder)
+    connect_timeout: Annotated[float, number(above=0)]
+    compare_max_runs: Annotated[int, integer(1)]
+    system_metrics_interval: Annotated[float | None, optional(number(above=0))]   # null: no system metrics
+
+
+class LatentMap(Section):
+    split: Annotated[str, choice("train", "test")]
+    subsample: Annotated[int | None, optional(integer(2))]       # null: every row of the split
+    n_neighbors: Annotated[int, integer(2)]
+    min_dist: Annotated[float, number(lo=0)]
+    metric: Annotated[str, choice("euclidean", "manhattan", "chebyshev", "cosine", "correlation")]
+    neighbours: Annotated[str, choice("exact", "nndescent")]     # exact: scikit-learn; nndescent: UMAP's own
+    random_state: Annotated[int | None, optional(integer(0))]    # null: not reproducible, uses every core
+
+
+class Report(Section):
+    seed: Annotated[int, integer(0)]
+    samples_grid: Annotated[int, integer(1, 40)]                 # prior samples: an N x N grid
+    reconstructions: Annotated[int, integer(1, 100)]
+    walk_digits: Annotated[list[int], list_of(integer(0, 9), min_len=2)]
+    walk_steps: Annotated[int, integer(1, 100)]                  # images per leg, from one class mean to the next
+    walk_frame_ms: Annotated[int, integer(10, 10_000)]           # GIF frame time
+    hover_points: Annotated[int, integer(0, 20_000)]             # map points that show their image on hover
+
+
+class Serve(Section):
+    port: Annotated[int, integer(1, 65535)]
+    max_batch: Annotated[int, integer(1)]                        # rows per request
+
+
+class Evaluate(Section):
+    iwae_samples: Annotated[int, integer(1)]
+    batch_size: Annotated[int, integer(1)]
+    seed: Annotated[int, integer(0)]
+    active_threshold: Annotated[float, number(lo=0)]
+    knn_neighbors: Annotated[int, integer(1)]
+    trustworthiness_samples: Annotated[int, integer(0)]
+    trustworthiness_neighbors: Annotated[int, integer(1)]
+
+
+class Pipeline(Config):
+    """The sections the stages read; params.yaml's others are vae_pipeline/settings.py's."""
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    paths: Paths
+    data: Data
+    train: Train
+    embed: Embed
+    mlflow: MLflow
+    latent_map: LatentMap
+    report: Report
+    serve: Serve
+    evaluate: Evaluate
+
+
+# ---- reading params.yaml -----------------------------------------------------------------------
 
 def read_params(path: Path | None = None) -> tuple[dict, str]:
     """params.yaml (the project's, or `path`) as read, unchecked, and its name for messages."""
@@ -210,7 +343,7 @@ def read_params(path: Path | None = None) -> tuple[dict, str]:
     return params, str(path)
 
 
-def load_params(path: Path | None = None) -> dict:
+def load_params(path: Path | None = None) -> Pipeline:
     """Read params.yaml (the project's, or `path`) and check the sections the stages read."""
     params, source = read_params(path)
-    return validate(params, PIPELINE, source)
+    return validate(params, Pipeline, source)

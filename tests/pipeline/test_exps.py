@@ -1,6 +1,6 @@
 """`make exps` (commands/exps.py): the experiments table fits a 120-column terminal.
 
-The DVC metrics files hold the headline figures only (vae_pipeline/artifacts.py
+The DVC metrics files hold the headline figures only (vae_pipeline/outputs.py
 METRICS_FILES; the rest is in the detail files, plain outputs); the view adds the params
 that differ and drops the dependencies. Two points of the sweep's grid (flows/sweep.py
 grid: the widest values and the narrowest), saved as experiments with names as `dvc exp

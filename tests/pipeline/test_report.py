@@ -9,6 +9,7 @@ import io
 import json
 import re
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import yaml
 from PIL import Image
 
 from stages.report import SECTIONS
-from tests.browser import check_report, skip_without_chromium
+from tests.browser import launch, next_frames, open_page
 from tests.conftest import (
     copy_project,
     downstream,
@@ -256,12 +257,65 @@ def test_the_same_inputs_give_the_same_bytes(built, own_copy):
             assert png_text_chunks(data) == [], name
 
 
+def hover_the_map(page) -> dict | None:
+    """Move the mouse over the map until a point's tip shows; its text and where, or None."""
+    page.evaluate("document.getElementById('map-frame').scrollIntoView({block: 'center', behavior: 'instant'})")
+    box = page.locator("#map-canvas").bounding_box()
+    for fy in (0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8):
+        for fx in [i / 24 for i in range(2, 23)]:
+            x, y = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+            page.mouse.move(x, y)
+            # The tip's text, the row it names, and its enlarged picture sampled back to IMAGE_SIZE pixels square
+            # (the middle of each enlarged pixel).
+            tip = page.evaluate("SIZE => { const t = document.getElementById('map-tip'); if (t.hidden) return null;"
+                                " const c = t.querySelector('canvas'), w = c.width, f = Math.floor(w / SIZE);"
+                                " const d = c.getContext('2d').getImageData(0, 0, w, w).data;"
+                                " const pixels = []; for (let y = 0; y < SIZE; y++) for (let x = 0; x < SIZE; x++)"
+                                " pixels.push(d[((f * y + (f >> 1)) * w + f * x + (f >> 1)) * 4]);"
+                                " return {text: t.innerText, pixels: pixels,"
+                                " hovered: document.getElementById('map-frame').dataset.hovered}; }", IMAGE_SIZE)
+            if tip:
+                return {**tip, "x": x, "y": y}
+    return None
+
+
+def check_report(browser, html: Path, screenshot: Path) -> dict:
+    """Load `html` offline in headless Chromium; return what the browser saw (screenshots: `screenshot`, and
+    the map with a point's tip showing beside it, -hover.png)."""
+    with open_page(browser, html) as (page, events):
+        seen = {
+            "title": page.title(),
+            "sections": page.evaluate("[...document.querySelectorAll('main > section')].map(s => s.id)"),
+            "images": page.evaluate("[...document.images].map(i => ({src: i.src.slice(0, 30), complete: i.complete,"
+                                    " width: i.naturalWidth, height: i.naturalHeight}))"),
+            # Pixels the map's canvas painted (alpha > 0): zero means nothing was drawn.
+            "map_pixels": page.evaluate("(() => { const c = document.getElementById('map-canvas');"
+                                        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                                        " let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0;"
+                                        " return n; })()"),
+        }
+        page.screenshot(path=screenshot, full_page=True)
+        seen["hover"] = hover_the_map(page)
+        if seen["hover"]:
+            # The map's box on the page, taken where it is, without scrolling (that could hide the tip).
+            frame = page.evaluate("(() => { const r = document.getElementById('map-frame').getBoundingClientRect();"
+                                  " return {x: r.left + scrollX, y: r.top + scrollY, width: r.width,"
+                                  " height: r.height}; })()")
+            page.screenshot(path=screenshot.with_name(screenshot.stem + "-hover.png"), full_page=True, clip=frame)
+        box = page.locator("#map-canvas").bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.wheel(0, -400)
+        next_frames(page)
+        seen["zoom_after_wheel"] = float(page.evaluate("document.getElementById('map-frame').dataset.zoom"))
+        return {**seen, **events}
+
+
 @pytest.mark.slow
-def test_report_in_headless_chromium(built, request):
-    skip_without_chromium()
+@pytest.mark.browser
+def test_report_in_headless_chromium(built, browser, request):
     project, _ = built
     screenshot = request.config.cache.mkdir("report-browser") / "report.png"
-    seen = check_report(project / "reports/index.html", screenshot)
+    seen = check_report(browser, project / "reports/index.html", screenshot)
     assert seen["console_errors"] == []
     assert seen["sections"] == SECTION_IDS
     html = (project / "reports/index.html").read_text()
@@ -311,3 +365,12 @@ def test_a_2d_latent_space_shows_the_raw_plane(own_copy):
     # The decoder grid: 15 x 15 images of the 2-D plane.
     manifold = Image.open(project / "reports/figures/latent_manifold.png")
     assert manifold.size == ((MANIFOLD_GRID * (IMAGE_SIZE + 2) + 2) * 2,) * 2
+
+
+if __name__ == "__main__":
+    # python -m tests.test_report REPORT SCREENSHOT: what the browser test sees on any report (tests/browser.py).
+    with launch() as chromium:
+        result = check_report(chromium, Path(sys.argv[1]), Path(sys.argv[2]))
+    if result["hover"]:
+        result["hover"]["pixels"] = f"{len(result['hover']['pixels'])} values"
+    print(json.dumps(result, indent=1))

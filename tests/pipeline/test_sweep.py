@@ -13,6 +13,7 @@ from tests.conftest import run_in, set_params
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import ROOT
 from vae_pipeline.params import load_params
+from vae_pipeline.settings import load_settings
 
 PROJECT_PACKAGES = {"vae_pipeline", "stages", "flows", "commands", "stack", "benchmarks", "tests"}
 
@@ -62,7 +63,7 @@ def test_a_sweep_refuses_uncommitted_inputs_and_names_them(project):
 
 
 def test_the_shared_stages_are_those_no_override_touches(project):
-    overrides = set(sweep.grid(load_params(project / "params.yaml")["sweep"])[0])
+    overrides = set(sweep.grid(load_settings(project / "params.yaml")["sweep"])[0])
     assert sweep.shared_stages(project, "train", overrides) == ["download"]
     assert sweep.shared_stages(project, "evaluate", overrides) == ["download"]
     assert sweep.shared_stages(project, "latent_map", {"latent_map.n_neighbors"}) == \
@@ -78,7 +79,7 @@ def test_a_recipe_carries_no_credential(monkeypatch, tmp_path):
     for name, value in {**secrets, "VAE_STACK_GIT_URL": "http://10.0.0.1:8417/vae-pipeline.git",
                         "VAE_STACK_GIT_USER": "vae"}.items():
         monkeypatch.setenv(name, value)
-    params = load_params(ROOT / "params.yaml")
+    params = load_settings(ROOT / "params.yaml")
     settings = {**params["sweep"], "scheduler": "stack"}
     where = {"git_url": "http://10.0.0.1:8417/vae-pipeline.git", "push": True,
              "dvc_remote": {"name": "stack", "url": "s3://vae-pipeline/dvc"}}

@@ -10,7 +10,7 @@ import yaml
 
 from tests.conftest import BUILD_RUN_TAGS, copy_project, free_port, run_in
 from vae_pipeline.errors import PipelineError
-from vae_pipeline.files import ROOT
+from vae_pipeline.files import project_home
 from vae_pipeline.params import load_params
 from vae_pipeline.tracking import runs, store
 
@@ -41,9 +41,10 @@ def open_store(project):
 def test_tracking_uri_env_then_params_then_embedded(monkeypatch):
     params = load_params()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert store.tracking_uri(params) == f"sqlite:///{ROOT}/mlflow.db"
-    params["mlflow"]["tracking_uri"] = "sqlite:///other/runs.db"  # relative: anchored at the project
-    assert store.tracking_uri(params) == f"sqlite:///{ROOT}/other/runs.db"
+    home = project_home()   # the checkout itself, or the main checkout of a git worktree (test_run_modes.py)
+    assert store.tracking_uri(params) == f"sqlite:///{home}/mlflow.db"
+    params["mlflow"]["tracking_uri"] = "sqlite:///other/runs.db"  # relative: anchored at the project's home
+    assert store.tracking_uri(params) == f"sqlite:///{home}/other/runs.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert store.tracking_uri(params) == "http://127.0.0.1:5999"
 

@@ -13,12 +13,13 @@ import torch
 import yaml
 
 from stages import train
-from tests.conftest import free_port, put_data, set_params
+from tests.conftest import free_port, put_data, section, set_params
 from tests.reliability.helpers import run_stage
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import write_json
 from vae_pipeline.ml.data import write_idx
 from vae_pipeline.ml.model import VAE, load_model, save_model
+from vae_pipeline.params import Pipeline
 
 pytestmark = pytest.mark.reliability
 
@@ -166,17 +167,17 @@ def test_loss_turning_nan_stops_at_once(project, tiny_source, reliability):
 def test_loss_turning_nan_after_a_good_epoch_keeps_its_checkpoint(project, tiny_source, reliability):
     """A checkpoint after one real epoch, its optimizer's lr then raised to 1e30: epoch 2 fails."""
     raw = put_data(project, tiny_source)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    t = params["train"]
-    torch.manual_seed(t["seed"])
+    params = Pipeline.of(yaml.safe_load((project / "params.yaml").read_text()))
+    t = params.train
+    torch.manual_seed(t.seed)
     model = VAE.from_config(t)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t["lr"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     images = np.fromfile(raw / "train-images-idx3-ubyte", np.uint8, offset=16).reshape(-1, 784)
     figures = train.train_epoch(model, optimizer, torch.from_numpy(images).float() / 255, t, epoch=1)
     optimizer.param_groups[0]["lr"] = 1e30
-    checkpoint = project / params["paths"]["checkpoint_dir"] / "train.pt"
+    checkpoint = project / params.paths.checkpoint_dir / "train.pt"
     train.save_checkpoint(checkpoint, model, optimizer, 1, [[1, *figures, *figures, 0.1]],
-                          train.checkpoint_key(params))
+                          train.checkpoint_key(params.data, params.train))
     good = checkpoint.read_bytes()
 
     code, error, stray = run_stage(project, "train")
@@ -196,7 +197,7 @@ def diverging_epoch(tiny_source, device: str):
     torch.manual_seed(0)
     model = VAE.from_config({"latent_dim": 4, "hidden_dims": [32]}).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e30)
-    t = {"batch_size": 64, "beta": 1.0, "likelihood": "bernoulli", "precision": "fp32"}
+    t = section("train", batch_size=64, beta=1.0, likelihood="bernoulli", precision="fp32")
     with pytest.raises(PipelineError) as error:
         train.train_epoch(model, optimizer, x, t, epoch=3)
     return str(error.value), {int(state["step"]) for state in optimizer.state.values()}

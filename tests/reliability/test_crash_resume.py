@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from stages import train
-from tests.conftest import pipeline_env, put_data, run_in, set_params
+from tests.conftest import pipeline_env, put_data, run_in, section, set_params
 from tests.reliability.helpers import snapshot
 from vae_pipeline.ml.data import FILES
 from vae_pipeline.ml.model import VAE
@@ -94,11 +94,11 @@ def test_evaluation_leaves_the_training_random_state_alone():
     torch.manual_seed(0)
     model, x = VAE.from_config({"latent_dim": 4, "hidden_dims": [16]}), torch.rand(50, 784)
     before = torch.get_rng_state()
-    figures = train.evaluate(model, x, {"seed": 0, "eval_batch_size": 20, "beta": 1.0, "likelihood": "bernoulli"})
+    t = section("train", seed=0, eval_batch_size=20, beta=1.0, likelihood="bernoulli")
+    figures = train.evaluate(model, x, t)
     assert torch.equal(torch.get_rng_state(), before)
     # and it is itself repeatable: the same z every epoch
-    assert train.evaluate(model, x, {"seed": 0, "eval_batch_size": 20, "beta": 1.0,
-                                     "likelihood": "bernoulli"}) == figures
+    assert train.evaluate(model, x, t) == figures
 
 
 class SlowGzipServer(http.server.ThreadingHTTPServer):

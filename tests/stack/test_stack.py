@@ -361,7 +361,9 @@ def test_a_schedule_fires_a_retrain_that_the_worker_runs(running, reliability):
     assert flow_run["auto_scheduled"] and flow_run["work_pool_name"] == running.stack.work_pool
     slot = datetime.fromisoformat(flow_run["expected_start_time"]).timestamp()
     fired = datetime.fromisoformat(flow_run["start_time"]).timestamp()
-    assert slot - deployed_at <= 61 and fired - slot < 120     # the next minute; then the worker's poll
+    # One of the next two minutes (the next, unless the loaded machine made the deploy or the scheduler late);
+    # then the worker's poll.
+    assert slot - deployed_at <= 121 and fired - slot < 120
 
     record = run_record(project)
     tags = dict(running.sql("SELECT key, value FROM tags WHERE run_uuid = %s", record["run_id"]))

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from stages import download, train
-from tests.conftest import relocate, tiny_params
-from vae_pipeline.ml.data import binarize, load_images
+from tests.conftest import relocate, section, tiny_params
+from vae_pipeline.ml.data import binarize, dataset_dir, load_images
+from vae_pipeline.params import Pipeline
 
 
 def test_a_draw_is_binary_follows_the_grey_values_and_depends_only_on_its_seed():
@@ -20,17 +21,17 @@ def test_a_draw_is_binary_follows_the_grey_values_and_depends_only_on_its_seed()
 
 def test_epoch_images_draw_afresh_only_when_dynamic():
     x = torch.rand(50, 784)
-    static = {"binarize": "static", "binarize_seed": 0}
+    static = section("data", binarize="static", binarize_seed=0)
     assert train.epoch_images(x, static, 1) is x and train.epoch_images(x, static, 2) is x
-    dynamic = {"binarize": "dynamic", "binarize_seed": 0}
+    dynamic = section("data", binarize="dynamic", binarize_seed=0)
     one, two = train.epoch_images(x, dynamic, 1), train.epoch_images(x, dynamic, 2)
     assert not torch.equal(one, two) and set(one.unique().tolist()) == {0.0, 1.0}
 
 
 def test_kl_warmup_ramps_beta_from_zero():
-    t = {"beta": 2.0, "kl_warmup_epochs": 4}
+    t = section("train", beta=2.0, kl_warmup_epochs=4)
     assert [train.epoch_beta(t, e) for e in range(1, 7)] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
-    assert train.epoch_beta({"beta": 2.0, "kl_warmup_epochs": 0}, 1) == 2.0
+    assert train.epoch_beta(section("train", beta=2.0, kl_warmup_epochs=0), 1) == 2.0
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def test_training_sees_a_fresh_draw_each_epoch_and_the_warmup_beta(dynamic_param
     real_train_epoch = train.train_epoch
 
     def recording_train_epoch(model, optimizer, x, t, epoch):
-        seen.append((x.clone(), t["beta"]))
+        seen.append((x.clone(), t.beta))
         return real_train_epoch(model, optimizer, x, t, epoch)
 
     monkeypatch.setattr(train, "train_epoch", recording_train_epoch)
@@ -57,10 +58,12 @@ def test_training_sees_a_fresh_draw_each_epoch_and_the_warmup_beta(dynamic_param
     assert all(set(x.unique().tolist()) == {0.0, 1.0} for x in images)
     assert not torch.equal(images[0], images[1]) and not torch.equal(images[1], images[2])
     # The test images are one fixed draw, the same every time they are loaded.
-    test_a, _ = load_images(dynamic_params, "test", torch.device("cpu"))
-    test_b, _ = load_images(dynamic_params, "test", torch.device("cpu"))
+    params = Pipeline.of(dynamic_params)
+    raw = dataset_dir(params.paths, params.data)
+    test_a, _ = load_images(params.data, raw, "test", torch.device("cpu"))
+    test_b, _ = load_images(params.data, raw, "test", torch.device("cpu"))
     assert set(test_a.unique().tolist()) == {0.0, 1.0} and torch.equal(test_a, test_b)
-    grey, _ = load_images(dynamic_params, "test", torch.device("cpu"), fixed_draw=False)
+    grey, _ = load_images(params.data, raw, "test", torch.device("cpu"), fixed_draw=False)
     assert len(grey.unique()) > 2
 
 

@@ -1,4 +1,4 @@
-"""The estimators of vae_pipeline/evaluation.py and the literature table."""
+"""The estimators of vae_pipeline/ml/evaluation.py and the literature table."""
 import math
 
 import numpy as np
@@ -8,6 +8,7 @@ from torch.distributions import Normal
 from tests.conftest import tiny_params
 from vae_pipeline.ml.evaluation import active_units, compare, elbo_parts, iwae_nll, log_likelihood
 from vae_pipeline.ml.model import VAE, vae_loss
+from vae_pipeline.params import Pipeline
 
 
 def tiny_model(latent_dim=3, seed=0) -> VAE:
@@ -105,9 +106,13 @@ def test_a_zeroed_dimension_is_not_active_and_has_no_kl():
 
 
 def test_literature_rows_compare_only_matching_setups(tmp_path):
+    def compare_to(params, metrics):
+        typed = Pipeline.of(params)
+        return compare(typed.data, typed.train, typed.evaluate, metrics)
+
     params = tiny_params(tmp_path, {})
     metrics = {"neg_elbo": 130.0, "iwae_nll": 125.0}
-    pytorch, burda_vae, burda_iwae = compare(params, metrics)
+    pytorch, burda_vae, burda_iwae = compare_to(params, metrics)
     # Default run: same measure as the PyTorch example, other recipe.
     assert pytorch["comparable"] and pytorch["this_run"] == 130.0 and not pytorch["same_recipe"]
     assert "architecture: 784-400-4, relu here, 784-400-20, relu there" in pytorch["differences"]
@@ -116,13 +121,13 @@ def test_literature_rows_compare_only_matching_setups(tmp_path):
     assert "iwae_samples: 10 here, 5000 there" in burda_vae["differences"]
 
     params["train"].update(latent_dim=20, epochs=10)
-    assert compare(params, metrics)[0]["same_recipe"]
+    assert compare_to(params, metrics)[0]["same_recipe"]
     params["train"].update(beta=4.0)
-    assert not compare(params, metrics)[0]["same_recipe"]
+    assert not compare_to(params, metrics)[0]["same_recipe"]
 
     params["data"]["binarize"] = "dynamic"
     params["evaluate"]["iwae_samples"] = 5000
-    rows = compare(params, metrics)
+    rows = compare_to(params, metrics)
     assert not rows[0]["comparable"]
     assert rows[1]["comparable"] and rows[1]["this_run"] == 125.0 and rows[2]["this_run"] == 125.0
     assert "objective: beta-ELBO, beta = 4 here, IWAE bound, k = 50 there" in rows[2]["differences"]

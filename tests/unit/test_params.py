@@ -7,8 +7,8 @@ from commands.clean import KEPT_BY_CLEAN
 from tests.conftest import run_in, set_params
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import ROOT
-from vae_pipeline.params import PIPELINE, load_params, validate
-from vae_pipeline.settings import SCHEMA, load_settings
+from vae_pipeline.params import Pipeline, load_params, validate
+from vae_pipeline.settings import Settings, load_settings
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -37,7 +37,7 @@ def test_bad_value_names_key_and_what_is_allowed(section, key, value, message):
     params = copy.deepcopy(DEFAULTS)
     params[section][key] = value
     with pytest.raises(PipelineError) as error:
-        validate(params, SCHEMA, whole=True)
+        validate(params, Settings)
     assert message in str(error.value)
 
 
@@ -47,7 +47,7 @@ def test_unknown_and_missing_keys():
     del params["train"]["seed"]
     params["extra"] = {}
     with pytest.raises(PipelineError) as error:
-        validate(params, SCHEMA, whole=True)
+        validate(params, Settings)
     text = str(error.value)
     assert "unknown key 'train.learning_rate'" in text
     assert "missing key 'train.seed'" in text
@@ -63,8 +63,8 @@ def test_the_stages_check_their_sections_and_the_settings_every_section(tmp_path
     assert load_params(tmp_path / "params.yaml")["train"] == DEFAULTS["train"]
     with pytest.raises(PipelineError, match="'stack.mlflow_port' is 0"):
         load_settings(tmp_path / "params.yaml")
-    assert not PIPELINE.keys() & {"prefect", "sweep", "retrain", "stack"}
-    assert SCHEMA.keys() == DEFAULTS.keys()
+    assert not Pipeline.model_fields.keys() & {"prefect", "sweep", "retrain", "stack"}
+    assert Settings.model_fields.keys() == DEFAULTS.keys()
 
 
 def test_unreadable_yaml_names_the_file(tmp_path):
@@ -75,7 +75,8 @@ def test_unreadable_yaml_names_the_file(tmp_path):
 
 def test_make_clean_removes_every_output_and_keeps_the_raw_data(project):
     params = load_params(project / "params.yaml")
-    assert {"raw_dir", "run_record"} == set(KEPT_BY_CLEAN)   # the decision: data and MLflow records stay
+    # the decision: the data, the MLflow store and its run record stay
+    assert {"raw_dir", "run_record", "tracking_store", "tracking_artifacts"} == set(KEPT_BY_CLEAN)
     for key, path in params["paths"].items():               # every path, as a file or a folder with a file
         target = project / path / "x" if key.endswith("_dir") else project / path
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from stages.train import evaluate, train_epoch
+from tests.conftest import section
 from vae_pipeline.files import ROOT
 from vae_pipeline.ml.model import VAE, SummedBCEWithLogits, idle_cores, setup_torch
 
-T = {"batch_size": 32, "beta": 1.5, "likelihood": "bernoulli", "precision": "fp32", "seed": 0,
-     "eval_batch_size": 50}
+T = section("train", batch_size=32, beta=1.5, likelihood="bernoulli", precision="fp32", seed=0, eval_batch_size=50)
 
 
 def reference_epoch(model, optimizer, x, t):
@@ -92,7 +92,7 @@ def test_bf16_epoch_stays_close_and_keeps_float32_weights():
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
         torch.manual_seed(0)
         for epoch in (1, 2, 3):
-            losses[name] = train_epoch(model, optimizer, x, {**T, "precision": precision}, epoch)[0]
+            losses[name] = train_epoch(model, optimizer, x, T.model_copy(update={"precision": precision}), epoch)[0]
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.01)
     assert all(p.dtype == torch.float32 for p in bf16.parameters())
     assert evaluate(bf16, x, T)[0] == pytest.approx(evaluate(fp32, x, T)[0], rel=0.01)
@@ -111,7 +111,7 @@ def test_thread_count_zero_means_the_idle_cores():
         torch.set_num_threads(before)
 
 
-# Run as a stage runs (through vae_pipeline.cli.main), in a fresh process: MKL fixes its numerics
+# Run as a stage runs (through vae_pipeline.errors.main), in a fresh process: MKL fixes its numerics
 # at its first call, and this test process has called it long before.
 ON_ONE_AND_ON_TWO_THREADS = f"""
 import json
@@ -119,6 +119,9 @@ import torch
 from stages.train import evaluate, train_epoch
 from vae_pipeline.errors import main
 from vae_pipeline.ml.model import VAE
+from vae_pipeline.params import Train
+
+T = Train(**{T.model_dump()!r})
 
 def train_on(threads):
     torch.set_num_threads(threads)
@@ -126,8 +129,8 @@ def train_on(threads):
     model = VAE.from_config({{"latent_dim": 4, "hidden_dims": [400]}})
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     x = torch.rand(512, 784, generator=torch.Generator().manual_seed(1))
-    figures = train_epoch(model, optimizer, x, {T!r}, 1)
-    figures += evaluate(model, x, {T!r}) + evaluate(model, x, {T!r}, sample=False)
+    figures = train_epoch(model, optimizer, x, T, 1)
+    figures += evaluate(model, x, T) + evaluate(model, x, T, sample=False)
     return list(model.parameters()), figures
 
 def compare(params):

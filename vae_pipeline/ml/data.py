@@ -18,6 +18,7 @@ import numpy as np
 
 from vae_pipeline.errors import PipelineError, damaged_output, stage_output
 from vae_pipeline.files import project_path
+from vae_pipeline.params import Data, Paths
 
 # Every data set here is 28 x 28 grey images: the model, the report and the served decoder use these.
 IMAGE_SIZE = 28
@@ -68,19 +69,28 @@ DATASETS = {
 }
 
 
-def raw_dir(params: dict) -> Path:
+def dataset_dir(paths: Paths, data: Data) -> Path:
     """Where the download stage puts the data set's IDX files: <paths.raw_dir>/<data.dataset>."""
-    return project_path(params["paths"]["raw_dir"]) / params["data"]["dataset"]
+    return project_path(paths.raw_dir) / data.dataset
 
 
-def expected_checksums(params: dict) -> dict[str, str]:
+def dataset_checksums(data: Data) -> dict[str, str]:
     """The SHA-256 each IDX file must have: params.yaml data.sha256, else the data set's pinned ones."""
-    return params["data"]["sha256"] or DATASETS[params["data"]["dataset"]]["sha256"]
+    return data.sha256 or DATASETS[data.dataset]["sha256"]
 
 
-def class_names(params: dict) -> list[str]:
-    """The names of the data set's classes; label c is class_names(params)[c]."""
-    return DATASETS[params["data"]["dataset"]]["classes"]
+def class_names(data: Data) -> list[str]:
+    """The names of the data set's classes; label c is class_names(data)[c]."""
+    return DATASETS[data.dataset]["classes"]
+
+
+# The same two for code that holds the whole params as a mapping (tracking/, until it takes sections).
+def raw_dir(params) -> Path:
+    return dataset_dir(Paths.model_validate(params["paths"]), Data.model_validate(params["data"]))
+
+
+def expected_checksums(params) -> dict[str, str]:
+    return dataset_checksums(Data.model_validate(params["data"]))
 
 
 # ---- IDX files ------------------------------------------------------------------------------
@@ -161,8 +171,8 @@ def read_split(raw_dir: Path, split: str, n_classes: int) -> tuple[np.ndarray, n
 # ---- the images as tensors: read once, batches are slices -----------------------------------
 
 
-def load_images(params: dict, split: str, device, fixed_draw: bool = True):
-    """Images of a split as a float32 tensor (N, 784) in [0, 1] on `device`, and their labels.
+def load_images(data: Data, raw_dir: Path, split: str, device, fixed_draw: bool = True):
+    """Images of a split in `raw_dir` as a float32 tensor (N, 784) in [0, 1] on `device`, and their labels.
 
     With data.binarize static or dynamic, the images come back as one Bernoulli
     draw made with a fixed seed (the same draw every time), unless `fixed_draw`
@@ -170,10 +180,10 @@ def load_images(params: dict, split: str, device, fixed_draw: bool = True):
     """
     import torch
 
-    images, labels = read_split(raw_dir(params), split, len(class_names(params)))
+    images, labels = read_split(raw_dir, split, len(class_names(data)))
     x = torch.from_numpy(images.copy()).to(device).reshape(len(images), -1).float().div_(255)
-    if fixed_draw and params["data"]["binarize"] != "none":
-        x = binarize(x, params["data"]["binarize_seed"], SPLIT_STREAM[split], 0)
+    if fixed_draw and data.binarize != "none":
+        x = binarize(x, data.binarize_seed, SPLIT_STREAM[split], 0)
     return x, labels.astype(np.int64)
 
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from vae_pipeline.ml.data import IMAGE_PIXELS
 from vae_pipeline.ml.model import GAUSSIAN_VARIANCE, kl_divergence, reparameterize
+from vae_pipeline.params import Data, Evaluate, Train
 
 LOG_2PI = math.log(2 * math.pi)
 # The gaussian likelihood's log normaliser over an image, 392 log pi (about 448.7 nats): -log p(x|z)
@@ -162,30 +163,29 @@ REFERENCES = [
 ]
 
 
-def this_run(params: dict) -> dict:
+def this_run(data: Data, train: Train, evaluate: Evaluate) -> dict:
     """This run's setup, in the terms the references use."""
-    t = params["train"]
     objective = "ELBO"
-    if t["beta"] != 1:
-        objective = f"beta-ELBO, beta = {t['beta']:g}"
-    if t["kl_warmup_epochs"]:
-        objective += f", KL warm-up over {t['kl_warmup_epochs']} epochs"
+    if train.beta != 1:
+        objective = f"beta-ELBO, beta = {train.beta:g}"
+    if train.kl_warmup_epochs:
+        objective += f", KL warm-up over {train.kl_warmup_epochs} epochs"
     return {
-        "dataset": params["data"]["dataset"],
-        "binarize": params["data"]["binarize"],
-        "likelihood": t["likelihood"],
-        "iwae_samples": params["evaluate"]["iwae_samples"],
-        "architecture": "-".join(map(str, [IMAGE_PIXELS, *t["hidden_dims"], t["latent_dim"]])) + ", relu",
-        "epochs": t["epochs"],
-        "batch_size": t["batch_size"],
-        "lr": t["lr"],
+        "dataset": data.dataset,
+        "binarize": data.binarize,
+        "likelihood": train.likelihood,
+        "iwae_samples": evaluate.iwae_samples,
+        "architecture": "-".join(map(str, [IMAGE_PIXELS, *train.hidden_dims, train.latent_dim])) + ", relu",
+        "epochs": train.epochs,
+        "batch_size": train.batch_size,
+        "lr": train.lr,
         "objective": objective,
     }
 
 
-def compare(params: dict, metrics: dict) -> list[dict]:
+def compare(data: Data, train: Train, evaluate: Evaluate, metrics: dict) -> list[dict]:
     """One row per reference: its figure, this run's (only when comparable) and how the setups differ."""
-    ours = this_run(params)
+    ours = this_run(data, train, evaluate)
     rows = []
     for ref in REFERENCES:
         measure_diffs = [f"{key}: {ours[key]} here, {value} there"

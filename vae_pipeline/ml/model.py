@@ -35,7 +35,7 @@ from torch import nn
 from vae_pipeline.errors import PipelineError, damaged_output, stage_output
 from vae_pipeline.files import atomic_path, write_json
 from vae_pipeline.ml.data import IMAGE_PIXELS
-from vae_pipeline.params import PIPELINE
+from vae_pipeline.params import Train
 
 log = logging.getLogger("device")
 
@@ -66,8 +66,8 @@ class VAE(nn.Module):
         self.decoder = mlp([latent_dim, *reversed(hidden), IMAGE_PIXELS])
 
     @classmethod
-    def from_config(cls, config: dict) -> "VAE":
-        """The VAE of a config holding latent_dim and hidden_dims (params.yaml train, or vae.json)."""
+    def from_config(cls, config: "Train | dict") -> "VAE":
+        """The VAE of a config holding latent_dim and hidden_dims: params.yaml's train section, or vae.json."""
         return cls(latent_dim=config["latent_dim"], hidden_dims=config["hidden_dims"])
 
     def encode(self, x):
@@ -205,7 +205,7 @@ def uses_bf16(device: torch.device, precision: str) -> bool:
 
 WEIGHTS_FILE, CONFIG_FILE = "vae.safetensors", "vae.json"
 # The config keys a model is rebuilt from, and their rules: those of params.yaml `train`.
-CONFIG_RULES = {key: PIPELINE["train"][key] for key in ("latent_dim", "hidden_dims", "likelihood")}
+CONFIG_RULES = {key: Train.rule(key) for key in ("latent_dim", "hidden_dims", "likelihood")}
 # safetensors' names of the dtypes a model may be saved in.
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 # safetensors itself refuses a larger header.
@@ -230,12 +230,12 @@ def read_config(config_path: Path) -> dict:
     if not isinstance(config, dict):
         raise damaged_output(config_path, f"not a model config (holds {type(config).__name__}, expected a "
                              "JSON object)", "train")
-    for key, (allowed, check) in CONFIG_RULES.items():
+    for key, rule in CONFIG_RULES.items():
         if key not in config:
-            raise damaged_output(config_path, f"not a model config (missing key '{key}': {allowed})", "train")
-        if not check(config[key]):
+            raise damaged_output(config_path, f"not a model config (missing key '{key}': {rule.allowed})", "train")
+        if not rule.check(config[key]):
             raise damaged_output(config_path, f"not a model config ('{key}' is {str(config[key])[:60]}; "
-                                 f"allowed: {allowed})", "train")
+                                 f"allowed: {rule.allowed})", "train")
     return config
 
 

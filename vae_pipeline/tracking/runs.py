@@ -6,7 +6,13 @@ The train stage calls, in order:
                                                               # an input and starts the system metrics
     log_epoch(client, run_id, row)                            # once per epoch, one batched request
     finish_training_run(client, run_id, params, model, metrics)
-and the run is recorded in paths.run_record under the hash of the model's files (tracking/store.py).
+and the run is recorded in paths.run_record under the hash of the model's files (record_training_run).
+
+The store and the run record are the project's, in its home (files.project_home): a training in a
+temporary copy of `dvc exp run --temp` or of the queue, or in a git worktree, logs there too. The
+run of an unfinished training (RUN_FILE) stays with its checkpoint in the checkout that trains
+(paths.checkpoint_dir): only a rerun there resumes it, and two trainings at once (the queue's `-j 2`,
+a worktree beside the main checkout) each keep their own instead of closing the other's run.
 
 Env VAE_RUN_TAGS (a JSON object) adds tags to the run, e.g. the Prefect flow run id.
 """
@@ -15,11 +21,11 @@ import logging
 import os
 
 from vae_pipeline.errors import PipelineError, redact_uri
-from vae_pipeline.files import ROOT, project_path, sha256_file, write_json
+from vae_pipeline.files import ROOT, locked, project_path, sha256_file, write_json
 from vae_pipeline.ml.data import raw_dir
 from vae_pipeline.params import PARAMS_FILE
 from vae_pipeline.provenance import git_provenance
-from vae_pipeline.tracking.store import data_input, experiment_id, log_metrics, record_training_run
+from vae_pipeline.tracking.store import data_input, experiment_id, log_metrics, model_key, record_path, run_records
 
 # torch is imported in the functions that need it: importing this module costs no torch import.
 
@@ -218,3 +224,17 @@ def finish_training_run(client, run_id: str, params: dict, model, metrics: dict)
     (project_path(paths["checkpoint_dir"]) / RUN_FILE).unlink(missing_ok=True)
     log.info("MLflow run %s finished; decoder registered as %s", run_id, record["model_uri"])
     return record
+
+
+def record_training_run(params: dict, record: dict) -> None:
+    """Add `record` as the run that trained the model now in paths.model_dir (a staged folder: the train
+    stage moves the model in afterwards; the record of a model that never moves in names nothing).
+
+    The record is shared by every checkout and experiment (in the project's home): it is only ever
+    added to, under a lock on its folder, so two queued experiments finishing at once both keep theirs.
+    """
+    key = model_key(project_path(params["paths"]["model_dir"]))
+    path = record_path(params)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path.parent):
+        write_json(path, {**run_records(params), key: record})

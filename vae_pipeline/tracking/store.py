@@ -1,9 +1,11 @@
-"""The MLflow tracking store: where runs go, checked before any work is spent.
+"""The MLflow tracking store: where runs go, checked before any work is spent; the run record.
 
 Where runs go, the first that is set:
   1. env MLFLOW_TRACKING_URI          e.g. http://127.0.0.1:5000 (an `mlflow server`)
-  2. params.yaml mlflow.tracking_uri
-  3. sqlite:///<project>/mlflow.db, artifacts in <project>/mlartifacts/ (both git-ignored)
+  2. params.yaml mlflow.tracking_uri  (a relative sqlite:/// path lies in the project's home)
+  3. the embedded store: the SQLite file paths.tracking_store, its artifacts in paths.tracking_artifacts
+The home (files.project_home) is the main checkout for every way DVC runs a stage (in a temporary
+copy, a worktree): all log to the one store, register there, and keep the one run record.
 
 Every call goes through an MlflowClient with an explicit run id, never the
 fluent `mlflow.start_run`: inside a Prefect task running in another thread the
@@ -12,18 +14,13 @@ fluent "active run" is not there, and mlflow silently opens a second run.
 The run record (params.yaml paths.run_record) maps the hash of the model's files to the record
 of the run that trained them. It is kept out of the model folder: a run id is new on every
 training, so inside models/ it would give identical weights a new hash in dvc.lock and rerun
-everything downstream. It is no DVC output either (git-ignored, like mlflow.db). Keyed by the
-model's hash, it also names the right run when DVC restores an earlier model from its run cache.
+everything downstream. It is no DVC output either (git-ignored, like the store). Keyed by the model's
+hash, it names the right run when DVC restores a model from its run cache or an experiment.
 
-Later stages call attach_to_training_run(params, metrics=..., artifacts=[...]); the evaluate
-stage's figures go to the logged model too (model_metrics=...), so `mlflow.search_logged_models`
-can rank the models by them.
-
-The rest of tracking/: runs.py (a training's run: params, tags, epochs, its end) and
-registry.py (the registered decoder and the champion alias).
+The rest of tracking/: runs.py (a training's run: params, tags, epochs, its end, its record),
+registry.py (the registered decoder and the champion alias), ui.py (`make mlflow-ui`).
 """
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -36,8 +33,9 @@ from pathlib import Path
 import requests
 
 from vae_pipeline.errors import PipelineError, redact_uri
-from vae_pipeline.files import ROOT, project_path, sha256_file, write_json
+from vae_pipeline.files import ROOT, home_path, locked, sha256_file
 from vae_pipeline.ml.data import FILES, expected_checksums, raw_dir
+from vae_pipeline.params import load_params
 
 log = logging.getLogger("tracking")
 
@@ -45,20 +43,35 @@ log = logging.getLogger("tracking")
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def default_tracking_uri(root: Path = ROOT) -> str:
-    """The embedded store: an SQLite file in the project (its artifacts go to <root>/mlartifacts)."""
-    return f"sqlite:///{Path(root) / 'mlflow.db'}"
+def default_tracking_uri(root: Path = ROOT, params: dict | None = None) -> str:
+    """sqlite:///<home>/<paths.tracking_store>: the embedded store of the project at `root` (params: its own)."""
+    params = params or load_params(Path(root) / "params.yaml")
+    return f"sqlite:///{home_path(params['paths']['tracking_store'], root)}"
 
 
 def tracking_uri(params: dict, root: Path = ROOT) -> str:
     """The tracking URI: env MLFLOW_TRACKING_URI, else mlflow.tracking_uri, else the project's SQLite file."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"]
     if not uri:
-        return default_tracking_uri(root)
-    # A relative SQLite path would depend on the current directory: anchor it at the project.
+        return default_tracking_uri(root, params)
+    # A relative SQLite path would depend on the current directory: anchor it at the project's home.
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{Path(root) / uri.removeprefix('sqlite:///')}"
+        uri = f"sqlite:///{home_path(uri.removeprefix('sqlite:///'), root)}"
     return uri
+
+
+def artifact_location(uri: str, params: dict) -> str | None:
+    """The artifact root of a new experiment in the store at `uri`; None: the store's own (a server's).
+
+    A SQLite store has none (mlflow would use ./mlruns in the current directory): its artifacts lie
+    where paths.tracking_artifacts lies from paths.tracking_store (the embedded store's: there).
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    store_folder = home_path(params["paths"]["tracking_store"]).parent
+    beside = os.path.relpath(home_path(params["paths"]["tracking_artifacts"]), store_folder)
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", params["mlflow"]["experiment_name"])
+    return (Path(uri.removeprefix("sqlite:///")).parent / beside / slug).resolve().as_uri()
 
 
 def check_reachable(uri: str, timeout: float) -> None:
@@ -186,7 +199,6 @@ def sqlite_open_lock(uri: str):
     half-built. Under this lock one process creates the tables and the others find
     them. Later writes need no lock: mlflow has SQLite wait up to 20 s for a busy
     database (tests/test_concurrency.py: eight writers at once lose nothing).
-    The folder is locked, not a lock file, so nothing is left beside the database.
     Other stores: no lock.
     """
     if not uri.startswith("sqlite:///"):
@@ -194,12 +206,8 @@ def sqlite_open_lock(uri: str):
         return
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (seconds of imports: not under the lock)
 
-    folder = os.open(Path(uri.removeprefix("sqlite:///")).parent, os.O_RDONLY)
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)  # released on close, or when the process dies
+    with locked(Path(uri.removeprefix("sqlite:///")).parent):
         yield
-    finally:
-        os.close(folder)
 
 
 def experiment_id(client, params: dict) -> str:
@@ -213,15 +221,9 @@ def experiment_id(client, params: dict) -> str:
             for key, value in EXPERIMENT_KIND.items():
                 client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
-    # A SQLite store has no artifact root of its own (mlflow would use ./mlruns in the current
-    # directory): keep the artifacts beside the database file.
-    location = None
-    uri = client.tracking_uri
-    if uri.startswith("sqlite:///"):
-        slug = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / slug).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, params),
+                                        tags=EXPERIMENT_KIND)
     except MlflowException:  # created meanwhile by a parallel run
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -275,9 +277,14 @@ def model_key(model_dir: Path) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
+def record_path(params: dict, root: Path = ROOT) -> Path:
+    """paths.run_record, in the home of the project at `root`."""
+    return home_path(params["paths"]["run_record"], root)
+
+
 def run_records(params: dict, root: Path = ROOT) -> dict[str, dict]:
     """paths.run_record: {model_key: the record of the run that trained that model}; {} when missing."""
-    path = Path(root) / params["paths"]["run_record"]   # an absolute path stays as it is
+    path = record_path(params, root)
     if not path.exists():
         return {}
     try:
@@ -288,12 +295,6 @@ def run_records(params: dict, root: Path = ROOT) -> dict[str, dict]:
     if not isinstance(records, dict):
         raise PipelineError(f"{path}: expected a JSON object of run records; delete it")
     return records
-
-
-def record_training_run(params: dict, record: dict) -> None:
-    """Record `record` as the run that trained the model now in paths.model_dir."""
-    key = model_key(project_path(params["paths"]["model_dir"]))
-    write_json(project_path(params["paths"]["run_record"]), {**run_records(params), key: record})
 
 
 def training_run(params: dict, root: Path = ROOT) -> dict | None:
@@ -309,12 +310,12 @@ def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts:
                            model_metrics: dict | None = None) -> str | None:
     """Log a later stage's metrics and files to the run that trained the current model.
 
-    metrics: name -> number, logged at `step` in one request (a rerun adds a
-    point, it never conflicts). model_metrics: the same, and the logged model's
-    metrics too, measured on the data set (data_input). artifacts: files or folders, stored under
-    `artifact_dir` in the run. Params are never logged here: they belong to
-    the training. Returns the run id, or None (with a warning) when no run is
-    recorded for the model (trained before tracking existed, or in another workspace).
+    metrics: name -> number, logged at `step` in one request (a rerun adds a point, it never
+    conflicts). model_metrics: the same, and the logged model's metrics too, measured on the data
+    set (data_input; `mlflow.search_logged_models` ranks the models by them). artifacts: files or
+    folders, stored under `artifact_dir` in the run. Params are never logged here: they belong to
+    the training. Returns the run id, or None (with a warning) when no run is recorded for the
+    model (trained before tracking existed, or elsewhere with another store).
     """
     record = training_run(params)
     if record is None:

@@ -2,7 +2,7 @@
 // The VAE's decoder, run in the page: window.vaeReport.decode(z) takes a latent vector
 // (an array of latentDim numbers) and returns the image's pixel values in [0, 1], a
 // Float32Array of 784, row by row. The weights are the JSON block #decoder-data, made by
-// vae_pipeline/packed_decoder.py: dense layers, ReLU between them, a sigmoid after the
+// vae_pipeline/report/explorer.py: dense layers, ReLU between them, a sigmoid after the
 // last, as the model's own decode. No library.
 (function () {
   "use strict";
