@@ -5,18 +5,18 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
 # Quiet and offline: no telemetry from DVC, MLflow or Prefect. The same as vae_pipeline/environment.py
-# TELEMETRY_OFF, which the Python code imports (tests/test_facts_once.py checks that they agree).
+# TELEMETRY_OFF, which the Python code imports (tests/unit/test_facts_once.py checks that they agree).
 export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 # Prefect's runs, logs and local API database stay in the project (git-ignored): params.yaml
-# prefect.home, which the flows read too (tests/test_facts_once.py checks that they agree).
+# prefect.home, which the flows read too (tests/unit/test_facts_once.py checks that they agree).
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 # dvc.yaml's `python` must be the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run repro sweep exps test test-fast clean browser bench
+.PHONY: help install run repro sweep exps test test-fast lint clean browser bench
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -42,11 +42,14 @@ exps: $(STAMP)  ## `dvc exp show` narrowed: the params that differ and the headl
 # Two pytest-xdist workers, a test file to each at a time (tests/conftest.py): the slow tests wait on
 # servers and subprocesses as much as they compute. TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
-test: $(STAMP) browser postgres  ## run the test suite (slow end-to-end tests included)
+test: $(STAMP) lint browser postgres  ## lint, then the test suite (slow end-to-end tests included)
 	pytest -n $(TEST_WORKERS) --dist loadgroup
 
+lint: $(STAMP)  ## ruff: lint and the layout rules ([tool.ruff] in pyproject.toml; .pre-commit-config.yaml runs them too)
+	ruff check .
+
 test-fast: $(STAMP)  ## run the tests, skipping the slow end-to-end ones
-	pytest -m "not slow"
+	pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 clean:  ## remove every output named in params.yaml `paths` (keeps raw data, run record, mlflow.db, DVC cache, .venv)
 	set -o pipefail; python -m commands.clean | xargs -r -d '\n' rm -rf --

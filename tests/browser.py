@@ -58,4 +58,3 @@ def open_page(browser: Browser, html: Path, width: int = 1280, height: int = 900
 def next_frames(page: Page) -> None:
     """Wait for two animation frames: what the page scheduled for the next frame is drawn."""
     page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-

@@ -1,18 +1,27 @@
-"""Shared fixtures: a tiny IDX data set and a throwaway copy of the project, and the helpers
-every test uses to change a copy's params and to read dvc.yaml's stages.
+"""Shared fixtures: a tiny IDX data set, a throwaway copy of the project, the tiny projects built
+once per run (built_project, built_fashion), and the helpers every test uses to change a copy's
+params and to read dvc.yaml's stages.
 
 Nothing here touches the network: the tiny data set is written by the test
 session and served to the download stage as a `file://` source.
+
+The tests by layer: unit/ (no pipeline run, seconds), pipeline/ (stages, flows, DVC and MLflow on the
+tiny data), reliability/ (bad input, damaged outputs, crashes, attacks, fuzzing, concurrency) and
+stack/ (the team stack, started for real).
 """
+import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +57,38 @@ def write_dataset(folder: Path, n_train: int, n_test: int) -> dict[str, str]:
     return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in FILES}
 
 
+def build_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder `name` in this run's temporary folder, made by `build(folder)` once per run.
+
+    Under pytest-xdist the workers share it: the first that asks builds it behind a file lock (in the
+    folder above the workers' own, pytest-xdist's recipe), the others wait for it and use it. A failed
+    build is not tried again: the others fail at once, with its error.
+    """
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent
+    folder, done, failed = shared / name, shared / f"{name}.done", shared / f"{name}.failed"
+    with FileLock(shared / f"{name}.lock"):
+        if failed.exists():
+            raise AssertionError(f"{name}: another worker's build of it failed:\n{failed.read_text()}")
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)     # what a worker killed while building left
+            try:
+                build(folder)
+            except BaseException as e:
+                failed.write_text(f"{type(e).__name__}: {e}")
+                raise
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def tiny_source(tmp_path_factory) -> tuple[Path, dict]:
-    """A local source of 2,000 training and 500 test images, and its checksums."""
-    folder = tmp_path_factory.mktemp("tiny-mnist")
-    return folder, write_dataset(folder, 2000, 500)
+def tiny_source(tmp_path_factory, worker_id) -> tuple[Path, dict]:
+    """A local source of 2,000 training and 500 test images, and its checksums (one per run)."""
+    folder = build_once(tmp_path_factory, worker_id, "tiny-mnist", lambda f: write_dataset(f, 2000, 500))
+    return folder, {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in FILES}
 
 
 def tiny_params(source: Path, checksums: dict, **overrides) -> dict:
@@ -100,6 +136,7 @@ def make_project(folder: Path, tiny_source) -> Path:
     run_in(copy, "git", "-c", "user.name=test", "-c", "user.email=test@localhost",
            "commit", "-qm", "tiny config")
     return copy
+
 
 def set_params(project: Path, **sections) -> dict:
     """Change the project's params.yaml, e.g. set_params(project, train={"epochs": 4}); return the new params."""
@@ -159,13 +196,20 @@ def stages_run(output: str) -> list[str]:
 
 
 # The reliability report (`make reliability`) and its helpers.
-pytest_plugins = ["tests.reliability"]
+pytest_plugins = ["tests.reliability.report"]
+
+
+def pytest_configure(config):
+    # pyproject.toml's testpaths name the layers' folders: a test file beside this one would never run.
+    if stray := sorted(p.name for p in Path(__file__).parent.glob("test_*.py")):
+        raise pytest.UsageError(f"tests/{stray[0]}: move it into its layer's folder (see tests/conftest.py)")
 
 
 # `make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadgroup`): a group's tests
 # run in one worker, in order, so a module-scoped fixture (a trained project, a server) is made once.
 # A file's group is the file, unless its tests name one: the team-stack files share `team-stack`, so
-# two stacks (each a PostgreSQL, an S3 store and three servers) never start at once.
+# two stacks (each a PostgreSQL, an S3 store and three servers) never start at once. The tiny built
+# projects are made once for both workers (build_once).
 @pytest.hookimpl(tryfirst=True)     # before xdist reads the marks
 def pytest_collection_modifyitems(items):
     for item in items:
@@ -195,20 +239,77 @@ def project(tmp_path, tiny_source) -> Path:
     return make_project(tmp_path, tiny_source)
 
 
-@pytest.fixture(scope="session")
-def built_project(tmp_path_factory, tiny_source) -> Path:
-    """A tiny project after a full `dvc repro`: every stage's outputs and the MLflow store.
+# ---- the tiny projects built once per run: tests only read them, or work on a copy ----------
 
-    Shared by the whole session: tests only read it, or work on a copy (copy_project).
+BUILD_LOG = "repro.log"                      # beside the built project: what its `dvc repro` printed
+BUILD_RUN_TAGS = {"built_by": "tests"}       # VAE_RUN_TAGS of built_project's build (its MLflow run's tags)
+# built_project's build: its run tagged BUILD_RUN_TAGS, and system metrics sampled every second (the tiny
+# training takes seconds; mlflow.system_metrics_interval's 10 s might see none).
+BUILD_ENV = {"VAE_RUN_TAGS": json.dumps(BUILD_RUN_TAGS), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+
+
+def build_project(folder: Path, tiny_source, env: dict | None = None, **sections) -> None:
+    """A tiny project in folder/project (params.yaml changed by `sections`, uncommitted), after a full
+    `dvc repro` with `env`; what that printed in folder/BUILD_LOG."""
+    project = make_project(folder, tiny_source)
+    if sections:
+        set_params(project, **sections)
+    with pytest.MonkeyPatch.context() as patch:       # as own_tracking_store does for each test
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("VAE_RUN_TAGS", raising=False)
+        result = run_in(project, "dvc", "repro", env=env)
+    (folder / BUILD_LOG).write_text(result.stdout + result.stderr)
+
+
+def first_build_output(project: Path) -> str:
+    """What the `dvc repro` that built a built_project or built_fashion printed (stdout, then stderr)."""
+    return (project.parent / BUILD_LOG).read_text()
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory, worker_id, tiny_source) -> Path:
+    """A tiny project after a full `dvc repro` with BUILD_ENV: every stage's outputs and the MLflow
+    store (one run, version 1 of the registered decoder).
+
+    Built once per run, shared by the pytest-xdist workers: tests only read it, or work on a copy
+    (copy_project).
     """
-    project = make_project(tmp_path_factory.mktemp("built"), tiny_source)
-    run_in(project, "dvc", "repro")
-    return project
+    folder = build_once(tmp_path_factory, worker_id, "built",
+                        lambda folder: build_project(folder, tiny_source, BUILD_ENV))
+    return folder / "project"
+
+
+@pytest.fixture(scope="session")
+def built_fashion(tmp_path_factory, worker_id, tiny_source) -> Path:
+    """built_project on Fashion-MNIST's class names (data.dataset: fashion-mnist), with more IWAE
+    draws and trustworthiness samples, params.yaml uncommitted. Once per run, like built_project."""
+    sections = {"data": {"dataset": "fashion-mnist"},
+                "evaluate": {"iwae_samples": 20, "trustworthiness_samples": 300}}
+    folder = build_once(tmp_path_factory, worker_id, "built-fashion",
+                        lambda folder: build_project(folder, tiny_source, **sections))
+    return folder / "project"
 
 
 def copy_project(project: Path, folder: Path) -> Path:
-    """A copy of `project`, outputs, DVC cache, git history and MLflow store included, for a test to change."""
-    return Path(shutil.copytree(project, folder / "project", symlinks=True))
+    """A copy of `project`, outputs, DVC cache, git history and MLflow store included, for a test to change.
+
+    The store and the run record name the project's own folder (the artifacts' location, the store's
+    URI): in the copy they name the copy's, so that what a test logs stays in its copy.
+    """
+    copy = Path(shutil.copytree(project, folder / "project", symlinks=True))
+    old, new = f"{project}/", f"{copy}/"
+    if (copy / "mlflow.db").exists():
+        with contextlib.closing(sqlite3.connect(copy / "mlflow.db")) as db, db:
+            tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for table in tables:
+                for _, column, kind, *_ in db.execute(f'PRAGMA table_info("{table}")').fetchall():
+                    if "CHAR" in kind.upper() or "TEXT" in kind.upper():
+                        db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                                   f'WHERE instr("{column}", ?) > 0', (old, new, old))
+    record = copy / yaml.safe_load((copy / "params.yaml").read_text())["paths"]["run_record"]
+    if record.exists():
+        record.write_text(record.read_text().replace(old, new))
+    return copy
 
 
 def free_port() -> int:

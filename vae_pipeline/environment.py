@@ -3,7 +3,7 @@
 The flows, the stack, the benchmarks and the tests import them from here. Two readers cannot
 import the project and get the names another way: flows/sweep_point.py (shipped to Dask workers
 by value) gets them in its recipe from flows/sweep.py, and the Makefile exports TELEMETRY_OFF
-itself (tests/test_facts_once.py checks that its exports equal these).
+itself (tests/unit/test_facts_once.py checks that its exports equal these).
 """
 
 # Quiet and offline: no telemetry from DVC, MLflow or Prefect, in every process the project starts.

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.code_graph import imported_modules, module_file, packages, runs_code
+from tests.unit.code_graph import imported_modules, module_file, packages, runs_code
 from vae_pipeline.files import ROOT
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

@@ -14,7 +14,7 @@ import torch
 
 from stages import download, train
 from tests.conftest import put_data, run_in, set_params
-from tests.reliability import changed_files, run_stage, snapshot
+from tests.reliability.helpers import changed_files, run_stage, snapshot
 from vae_pipeline.errors import PipelineError, redact_uri
 from vae_pipeline.files import ROOT
 from vae_pipeline.ml.data import FILES
@@ -83,7 +83,8 @@ def test_pickle_planted_as_model_is_refused_without_running(project, tiny_source
     marker = tmp_path / "pickle-ran"
     (project / "models").mkdir()
     (project / "models/vae.safetensors").write_bytes(malicious_pickle(marker))
-    (project / "models/vae.json").write_text(json.dumps({"latent_dim": 4, "hidden_dims": [400], "likelihood": "bernoulli"}))
+    (project / "models/vae.json").write_text(json.dumps({"latent_dim": 4, "hidden_dims": [400],
+                                                          "likelihood": "bernoulli"}))
     code, error, stray = run_stage(project, "embed")
     reliability("attack", "pickle planted as models/vae.safetensors", error, code,
                 stray + (["code ran!"] if marker.exists() else []))

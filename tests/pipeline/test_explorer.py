@@ -1,10 +1,10 @@
 """The report's latent explorer: the decoder packed for the page, and the page used in headless Chromium.
 
-The browser tests build one tiny project on Fashion-MNIST's class names (`dvc repro`), open
-its report offline in Debian's chromium driven by Playwright (tests/browser.py) and use the
-explorer as a reader would (explore_report): decode fixed latent vectors in the page, click two
-points of the map, extend, swap, click empty space, drag a slider, and do it again with the
-keyboard alone. Other latent sizes run on copies of that project.
+The browser tests use the tiny project on Fashion-MNIST's class names built once per run
+(tests/conftest.py built_fashion), open its report offline in Debian's chromium driven by
+Playwright (tests/browser.py) and use the explorer as a reader would (explore_report): decode fixed
+latent vectors in the page, click two points of the map, extend, swap, click empty space, drag a
+slider, and do it again with the keyboard alone. Other latent sizes run on copies of that project.
 """
 import json
 import shutil
@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from tests.browser import launch, next_frames, open_page
-from tests.conftest import make_project, run_in, set_params
+from tests.conftest import copy_project, run_in, set_params
 from vae_pipeline.ml.data import DATASETS, IMAGE_PIXELS, class_names, read_labels
 from vae_pipeline.ml.model import VAE, load_model
 from vae_pipeline.outputs import read_mu
@@ -261,12 +261,10 @@ def explore_report(browser, html: Path, latent_vectors: list[list[float]], scree
 
 
 @pytest.fixture(scope="module")
-def fashion(tmp_path_factory, tiny_source) -> Path:
-    """A tiny project on Fashion-MNIST's class names, after a full `dvc repro`. Tests only read it."""
-    project = make_project(tmp_path_factory.mktemp("explorer"), tiny_source)
-    set_params(project, data={"dataset": "fashion-mnist"})
-    run_in(project, "dvc", "repro")
-    return project
+def fashion(built_fashion, tmp_path_factory) -> Path:
+    """A tiny project on Fashion-MNIST's class names, after a full `dvc repro`. Tests only read it, or
+    copy it: this module's own copy of built_fashion, so that what the copies log stays in this module."""
+    return copy_project(built_fashion, tmp_path_factory.mktemp("explorer"))
 
 
 def explored(browser, project: Path, request) -> tuple[dict, object, dict]:

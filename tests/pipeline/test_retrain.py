@@ -11,7 +11,7 @@ import pytest
 
 from flows.local_api import free_port
 from flows.retrain import DESCRIPTION, gate_markdown
-from tests.conftest import VENV_BIN, downstream, dvc_stages, pipeline_env, run_in, stop_process_group
+from tests.conftest import VENV_BIN, copy_project, downstream, dvc_stages, pipeline_env, run_in, stop_process_group
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.ml.data import expected_checksums
 from vae_pipeline.params import load_params
@@ -21,6 +21,7 @@ from vae_pipeline.tracking.registry import CHAMPION_ALIAS as ALIAS
 from vae_pipeline.tracking.store import DATA_SHA256_TAG
 
 # ---- the gate, on real registered versions (no training needed) -----------------------------
+
 
 @pytest.fixture
 def registry(tmp_path):
@@ -149,9 +150,12 @@ def prefect_server(tmp_path, request):
 
 @pytest.mark.slow
 def test_the_served_retrain_deployment_runs_on_a_prefect_server_and_names_a_champion(
-        project, prefect_server, tmp_path, request):
+        built_project, prefect_server, tmp_path, request):
     import mlflow
 
+    # The run's built project, its version 1 no champion yet: the retrain re-checks the data, finds
+    # every stage up to date, and the gate makes that version the first champion.
+    project = copy_project(built_project, tmp_path)
     env = prefect_server
     log = tmp_path / "serve.log"
     runner = start([sys.executable, "-m", "flows.schedule"], project, env, log)

@@ -155,4 +155,3 @@ def test_a_worker_kit_in_a_read_only_folder_names_it_and_the_default_kit_lands_i
     assert (project / load_settings()["stack"]["state_dir"] / "worker-kit" / "env").stat().st_mode & 0o777 == 0o600
     made = run_in(project, "make", "-s", "-o", ".venv/.installed", "stack-worker-kit", "KIT=other-kit")
     assert (project / "other-kit" / "env").exists(), made.stdout
-

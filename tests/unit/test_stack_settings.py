@@ -1,6 +1,6 @@
 """The team stack's settings without servers: secrets, env files, the git service's auth check.
 
-(tests/test_stack.py starts the stack for real; these are the cheap parts around it.)
+(tests/stack/test_stack.py starts the stack for real; these are the cheap parts around it.)
 """
 import base64
 import dataclasses

@@ -28,7 +28,7 @@ import requests
 from stack import health, postgres, supervisor
 from stack.settings import CLIENT_ENV_NAMES, SERVICES, TLS_FILES, USER, Stack, load_secrets, read_env_file
 from tests.conftest import free_port, make_project, pipeline_env, run_in, set_params
-from tests.test_concurrency import check_nothing_lost, eight_writers_at_once
+from tests.reliability.test_concurrency import check_nothing_lost, eight_writers_at_once
 from vae_pipeline.files import ROOT
 from vae_pipeline.params import load_params
 from vae_pipeline.tracking import store
@@ -375,7 +375,8 @@ def test_a_schedule_fires_a_retrain_that_the_worker_runs(running, reliability):
         "artifacts": {"key": {"any_": ["champion"]}, "flow_run_id": {"any_": [flow_run["id"]]}}}).json()
     assert len(artifacts) == 1 and f"version {record['model_version']}" in artifacts[0]["data"]
     report(reliability, "stack", "a retrain fired by its schedule (cron `* * * * *`), run by the worker",
-                f"scheduled {slot - deployed_at:.0f} s after `deploy`, started {fired - slot:.0f} s later, COMPLETED in "
+                f"scheduled {slot - deployed_at:.0f} s after `deploy`, started {fired - slot:.0f} s later, "
+                f"COMPLETED in "
                 f"{flow_run['total_run_time']:.0f} s; its MLflow run in PostgreSQL, model in S3, champion artifact")
 
 

@@ -10,7 +10,7 @@ the checkout and the pytest folders are hidden under empty tmpfs mounts: it has 
 (`python -m stack worker-kit`) and the stack's address. A four-point sweep (2 beta x 2 latent
 sizes, 1 epoch, tiny data) runs on them; once host 1 has finished a point, in the middle of its
 next one every process of host 1 is killed. (The local Dask path of the same code is
-tests/test_flows.py's two-point sweep.)
+tests/pipeline/test_flows.py's two-point sweep.)
 
 Root only (ip netns, mount): elsewhere skipped, saying why. Everything made is removed in
 `finally` blocks, whatever happens.
@@ -260,7 +260,8 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
             # Every point exactly once, each made by a namespace host (its hostname and its address).
             assert sorted((p["beta"], p["latent_dim"]) for p in points) == [(1, 2), (1, 3), (4, 2), (4, 3)]
             assert results["failed"] == []
-            assert {p["host"] for p in points} <= set(MACHINES) and {p["address"] for p in points} <= set(MACHINES.values())
+            assert {p["host"] for p in points} <= set(MACHINES)
+            assert {p["address"] for p in points} <= set(MACHINES.values())
             assert all(MACHINES[p["host"]] == p["address"] for p in points)
             assert {p["host"] for p in points} == set(MACHINES)          # both hosts did points
             # The killed attempt's run FAILED; the parent has four FINISHED children, one per point.
@@ -268,7 +269,8 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
             assert killed_run.info.status == "FAILED"
             assert victim.info.run_id not in {p["mlflow_run_id"] for p in points}
             parent = results["mlflow_parent_run_id"]
-            children = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+            children = client.search_runs([experiment.experiment_id],
+                                          filter_string=f"tags.mlflow.parentRunId = '{parent}'")
             finished = [r for r in children if r.info.status == "FINISHED"]
             assert sorted(r.info.run_id for r in finished) == sorted(p["mlflow_run_id"] for p in points)
             assert [r.info.run_id for r in children if r.info.status != "FINISHED"] == [victim.info.run_id]
@@ -295,7 +297,8 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
     again = next(p for p in points if f"beta={p['beta']:g} latent={p['latent_dim']}" == victim.data.tags["sweep.point"])
     recovery = again["started"] + again["seconds"] - killed_wall
     figures = (f"4 points on 2 namespaced hosts, host 1 killed (pids {killed}) {killed_at - started:.0f} s in: "
-               f"sweep {seconds:.0f} s; the killed point done again on {again['host']} {recovery:.0f} s after the kill; "
+               f"sweep {seconds:.0f} s; the killed point done again on {again['host']} {recovery:.0f} s after the "
+               "kill; "
                f"per point " +
                ", ".join(f"β={p['beta']:g} z={p['latent_dim']} on {p['host']} {p['seconds']:.0f} s "
                          f"(checkout {p['checkout_s']:.0f}, exp run {p['exp_run_s']:.0f}, push {p['push_s']:.0f})"
@@ -311,7 +314,8 @@ def prefect_table(env: dict, flow_run_id: str) -> list[dict]:
               "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, "
               "FlowRunFilterId\n"
               "with get_client(sync_client=True) as c:\n"
-              "    found = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=['sweep-points'])),"
+              "    found = c.read_artifacts("
+              "artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=['sweep-points'])),"
               " flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[sys.argv[1]])))\n"
               "data = found[0].data\nprint(data if isinstance(data, str) else json.dumps(data))\n")
     text = run_in(ROOT, "python", "-c", script, flow_run_id, env=env).stdout

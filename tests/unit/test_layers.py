@@ -9,7 +9,7 @@ import ast
 
 import pytest
 
-from tests.code_graph import import_graph, packages, project_modules
+from tests.unit.code_graph import import_graph, packages, project_modules
 from vae_pipeline.files import ROOT
 
 # Each layer: the project's layers it may import (besides itself). A module belongs to the most

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.fuzzing import FUZZ, fuzz_reader, mutate, mutation, outcome_row
+from tests.reliability.fuzzing import FUZZ, fuzz_reader, mutate, mutation, outcome_row
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.ml.data import read_idx, read_labels, read_split, write_idx
 

@@ -14,7 +14,7 @@ import yaml
 
 from stages import train
 from tests.conftest import free_port, put_data, section, set_params
-from tests.reliability import run_stage
+from tests.reliability.helpers import run_stage
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import write_json
 from vae_pipeline.ml.data import write_idx

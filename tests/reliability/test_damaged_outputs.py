@@ -1,6 +1,6 @@
 """Damaged outputs and stores through the real entry points: a clear error, exit 2, nothing changed.
 
-A tiny project is built once (`dvc repro`, the session's built_project). Each test damages
+A tiny project is built once per run (`dvc repro`, tests/conftest.py built_project). Each test damages
 one file a stage wrote, in a copy of it, as a disk that filled up, an interrupted copy or a
 hand edit would, and runs the stage that reads that file (`python -m stages.NAME`). It
 checks the exit code, the message (the file, what is wrong, the stage to rerun) and that
@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import copy_project, put_data, run_in, set_params
-from tests.reliability import run_stage, snapshot
+from tests.reliability.helpers import run_stage, snapshot
 from vae_pipeline.files import ROOT
 from vae_pipeline.params import load_params
 from vae_pipeline.tracking.store import training_run
@@ -217,7 +217,7 @@ def test_a_failure_at_model_registration_leaves_the_previous_outputs_whole(built
     went read-only would): the previous model, metrics, curve and run record stay as they were, the last
     epoch's checkpoint is kept, and the rerun resumes from it and moves the new set in together."""
     project = copy_project(built_project, tmp_path)
-    # A store of its own (the built project's keeps its artifacts in the built project's folder).
+    # A store of its own, empty: the new weights' version is its first.
     (project / "mlflow.db").unlink()
     new_store(project / "mlflow.db")
     with sqlite3.connect(project / "mlflow.db") as db:

@@ -7,7 +7,7 @@ appended junk) or in its structure (a column dropped, renamed or of another type
 NaN, infinite or out of range, rows lost or shuffled; a tensor of another shape, a config
 key changed; a JSON key deleted or of another type). The stages' own read functions must
 return a valid result (checked here) or raise the project's PipelineError naming the file;
-any other exception fails the test. At least tests.fuzzing.EXAMPLES examples per kind.
+any other exception fails the test. At least tests.reliability.fuzzing.EXAMPLES examples per kind.
 """
 import json
 import math
@@ -19,7 +19,7 @@ import torch
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from tests.fuzzing import fuzz_reader, mutate, mutation, outcome_row
+from tests.reliability.fuzzing import fuzz_reader, mutate, mutation, outcome_row
 from vae_pipeline.ml.model import CONFIG_FILE, VAE, WEIGHTS_FILE, load_model, save_model
 from vae_pipeline.outputs import (
     CURVE_COLUMNS,
@@ -162,8 +162,8 @@ def latent_map_table() -> pd.DataFrame:
 
 
 TRAIN_METRICS = {"test_recon": 140.5, "test_kl": 10.5}
-TRAIN_DETAIL = {"test_loss": 151.0, "train_loss": 150.2, "test_loss_mu": 149.0, "test_recon_mu": 138.5, "best_test_loss": 150.9,
-                "epochs": 3, "device": "cpu"}
+TRAIN_DETAIL = {"test_loss": 151.0, "train_loss": 150.2, "test_loss_mu": 149.0, "test_recon_mu": 138.5,
+                "best_test_loss": 150.9, "epochs": 3, "device": "cpu"}
 EVAL_METRICS = {"iwae_nll": 148.0, "knn_accuracy": 0.75}
 EVAL_DETAIL = {"dataset": "mnist", "binarize": "none", "likelihood": "bernoulli", "test_images": 8,
                "neg_elbo": 151.0, "recon": 140.5, "kl": 10.5, "neg_elbo_mu": 149.0, "recon_mu": 138.5,

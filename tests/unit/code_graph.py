@@ -1,8 +1,8 @@
 """The project's import graph, read from its source: which project modules each module imports.
 
 Every `import` and `from ... import` counts, inside functions too (code a module may run is
-code it depends on). Used by tests/test_dvc_yaml.py (each stage's code deps) and
-tests/test_layers.py (what each package may import, and no import circle).
+code it depends on). Used by tests/unit/test_dvc_yaml.py (each stage's code deps) and
+tests/unit/test_layers.py (what each package may import, and no import circle).
 """
 import ast
 from pathlib import Path

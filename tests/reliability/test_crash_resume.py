@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from stages import train
 from tests.conftest import pipeline_env, put_data, run_in, section, set_params
-from tests.reliability import snapshot
+from tests.reliability.helpers import snapshot
 from vae_pipeline.ml.data import FILES
 from vae_pipeline.ml.model import VAE
 

@@ -13,7 +13,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from commands.serve import PORT_ENV, port
-from tests.conftest import free_port, pipeline_env, run_in, set_params, stop_process_group
+from tests.conftest import copy_project, free_port, pipeline_env, set_params, stop_process_group
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.ml.data import IMAGE_SIZE
 from vae_pipeline.ml.model import VAE, load_model
@@ -78,8 +78,8 @@ def predict(url: str, z: np.ndarray) -> np.ndarray:
 # ---- end to end: trained by the train stage, served by `make serve` --------------------------
 
 @pytest.mark.slow
-def test_make_serve_decodes_like_the_project_and_answers_bad_requests_with_400(project, tmp_path, request):
-    run_in(project, sys.executable, "-m", "dvc", "repro", "train")
+def test_make_serve_decodes_like_the_project_and_answers_bad_requests_with_400(built_project, tmp_path, request):
+    project = copy_project(built_project, tmp_path)          # trained by the train stage: version 1
     # Read at serving, not training (no stage lists serve.*): this limit applies to the version trained above.
     params = set_params(project, serve={"max_batch": 300})
     url, server = start_server(project, {}, tmp_path / "serve.log")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import free_port, run_in
+from tests.conftest import BUILD_RUN_TAGS, copy_project, free_port, run_in
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import project_home
 from vae_pipeline.params import load_params
@@ -107,12 +107,12 @@ def test_resumed_training_continues_its_run_other_unfinished_runs_fail(monkeypat
 
 
 @pytest.mark.slow
-def test_pipeline_runs_are_tracked_registered_and_compared(project, monkeypatch):
+def test_pipeline_runs_are_tracked_registered_and_compared(built_project, tmp_path):
     import mlflow
 
-    monkeypatch.setenv("VAE_RUN_TAGS", '{"sweep": "tiny"}')
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the tiny training takes seconds
-    run_in(project, "dvc", "repro")
+    # The run's built project: a `dvc repro` with VAE_RUN_TAGS and system metrics every second
+    # (tests/conftest.py BUILD_ENV); a copy of it, as this test trains again.
+    project = copy_project(built_project, tmp_path)
     client, record = open_store(project)
     run = client.get_run(record["run_id"])
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -126,7 +126,7 @@ def test_pipeline_runs_are_tracked_registered_and_compared(project, monkeypatch)
     assert len(tags["git.commit"]) == 40 and tags["git.dirty"] == "false"  # dvc.lock changes don't count
     assert tags["data.sha256.train-images-idx3-ubyte"] == params["data"]["sha256"]["train-images-idx3-ubyte"]
     assert tags["device"] == "cpu" and tags["threads"] == "1" and tags["torch.version"] == torch.__version__
-    assert tags["sweep"] == "tiny"
+    assert BUILD_RUN_TAGS.items() <= tags.items()
     # One point per epoch, step = epoch; final figures; the later stages' figures.
     for name in EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], name

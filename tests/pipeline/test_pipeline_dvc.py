@@ -1,20 +1,21 @@
-"""End to end: `dvc repro` in a fresh copy of the project on the tiny config."""
+"""End to end: `dvc repro` on the tiny config. The first build is the run's built_project (tests/conftest.py);
+then, in a copy of it, again, forced, and after a change."""
 import json
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import downstream, dvc_stages, run_in, set_params, stages_run
+from tests.conftest import copy_project, downstream, dvc_stages, first_build_output, run_in, set_params, stages_run
 from vae_pipeline.params import load_params
 from vae_pipeline.tracking.store import training_run
 
 pytestmark = pytest.mark.slow
 
 
-def test_dvc_repro_runs_every_stage_then_nothing(project):
-    first = run_in(project, "dvc", "repro")
-    assert stages_run(first.stdout) == sorted(dvc_stages(project))
+def test_dvc_repro_runs_every_stage_then_nothing(built_project, tmp_path):
+    assert stages_run(first_build_output(built_project)) == sorted(dvc_stages(built_project))
+    project = copy_project(built_project, tmp_path)
 
     metrics = json.loads((project / "reports/metrics/train.json").read_text())
     detail = json.loads((project / "reports/metrics/train_detail.json").read_text())

@@ -1,14 +1,13 @@
 """The latent map and the report: `dvc repro` on the tiny config, then the page itself.
 
-One tiny project is built per module (download, train, embed, latent_map, report). The
-tests only read it; a test that changes params works on its own copy of it.
+The tests read the tiny project built once per run (tests/conftest.py built_project: download,
+train, embed, latent_map, evaluate, report); a test that changes params works on its own copy of it.
 """
 import base64
 import datetime
 import io
 import json
 import re
-import shutil
 import struct
 import sys
 from pathlib import Path
@@ -21,7 +20,16 @@ from PIL import Image
 
 from stages.report import SECTIONS
 from tests.browser import launch, next_frames, open_page
-from tests.conftest import downstream, dvc_stages, make_project, run_in, set_params, stages_run, stages_with_param
+from tests.conftest import (
+    copy_project,
+    downstream,
+    dvc_stages,
+    first_build_output,
+    run_in,
+    set_params,
+    stages_run,
+    stages_with_param,
+)
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import ROOT
 from vae_pipeline.ml.data import IMAGE_SIZE, read_split
@@ -59,17 +67,15 @@ def png_text_chunks(data: bytes) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_source):
-    """A tiny project after a full `dvc repro`, and that run's output. Tests only read it."""
-    project = make_project(tmp_path_factory.mktemp("report"), tiny_source)
-    result = run_in(project, "dvc", "repro")
-    return project, result.stdout + result.stderr
+def built(built_project):
+    """The tiny project after a full `dvc repro`, and that run's output. Tests only read it."""
+    return built_project, first_build_output(built_project)
 
 
 @pytest.fixture
-def own_copy(built, tmp_path) -> Path:
-    """A copy of the built project, outputs, DVC cache and git history included, for a test to change."""
-    return Path(shutil.copytree(built[0], tmp_path / "project", symlinks=True))
+def own_copy(built_project, tmp_path) -> Path:
+    """A copy of the built project, outputs, DVC cache, git history and MLflow store included, for a test to change."""
+    return copy_project(built_project, tmp_path)
 
 
 # ---- fast: the pieces ----------------------------------------------------------------------
