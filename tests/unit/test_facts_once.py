@@ -10,7 +10,7 @@ import requests
 import yaml
 
 from stack.settings import S3_REGION, Stack
-from tests.code_graph import project_modules
+from tests.unit.code_graph import project_modules
 from tests.conftest import pipeline_env, run_in
 from vae_pipeline import environment
 from vae_pipeline.files import ROOT
