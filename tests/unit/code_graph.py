@@ -2,7 +2,8 @@
 
 Every `import` and `from ... import` counts, inside functions too (code a module may run is
 code it depends on). Used by tests/unit/test_dvc_yaml.py (each stage's code deps) and
-tests/unit/test_layers.py (what each package may import, and no import circle).
+tests/unit/test_layers.py (what each package may import, and no import circle), and
+tests/unit/test_facts_once.py.
 """
 import ast
 from pathlib import Path

@@ -10,8 +10,8 @@ import requests
 import yaml
 
 from stack.settings import S3_REGION, Stack
-from tests.unit.code_graph import project_modules
 from tests.conftest import pipeline_env, run_in
+from tests.unit.code_graph import project_modules
 from vae_pipeline import environment
 from vae_pipeline.files import ROOT
 from vae_pipeline.settings import STACK_DVC_REMOTE, load_settings
