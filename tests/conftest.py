@@ -312,6 +312,23 @@ def copy_project(project: Path, folder: Path) -> Path:
     return copy
 
 
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, seconds: float) -> None:
+    """Wait until the MLflow server at `url` answers /health; fail with the end of its `log` when
+    `process` ends first or `seconds` pass."""
+    import requests
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{url}: the MLflow server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (at the time of asking)."""
     with socket.socket() as s:
@@ -322,7 +339,6 @@ def free_port() -> int:
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 (its own SQLite store and artifact folder); stopped afterwards."""
-    import requests
 
     port, folder = free_port(), tmp_path / "server"
     folder.mkdir()
@@ -337,16 +353,7 @@ def mlflow_server(tmp_path):
             start_new_session=True)  # its own process group: the finalizer stops its workers too
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_healthy(url, process, folder / "server.log", 120)
         yield url, folder
     finally:
         stop_process_group(process)

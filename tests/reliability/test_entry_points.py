@@ -6,12 +6,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
-import requests
 
-from tests.conftest import free_port, pipeline_env, run_in, stop_process_group
+from tests.conftest import free_port, pipeline_env, run_in, stop_process_group, wait_healthy
 from vae_pipeline.files import ROOT
 from vae_pipeline.settings import load_settings
 
@@ -66,15 +64,7 @@ def test_mlflow_ui_serves_the_runs_page_of_the_embedded_store(project):
                                    stderr=subprocess.STDOUT, env={**pipeline_env(), "VAE_MLFLOW_UI_PORT": str(port)},
                                    start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_healthy(f"http://127.0.0.1:{port}", process, log, 180)
         assert f"The training runs: http://127.0.0.1:{port}/#/experiments" in log.read_text()
         assert (project / "mlflow.db").exists()                   # the project's embedded store
     finally:
