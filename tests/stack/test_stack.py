@@ -410,18 +410,15 @@ def test_mlflow_server_stopped_during_a_training(running, second, reliability):
     error = [line for line in output.splitlines() if running.stack.mlflow_url in line][-1]
     assert "Exception" in error or "Error" in error                       # the failure, naming the server
     assert client.get_run(run_id).info.status == "RUNNING"                 # not marked finished
-    assert client.search_model_versions(f"run_id = '{run_id}'") == []      # nothing registered
     assert not (second / "models").exists() and checkpoint.exists()
 
     running.run(second, "dvc", "repro", "train")                           # resumes from the checkpoint
     assert client.get_run(run_id).info.status == "FINISHED"                # in the same run
-    assert len(client.search_model_versions(f"run_id = '{run_id}'")) == 1
     steps = sorted(point.step for point in client.get_metric_history(run_id, "test_loss"))
     assert steps == list(range(1, 41))                                     # every epoch, once
     report(reliability, "fault", "stack: the MLflow server stopped during a 40-epoch training",
-                f"the stage failed naming {running.stack.mlflow_url} ({error.strip()[:120]}); no model "
-                f"version, run left RUNNING; the rerun resumed the same run, FINISHED, one version, "
-                f"all 40 epochs logged once")
+                f"the stage failed naming {running.stack.mlflow_url} ({error.strip()[:120]}); run left "
+                f"RUNNING; the rerun resumed the same run, FINISHED, all 40 epochs logged once")
 
 
 def test_s3_stopped_then_dvc_push_fails_and_completes_after_a_restart(running, second, reliability):
