@@ -51,7 +51,7 @@ lint: $(STAMP)  ## ruff: lint and the layout rules ([tool.ruff] in pyproject.tom
 test-fast: $(STAMP)  ## run the tests, skipping the slow end-to-end ones
 	pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
-clean:  ## remove every output named in params.yaml `paths` (keeps raw data, run record, mlflow.db, DVC cache, .venv)
+clean:  ## remove every output named in params.yaml `paths` (keeps raw data, run record, mlflow.db, numba cache, DVC cache, .venv)
 	set -o pipefail; python -m commands.clean | xargs -r -d '\n' rm -rf --
 
 .PHONY: reliability

@@ -29,11 +29,15 @@ import pytest
 import yaml
 
 from vae_pipeline.environment import TELEMETRY_OFF
-from vae_pipeline.files import ROOT, copy_checkout
+from vae_pipeline.files import ROOT, copy_checkout, home_path
 from vae_pipeline.ml.data import FILES, write_idx
-from vae_pipeline.params import Pipeline, Section
+from vae_pipeline.params import Pipeline, Section, load_params
 
 VENV_BIN = Path(sys.executable).parent
+# Every tiny project the tests build maps its latent space with UMAP, whose numba code takes about 20 s
+# to compile into an empty cache: the tests' projects share this checkout's (params paths.numba_cache,
+# in the project's home), as the checkouts and experiments of one project do.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(home_path(load_params()["paths"]["numba_cache"])))
 
 
 def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

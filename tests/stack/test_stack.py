@@ -29,7 +29,6 @@ from stack import health, postgres, supervisor
 from stack.settings import CLIENT_ENV_NAMES, SERVICES, TLS_FILES, USER, Stack, load_secrets, read_env_file
 from tests.conftest import free_port, make_project, pipeline_env, run_in, set_params
 from tests.reliability.test_concurrency import check_nothing_lost, eight_writers_at_once
-from vae_pipeline.files import ROOT
 from vae_pipeline.params import load_params
 from vae_pipeline.tracking import store
 from vae_pipeline.tracking.runs import RUN_FILE
@@ -98,7 +97,7 @@ class Running:
         self.prefect_auth = (USER, self.secrets["prefect_password"])    # for the tests' own API calls
         # What `source .stack/env` gives a shell, plus the Makefile's PREFECT_HOME.
         self.env = {**read_env_file(self.stack.env_file), "PREFECT_HOME": str(project / ".prefect"),
-                    "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))}
+                    "NUMBA_CACHE_DIR": os.environ["NUMBA_CACHE_DIR"]}   # tests/conftest.py's
         self.outputs = []            # every command's output, searched for secrets at the end
 
     def run(self, project: Path, *cmd, check=True, env=None, timeout=600):
@@ -147,8 +146,7 @@ def running(tiny_source):
     set_params(project, stack=stack_ports())
     run_in(project, "git", "commit", "-qam", "stack on free ports")
     started = time.monotonic()
-    first = run_in(project, "python", "-m", "stack", "up", timeout=900,
-                   env={"NUMBA_CACHE_DIR": str(ROOT / ".numba_cache")})
+    first = run_in(project, "python", "-m", "stack", "up", timeout=900)
     stack = Running(base, project)
     stack.up_seconds = time.monotonic() - started
     stack.outputs.append(first.stdout + first.stderr)
