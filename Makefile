@@ -40,18 +40,20 @@ exps: $(STAMP)  ## `dvc exp show` narrowed: the params that differ and the headl
 	python -m commands.exps
 
 # Two pytest-xdist workers, a test file to each at a time (tests/conftest.py): the slow tests wait on
-# servers and subprocesses as much as they compute. TEST_WORKERS=0 runs them in this process.
+# servers and subprocesses as much as they compute. The files go out in testpaths order, the team
+# stack's first (--no-loadscope-reorder: by default xdist starts with the files of most tests and
+# leaves a long file of one test for the end). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: $(STAMP) lint browser postgres  ## lint, then the test suite (slow end-to-end tests included)
-	pytest -n $(TEST_WORKERS) --dist loadgroup
+	pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: $(STAMP)  ## ruff: lint and the layout rules ([tool.ruff] in pyproject.toml; .pre-commit-config.yaml runs them too)
 	ruff check .
 
 test-fast: $(STAMP)  ## run the tests, skipping the slow end-to-end ones
-	pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
+	pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not slow"
 
-clean:  ## remove every output named in params.yaml `paths` (keeps raw data, run record, mlflow.db, DVC cache, .venv)
+clean:  ## remove every output named in params.yaml `paths` (keeps raw data, run record, mlflow.db, numba cache, DVC cache, .venv)
 	set -o pipefail; python -m commands.clean | xargs -r -d '\n' rm -rf --
 
 .PHONY: reliability

@@ -10,8 +10,9 @@ from vae_pipeline.files import ROOT
 from vae_pipeline.settings import load_settings
 
 # The paths `make clean` keeps: the downloaded data (fetching it again needs the network; DVC's
-# cache holds it too), the MLflow store with its artifacts, and the run record (its bookkeeping).
-KEPT_BY_CLEAN = ("raw_dir", "run_record", "tracking_store", "tracking_artifacts")
+# cache holds it too), the MLflow store with its artifacts, the run record (its bookkeeping), and
+# UMAP's compiled code (no output: a cache of numba's).
+KEPT_BY_CLEAN = ("raw_dir", "run_record", "tracking_store", "tracking_artifacts", "numba_cache")
 
 
 def outputs(params: dict, root: Path = ROOT) -> list[str]:

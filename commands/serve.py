@@ -10,7 +10,7 @@ tracking server (MLFLOW_TRACKING_URI). With PORT that port:
     curl -s http://127.0.0.1:PORT/invocations -H 'Content-Type: application/json' \\
          -d '{"inputs": [[0, 0, 0, 0]]}'        # -> {"predictions": [28 x 28 pixel values]}
 
-The model checks each request (vae_pipeline/serving/decoder_pyfunc.py): a bad one gets
+The model checks each request (vae_pipeline/tracking/decoder_pyfunc.py): a bad one gets
 HTTP 400 with a message, and at most serve.max_batch rows are decoded per request.
 The version served is fixed at start: after a retrain moves the alias, restart.
 """

@@ -34,7 +34,7 @@ def publish(project: Path, params: dict) -> None:
     else:
         create_link_artifact(key="mlflow-run", link=run_link(record["tracking_uri"], record["experiment_id"],
                                                              record["run_id"]),
-                             link_text=f"MLflow run {record['run_id']} ({record['model_uri']})",
+                             link_text=f"MLflow run {record['run_id']} ({record.get('model_uri', 'not registered')})",
                              description="The MLflow run that trained the current model")
     report = project / params["paths"]["report"]
     if report.exists():

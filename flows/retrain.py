@@ -10,7 +10,7 @@ Served on a cron schedule by `python -m flows.schedule` (or put on a work pool w
      than `dvc exp run -S` keeps it plain: dvc.lock then records exactly the
      params the workspace holds, and `dvc repro` alone reproduces the result;
   3. runs the `vae-pipeline` flow (flows/pipeline.py): DVC reruns only what is
-     stale, and the train stage registers a new model version in MLflow;
+     stale, and the evaluate stage registers the new model's version in MLflow;
   4. the champion gate (vae_pipeline/tracking/champion.py, the policy): the
      version the pipeline left (paths.run_record) takes the `champion` alias only
      when it beats the champion on params retrain.gate_metric by retrain.margin,

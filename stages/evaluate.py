@@ -1,4 +1,4 @@
-"""Stage evaluate: figures on the test set that mean the same thing in every run.
+"""Stage evaluate: figures on the test set that mean the same thing in every run; the model registered.
 
 Writes its figures (nats per test image unless named otherwise) in two files: the headline
 ones, iwae_nll and knn_accuracy, in <paths.eval_metrics> (DVC metrics), the rest in
@@ -11,7 +11,9 @@ ones, iwae_nll and knn_accuracy, in <paths.eval_metrics> (DVC metrics), the rest
   knn_accuracy(_per_class)       class of each test mu from its nearest train mu (the embed stage's)
   trustworthiness                how well the latent map stage's UMAP kept the neighbours of its points
 and <paths.literature>: this run beside published figures (vae_pipeline/ml/evaluation.py).
-The report stage shows them all.
+The report stage shows them all. The evaluated decoder is then registered in MLflow's model registry
+with these figures (vae_pipeline/tracking/registry.py register_decoder): a model is registered once it
+is evaluated, and a change to the registered model's code reruns this stage alone.
 
 The ELBO uses beta = 1 whatever train.beta was: it is the bound on log p(x), not the
 training objective. See vae_pipeline/ml/evaluation.py log_likelihood for what "nats" means per likelihood.
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vae_pipeline.errors import PipelineError, in_one_line
 from vae_pipeline.files import project_path, replace_together, write_json
 from vae_pipeline.ml.data import class_names, dataset_dir, load_images, read_labels
 from vae_pipeline.ml.evaluation import active_units, compare, elbo_parts, iwae_nll
@@ -34,6 +37,7 @@ from vae_pipeline.ml.model import load_model, setup_torch
 from vae_pipeline.outputs import EVAL_DETAIL, EVAL_METRICS, latent_map_rows, read_latent_map, read_mu, split_figures
 from vae_pipeline.params import Pipeline
 from vae_pipeline.tracking import store
+from vae_pipeline.tracking.registry import register_decoder
 from vae_pipeline.tracking.store import EVAL_METRIC_PREFIX
 
 log = logging.getLogger("evaluate")
@@ -134,24 +138,32 @@ def run(params: Pipeline | dict) -> dict:
     metrics["trustworthiness_neighbors"] = e.trustworthiness_neighbors
 
     rows = compare(params.data, t, e, metrics)
-    outputs = [project_path(path) for path in (paths.eval_metrics, paths.eval_detail, paths.literature)]
-    with replace_together(*outputs) as staged:   # every file new, or every one as it was
-        for path, value in zip(staged, [*split_figures(metrics, EVAL_METRICS, EVAL_DETAIL), rows]):
-            write_json(path, value)
     for row in rows:
         log.info("%s: %s", row["reference"],
                  f"{row['this_run']:.2f} here, {row['reference_value']} there" if row["comparable"]
                  else "not comparable (" + "; ".join(row["differences"][:2]) + ")")
-    # The same figures on the run that trained the model, so MLflow can compare them across runs,
-    # and on its logged model, so `mlflow.search_logged_models` ranks the models by them (the
-    # champion gate, vae_pipeline/tracking/champion.py, compares them too); the times on the run
-    # only: in eval.json they would make every rerun a new output.
-    store.attach_to_training_run(
-        params, metrics={f"{EVAL_METRIC_PREFIX}seconds_{part}": s for part, s in seconds.items()},
-        model_metrics={EVAL_METRIC_PREFIX + k: v for k, v in metrics.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)},
-        artifacts=outputs,
-        artifact_dir="metrics")
+    outputs = [project_path(path) for path in (paths.eval_metrics, paths.eval_detail, paths.literature)]
+    with replace_together(*outputs) as staged:   # every file new, or every one as it was
+        for path, value in zip(staged, [*split_figures(metrics, EVAL_METRICS, EVAL_DETAIL), rows]):
+            write_json(path, value)
+        # Before the files move in, so a store that fails leaves the previous figures whole: the files
+        # and times on the run that trained the model (the times only there: in eval.json they would make
+        # every rerun a new output); then the evaluated decoder registered, these figures its logged
+        # model's metrics and its run's (MLflow compares runs and ranks models by them, and the champion
+        # gate, vae_pipeline/tracking/champion.py, compares versions by them).
+        try:
+            store.attach_to_training_run(
+                params, metrics={f"{EVAL_METRIC_PREFIX}seconds_{part}": s for part, s in seconds.items()},
+                artifacts=staged, artifact_dir="metrics")
+            register_decoder(params, model, {EVAL_METRIC_PREFIX + k: v for k, v in metrics.items()
+                                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        except PipelineError:
+            raise
+        except Exception as e:  # the store failed on the way (MLflow's own errors, SQLAlchemy's, HTTP, disk)
+            raise PipelineError(
+                f"{store.store_name(store.tracking_uri(params))}: registering the evaluated decoder failed "
+                f"({in_one_line(e)}); the previous figures are kept: rerun the evaluate stage (dvc repro "
+                "evaluate) once the store works") from None
     return metrics
 
 

@@ -11,9 +11,10 @@ them approximately with pynndescent, as a bare `UMAP(random_state=42)` does. Bot
 are deterministic for a fixed random_state; exact is ~30 s faster, because numba
 compiles pynndescent's search afresh in every process (BENCHMARKS.md).
 
-UMAP's numba code is compiled on first use; NUMBA_CACHE_DIR points numba at
-the project's `.numba_cache/` so a second run reuses the compiled code (also for
-the three functions umap-learn leaves uncached: see fit_map).
+UMAP's numba code is compiled on first use; NUMBA_CACHE_DIR (when unset: params
+`paths.numba_cache`, in the project's home) points numba at a folder where a second
+run, in any checkout or experiment, reuses the compiled code (also for the three
+functions umap-learn leaves uncached: see fit_map).
 This module is named latent_map, not umap: a `umap.py` here would shadow the package.
 """
 import logging
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from vae_pipeline.errors import PipelineError
-from vae_pipeline.files import ROOT, atomic_path, project_path
+from vae_pipeline.files import atomic_path, home_path, project_path
 from vae_pipeline.ml.data import class_names, dataset_dir, read_labels
 from vae_pipeline.outputs import latent_map_rows, read_mu
 from vae_pipeline.params import LatentMap, Pipeline
@@ -43,8 +44,7 @@ def exact_neighbours(points: np.ndarray, k: int, metric: str) -> tuple[np.ndarra
 
 def fit_map(points: np.ndarray, p: LatentMap) -> np.ndarray:
     """The 2-D UMAP of `points` (N, d) with the `latent_map` params `p`."""
-    # Set before numba is first imported (by umap, just below); a value already set wins.
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
+    # NUMBA_CACHE_DIR (run() sets it) is read when numba is first imported: by umap, just below.
     import umap
     import umap.layouts
     import umap.umap_
@@ -90,6 +90,7 @@ def run(params: Pipeline | dict) -> dict:
 
     log.info("UMAP of %d x %d mu from %s (%s neighbours)", len(index), mu.shape[1], source, p.neighbours)
     started = time.perf_counter()
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(home_path(paths.numba_cache)))   # a value already set wins
     xy = fit_map(mu[index], p)
     seconds = time.perf_counter() - started
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from vae_pipeline.errors import PipelineError
+from vae_pipeline.errors import PipelineError, in_one_line
 from vae_pipeline.files import atomic_path, project_path, replace_together, write_json
 from vae_pipeline.ml.data import SPLIT_STREAM, binarize, dataset_dir, load_images
 from vae_pipeline.ml.model import VAE, reparameterize, save_model, setup_torch, uses_bf16, vae_loss
@@ -186,9 +186,9 @@ def write_history(path: Path, history: list) -> None:
 def save_outputs(params: Pipeline, client, run_id: str, model, metrics: dict, history: list, seconds: float) -> None:
     """The model, the metrics and the history, all new or (on any failure) all old; the run recorded.
 
-    They are written to staging names first, the MLflow run finished and the decoder
-    registered from there, and only then moved into place together (files.replace_together):
-    a failure on the way, e.g. at the model registry, leaves the previous run's set whole.
+    They are written to staging names first, the MLflow run finished from there, and only then
+    moved into place together (files.replace_together): a failure on the way, e.g. at the
+    tracking store, leaves the previous run's set whole.
     The run record (in the project's home, shared by every checkout and experiment) gains the
     new model's record before the model moves in: keyed by the model's hash, a record of a model
     that never moved in names nothing, and the old model still finds its own. The checkpoint of
@@ -209,13 +209,13 @@ def save_outputs(params: Pipeline, client, run_id: str, model, metrics: dict, hi
             "train_history": str(new_history), "model_dir": str(new_model)})})
         try:
             # (The thread count is the run's `threads` tag.)
-            runs.finish_training_run(client, run_id, staged, model, {**metrics, "train_seconds": seconds})
+            runs.finish_training_run(client, run_id, staged, {**metrics, "train_seconds": seconds})
         except PipelineError:
             raise
         except Exception as e:  # the store failed on the way (MLflow's own errors, SQLAlchemy's, HTTP, disk)
             raise PipelineError(
                 f"{store.store_name(client.tracking_uri)}: finishing MLflow run {run_id} failed "
-                f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}); the previous model, "
+                f"({in_one_line(e)}); the previous model, "
                 "metrics and run record are kept, and so is the checkpoint of the last epoch: rerun the train "
                 "stage (dvc repro train) once the store works") from None
 

@@ -29,11 +29,15 @@ import pytest
 import yaml
 
 from vae_pipeline.environment import TELEMETRY_OFF
-from vae_pipeline.files import ROOT, copy_checkout
+from vae_pipeline.files import ROOT, copy_checkout, home_path
 from vae_pipeline.ml.data import FILES, write_idx
-from vae_pipeline.params import Pipeline, Section
+from vae_pipeline.params import Pipeline, Section, load_params
 
 VENV_BIN = Path(sys.executable).parent
+# Every tiny project the tests build maps its latent space with UMAP, whose numba code takes about 20 s
+# to compile into an empty cache: the tests' projects share this checkout's (params paths.numba_cache,
+# in the project's home), as the checkouts and experiments of one project do.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(home_path(load_params()["paths"]["numba_cache"])))
 
 
 def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -207,9 +211,10 @@ def pytest_configure(config):
 
 # `make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadgroup`): a group's tests
 # run in one worker, in order, so a module-scoped fixture (a trained project, a server) is made once.
-# A file's group is the file, unless its tests name one: the team-stack files share `team-stack`, so
-# two stacks (each a PostgreSQL, an S3 store and three servers) never start at once. The tiny built
-# projects are made once for both workers (build_once).
+# A file's group is the file, unless its tests name one. The groups go to the workers in the order of
+# pyproject.toml's testpaths, the longest first: the team stack's two files (each its own stack, on
+# ports of its own) start at once, one on each worker. The tiny built projects are made once for both
+# workers (build_once).
 @pytest.hookimpl(tryfirst=True)     # before xdist reads the marks
 def pytest_collection_modifyitems(items):
     for item in items:
@@ -243,9 +248,9 @@ def project(tmp_path, tiny_source) -> Path:
 
 BUILD_LOG = "repro.log"                      # beside the built project: what its `dvc repro` printed
 BUILD_RUN_TAGS = {"built_by": "tests"}       # VAE_RUN_TAGS of built_project's build (its MLflow run's tags)
-# built_project's build: its run tagged BUILD_RUN_TAGS, and system metrics sampled every second (the tiny
-# training takes seconds; mlflow.system_metrics_interval's 10 s might see none).
-BUILD_ENV = {"VAE_RUN_TAGS": json.dumps(BUILD_RUN_TAGS), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+# built_project's build: its run tagged BUILD_RUN_TAGS, and system metrics sampled every 0.1 s (the tiny
+# training takes about a second; mlflow.system_metrics_interval's 10 s would see none).
+BUILD_ENV = {"VAE_RUN_TAGS": json.dumps(BUILD_RUN_TAGS), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.1"}
 
 
 def build_project(folder: Path, tiny_source, env: dict | None = None, **sections) -> None:

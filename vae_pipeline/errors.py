@@ -58,6 +58,11 @@ def redact_uri(text: str) -> str:
     return SECRET_QUERY.sub(lambda m: m["name"] + MASK, text)
 
 
+def in_one_line(e: BaseException) -> str:
+    """An exception as a message quotes it: its type and the first line of its text (200 characters at most)."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
 def redact_log_record(record: logging.LogRecord) -> bool:
     """A logging filter: rewrite the record's message with secrets masked, and keep it."""
     message = record.getMessage()

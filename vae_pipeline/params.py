@@ -221,6 +221,7 @@ class Paths(Section):
     tracking_store: Annotated[str, text()]        # the embedded MLflow store (SQLite) and its artifacts, when no
     tracking_artifacts: Annotated[str, text()]    # server is named; these three lie in the project's home
     checkpoint_dir: Annotated[str, text()]        # per-epoch training checkpoints (not a DVC output)
+    numba_cache: Annotated[str, text()]           # UMAP's compiled code, in the project's home (not an output)
     train_metrics: Annotated[str, text()]         # the train stage's headline figures (DVC metrics)
     train_detail: Annotated[str, text()]          # ... and the rest (vae_pipeline/outputs.py TRAIN_DETAIL)
     train_history: Annotated[str, text()]

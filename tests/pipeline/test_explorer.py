@@ -15,14 +15,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from tests.browser import launch, next_frames, open_page
-from tests.conftest import copy_project, run_in, set_params
-from vae_pipeline.ml.data import DATASETS, IMAGE_PIXELS, class_names, read_labels
+from tests.conftest import copy_project, downstream, run_in, set_params, stages_run
+from tests.pipeline.test_report import embedded_images
+from vae_pipeline.ml.data import DATASETS, IMAGE_PIXELS, IMAGE_SIZE, class_names, read_labels
 from vae_pipeline.ml.model import VAE, load_model
 from vae_pipeline.outputs import read_mu
 from vae_pipeline.params import load_params
 from vae_pipeline.report.explorer import MAX_SLIDERS, TOLERANCE, decode_packed, pack_decoder
+from vae_pipeline.report.figures import MANIFOLD_GRID
 
 CLASSES = DATASETS["fashion-mnist"]["classes"]
 # The strip's canvases hold grey levels 0..255: a decoded value within TOLERANCE, then rounded.
@@ -267,6 +270,22 @@ def fashion(built_fashion, tmp_path_factory) -> Path:
     return copy_project(built_fashion, tmp_path_factory.mktemp("explorer"))
 
 
+@pytest.fixture(scope="module")
+def retrained(fashion, tmp_path_factory):
+    """`retrained(latent_dim)`: a copy of `fashion` after a full `dvc repro` with train.latent_dim changed,
+    made once per size for this module's tests (which only read it), with what `dvc repro` printed."""
+    made = {}
+
+    def of(latent_dim: int) -> tuple[Path, str]:
+        if latent_dim not in made:
+            folder = tmp_path_factory.mktemp(f"latent-{latent_dim}")
+            project = Path(shutil.copytree(fashion, folder / "project", symlinks=True))
+            set_params(project, train={"latent_dim": latent_dim})
+            made[latent_dim] = project, run_in(project, "dvc", "repro").stdout
+        return made[latent_dim]
+    return of
+
+
 def explored(browser, project: Path, request) -> tuple[dict, object, dict]:
     """The explorer used in Chromium (screenshots in pytest's cache), the project's model and the map's μ by row."""
     model, config = load_model(project / "models")
@@ -357,11 +376,9 @@ def test_the_explorer_decodes_walks_and_slides_in_the_page(fashion, browser, req
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.parametrize("latent_dim", [2, 20])
-def test_the_explorer_for_other_latent_sizes(fashion, browser, tmp_path, request, latent_dim):
+def test_the_explorer_for_other_latent_sizes(retrained, browser, request, latent_dim):
     """2-D: the plane and its point, moved by the slider; wide: the MAX_SLIDERS dimensions with the most KL."""
-    project = Path(shutil.copytree(fashion, tmp_path / "project", symlinks=True))
-    set_params(project, train={"latent_dim": latent_dim})
-    run_in(project, "dvc", "repro")
+    project, _ = retrained(latent_dim)
     seen, model, table = explored(browser, project, request)
     assert seen["console_errors"] == []
     assert np.abs(np.array(seen["decoded"]) - torch_decode(model, fixed_vectors(latent_dim))).max() <= TOLERANCE
@@ -380,6 +397,21 @@ def test_the_explorer_for_other_latent_sizes(fashion, browser, tmp_path, request
     else:
         assert 'id="explorer-plane"' not in html and before["plane"] is None
         assert f"The {MAX_SLIDERS} dimensions with the most KL" in html
+
+
+@pytest.mark.slow
+def test_a_2d_latent_space_shows_the_raw_plane(retrained, fashion):
+    project, output = retrained(2)
+    assert stages_run(output) == downstream("train", project)
+    html = (project / "reports/index.html").read_text()
+    assert "No projection needed" in html and "only its UMAP projection is shown" not in html
+    figures = {p.name for p in (project / "reports/figures").iterdir()}
+    assert figures == {p.name for p in (fashion / "reports/figures").iterdir()} | {"latent_plane.png",
+                                                                                   "latent_manifold.png"}
+    assert len(embedded_images(html)) == len(embedded_images((fashion / "reports/index.html").read_text())) + 2
+    # The decoder grid: 15 x 15 images of the 2-D plane.
+    manifold = Image.open(project / "reports/figures/latent_manifold.png")
+    assert manifold.size == ((MANIFOLD_GRID * (IMAGE_SIZE + 2) + 2) * 2,) * 2
 
 
 if __name__ == "__main__":

@@ -225,7 +225,7 @@ def test_a_flow_run_whose_task_crashed_is_retried_from_the_failed_stage(project,
     assert not marker.exists()                          # the crash did happen
     ran = {r["stage"]: r["ran"] for r in results}       # the retry's stages
     assert ran == {stage: stage in downstream("embed", project) for stage in dvc_stages(project)}
-    # The train stage ran once in all: one registered version, not two.
+    # The evaluate stage, which registers, ran once in all: one registered version, not two.
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     versions = client.search_model_versions("name='vae-decoder'")
     assert len(versions) == 1

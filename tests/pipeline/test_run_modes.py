@@ -1,11 +1,11 @@
-"""Every way DVC runs a stage keeps its record: the training's MLflow run and its registered version land
-in the project's one tracking store, and the run record that later stages, `make serve` and retrains
-read names them, whether the train stage ran under `dvc repro`, `dvc exp run` in the workspace,
-`dvc exp run --temp`, the queue (`dvc queue start -j 2`), or in a git worktree. The temporary copies
-DVC runs experiments in are deleted when they end: nothing of the record may live there.
+"""Every way DVC runs a stage keeps its record: the training's MLflow run and the version the evaluate
+stage registers land in the project's one tracking store, and the run record that later stages, `make
+serve` and retrains read names them, whether the stages ran under `dvc repro`, `dvc exp run` in the
+workspace, `dvc exp run --temp`, the queue (`dvc queue start -j 2`), or in a git worktree. The temporary
+copies DVC runs experiments in are deleted when they end: nothing of the record may live there.
 
-One tiny project serves every way (its data downloaded and committed once); each way trains its own
-train.seed, which names its run.
+One tiny project serves every way (its data downloaded and committed once); each way trains and
+evaluates its own train.seed, which names its run.
 """
 import time
 from pathlib import Path
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_source) -> Path:
-    """The tiny project with its data downloaded and committed: each way below only trains."""
+    """The tiny project with its data downloaded and committed: each way below trains and evaluates."""
     project = make_project(tmp_path_factory.mktemp("run-modes"), tiny_source)
     set_params(project, mlflow={"system_metrics_interval": None})
     run_in(project, "dvc", "repro", "download")
@@ -75,20 +75,20 @@ def wait_until(condition, what: str, timeout: float = 300) -> None:
 
 def test_dvc_repro(project):
     set_params(project, train={"seed": 1})
-    run_in(project, "dvc", "repro", "train")
+    run_in(project, "dvc", "repro", "evaluate")
     record = recorded_in_store(project, 1)
     assert training_run(load_params(project / "params.yaml"), project) == record
     no_other_store(project)
 
 
 def test_dvc_exp_run_in_the_workspace(project):
-    run_in(project, "dvc", "exp", "run", "-n", "modes-workspace", "-S", "train.seed=2", "train")
+    run_in(project, "dvc", "exp", "run", "-n", "modes-workspace", "-S", "train.seed=2", "evaluate")
     assert training_run(load_params(project / "params.yaml"), project) == recorded_in_store(project, 2)
     no_other_store(project)
 
 
 def test_dvc_exp_run_temp(project):
-    run_in(project, "dvc", "exp", "run", "--temp", "-n", "modes-temp", "-S", "train.seed=3", "train")
+    run_in(project, "dvc", "exp", "run", "--temp", "-n", "modes-temp", "-S", "train.seed=3", "evaluate")
     assert copies_left(project) == []
     record = recorded_in_store(project, 3)
     no_other_store(project)
@@ -104,7 +104,7 @@ def test_dvc_exp_run_temp(project):
 def test_dvc_queue_two_at_once(project):
     for seed in (4, 5):
         run_in(project, "dvc", "exp", "run", "--queue", "-n", f"modes-queue-{seed}", "-S", f"train.seed={seed}",
-               "train")
+               "evaluate")
     run_in(project, "dvc", "queue", "start", "-j", "2")
     try:
         def finished():
@@ -127,7 +127,7 @@ def test_a_git_worktree(project):
     worktree = project.parent / "worktree"
     run_in(project, "git", "worktree", "add", "-q", str(worktree))
     set_params(worktree, train={"seed": 6})
-    run_in(worktree, "dvc", "repro", "train")
+    run_in(worktree, "dvc", "repro", "evaluate")
     record = recorded_in_store(project, 6)
     assert stores_in(worktree) == []
     # A later stage in the worktree finds its run.

@@ -18,8 +18,8 @@ from vae_pipeline.errors import PipelineError
 from vae_pipeline.ml.data import IMAGE_SIZE
 from vae_pipeline.ml.model import VAE, load_model
 from vae_pipeline.params import load_params
-from vae_pipeline.serving.decoder_pyfunc import DECODER_ARTIFACT, latent_batch
 from vae_pipeline.tracking import registry, store
+from vae_pipeline.tracking.decoder_pyfunc import DECODER_ARTIFACT, latent_batch
 from vae_pipeline.tracking.registry import log_decoder
 
 

@@ -167,13 +167,16 @@ def test_pipeline_runs_are_tracked_registered_and_compared(built_project, tmp_pa
         output_format="list")] == [record["model_id"]]
     assert "system/cpu_utilization_percentage" in run.data.metrics
 
-    # Another beta: a second run and a second model version; rerunning train is never a conflict.
+    # Another beta: a second run and, once evaluated, a second model version; rerunning train is never
+    # a conflict, and the same weights trained again are the version registered for them.
     params["train"]["beta"] = 4.0
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run_in(project, "dvc", "repro", "train")
-    run_in(project, "dvc", "repro", "--force", "--single-item", "train")
+    run_in(project, "dvc", "repro", "evaluate")
     client, second = open_store(project)
-    assert second["run_id"] != record["run_id"] and second["model_version"] == "3"
+    assert second["run_id"] != record["run_id"] and second["model_version"] == "2"
+    run_in(project, "dvc", "repro", "--force", "--single-item", "train")
+    client, third = open_store(project)
+    assert third["run_id"] != second["run_id"] and third["model_version"] == "2"
     assert client.get_run(second["run_id"]).data.tags["git.dirty"] == "true"  # params.yaml edited
     runs = mlflow.search_runs(experiment_names=["vae-pipeline"])
     assert len(runs) == 3 and set(runs["status"]) == {"FINISHED"}

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.reliability
 EMBEDDINGS_TRAIN, EMBEDDINGS_TEST = "data/embeddings/train.parquet", "data/embeddings/test.parquet"
 LATENT_MAP, WEIGHTS, CONFIG = "data/latent_map.parquet", "models/vae.safetensors", "models/vae.json"
 TRAIN_METRICS, HISTORY = "reports/metrics/train.json", "reports/metrics/train.csv"
-TRAIN_DETAIL = "reports/metrics/train_detail.json"
+TRAIN_DETAIL, EVAL_DETAIL = "reports/metrics/train_detail.json", "reports/metrics/eval_detail.json"
 EVAL_METRICS, LITERATURE = "reports/metrics/eval.json", "reports/metrics/literature.json"
 
 
@@ -211,38 +211,64 @@ def test_a_damaged_tracking_store_stops_train_before_it_reads_the_data(project, 
     assert "train-images" not in error and stray == []
 
 
+def refuse(database, trigger: str, table: str, when: str = "") -> None:
+    """An SQLite trigger that aborts every insert into or update of `table` (as a store gone read-only would)."""
+    with sqlite3.connect(database) as db:
+        db.execute(f"CREATE TRIGGER {trigger} BEFORE {'UPDATE' if when else 'INSERT'} ON {table} {when} "
+                   "BEGIN SELECT RAISE(ABORT, 'the store refuses this write'); END")
+
+
 @pytest.mark.slow
-def test_a_failure_at_model_registration_leaves_the_previous_outputs_whole(built_project, tmp_path, reliability):
-    """A whole training, then the registry refuses the new version (an SQLite trigger, as a store that
-    went read-only would): the previous model, metrics, curve and run record stay as they were, the last
-    epoch's checkpoint is kept, and the rerun resumes from it and moves the new set in together."""
+def test_a_store_failing_at_the_end_of_train_or_at_registration_leaves_the_previous_outputs_whole(
+        built_project, tmp_path, reliability):
+    """A whole training, then the store refuses to finish its run; later the registry refuses the evaluated
+    model's version (SQLite triggers). Each time the stage's previous outputs and the run record stay as they
+    were; train keeps the last epoch's checkpoint, and each rerun moves its new set in together."""
     project = copy_project(built_project, tmp_path)
     # A store of its own, empty: the new weights' version is its first.
     (project / "mlflow.db").unlink()
     new_store(project / "mlflow.db")
-    with sqlite3.connect(project / "mlflow.db") as db:
-        db.execute("CREATE TRIGGER refuse_versions BEFORE INSERT ON model_versions "
-                   "BEGIN SELECT RAISE(ABORT, 'the registry refuses new versions'); END")
+    refuse(project / "mlflow.db", "refuse_finish", "runs", "WHEN NEW.status = 'FINISHED'")
     params = set_params(project, train={"seed": 1})                # other weights than the built ones
-    outputs = [params["paths"]["run_record"], TRAIN_METRICS, TRAIN_DETAIL, HISTORY, WEIGHTS, CONFIG]
+    record_file = params["paths"]["run_record"]
+    outputs = [record_file, TRAIN_METRICS, TRAIN_DETAIL, HISTORY, WEIGHTS, CONFIG]
     before = {name: (project / name).read_bytes() for name in outputs}
+    recorded = training_run(load_params(project / "params.yaml"), project)
 
     code, error, stray = run_stage(project, "train")
     checkpoint = f"{params['paths']['checkpoint_dir']}/train.pt"
-    reliability("fault", "model registration fails after the last epoch (outputs must stay the old set)",
+    reliability("fault", "the store refuses to finish the run after the last epoch (outputs must stay the old set)",
                 error, code, [name for name in stray if name != checkpoint])
-    assert code == 2
-    # (mlflow's message names the registry's failure, not the trigger's words)
-    assert error.startswith("mlflow.db: finishing MLflow run ") and "Model Version creation error" in error
-    assert {name: (project / name).read_bytes() for name in outputs} == before
-    assert stray == [checkpoint]                                   # kept on purpose: the rerun resumes
+    assert code == 2 and error.startswith("mlflow.db: finishing MLflow run "), error
+    assert {name: (project / name).read_bytes() for name in outputs if name != record_file} == \
+        {name: data for name, data in before.items() if name != record_file}
+    # The record may gain the run of the staged model that never moved in; the model on disk keeps its own.
+    assert training_run(load_params(project / "params.yaml"), project) == recorded
+    assert checkpoint in stray                                     # kept on purpose: the rerun resumes
     assert not [p for p in snapshot(project) if ".staged-" in p]
 
     with sqlite3.connect(project / "mlflow.db") as db:
-        db.execute("DROP TRIGGER refuse_versions")
+        db.execute("DROP TRIGGER refuse_finish")
     rerun = run_in(project, "python", "-m", "stages.train")
     assert "resuming from" in rerun.stderr and "epoch  1/" not in rerun.stderr
     assert all((project / name).read_bytes() != before[name] for name in outputs if name != CONFIG)
+    assert not (project / checkpoint).exists()
+
+    refuse(project / "mlflow.db", "refuse_versions", "model_versions")
+    outputs = [record_file, EVAL_METRICS, EVAL_DETAIL, LITERATURE]
+    before = {name: (project / name).read_bytes() for name in outputs}
+    code, error, stray = run_stage(project, "evaluate")
+    reliability("fault", "model registration fails after the evaluation (outputs must stay the old set)",
+                error, code, stray)
+    assert code == 2
+    # (mlflow's message names the registry's failure, not the trigger's words)
+    assert error.startswith("mlflow.db: registering the evaluated decoder failed") \
+        and "Model Version creation error" in error, error
+    assert {name: (project / name).read_bytes() for name in outputs} == before and stray == []
+
+    with sqlite3.connect(project / "mlflow.db") as db:
+        db.execute("DROP TRIGGER refuse_versions")
+    run_in(project, "python", "-m", "stages.evaluate")
+    assert all((project / name).read_bytes() != before[name] for name in outputs)
     record = training_run(load_params(project / "params.yaml"), project)
     assert record is not None and record["model_version"] == "1"   # the new weights' own record
-    assert not (project / checkpoint).exists()

@@ -29,12 +29,11 @@ from stack import health, postgres, supervisor
 from stack.settings import CLIENT_ENV_NAMES, SERVICES, TLS_FILES, USER, Stack, load_secrets, read_env_file
 from tests.conftest import free_port, make_project, pipeline_env, run_in, set_params
 from tests.reliability.test_concurrency import check_nothing_lost, eight_writers_at_once
-from vae_pipeline.files import ROOT
 from vae_pipeline.params import load_params
 from vae_pipeline.tracking import store
 from vae_pipeline.tracking.runs import RUN_FILE
 
-pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.xdist_group("team-stack")]
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 try:
     postgres.bin_dir()
@@ -98,7 +97,7 @@ class Running:
         self.prefect_auth = (USER, self.secrets["prefect_password"])    # for the tests' own API calls
         # What `source .stack/env` gives a shell, plus the Makefile's PREFECT_HOME.
         self.env = {**read_env_file(self.stack.env_file), "PREFECT_HOME": str(project / ".prefect"),
-                    "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))}
+                    "NUMBA_CACHE_DIR": os.environ["NUMBA_CACHE_DIR"]}   # tests/conftest.py's
         self.outputs = []            # every command's output, searched for secrets at the end
 
     def run(self, project: Path, *cmd, check=True, env=None, timeout=600):
@@ -147,8 +146,7 @@ def running(tiny_source):
     set_params(project, stack=stack_ports())
     run_in(project, "git", "commit", "-qam", "stack on free ports")
     started = time.monotonic()
-    first = run_in(project, "python", "-m", "stack", "up", timeout=900,
-                   env={"NUMBA_CACHE_DIR": str(ROOT / ".numba_cache")})
+    first = run_in(project, "python", "-m", "stack", "up", timeout=900)
     stack = Running(base, project)
     stack.up_seconds = time.monotonic() - started
     stack.outputs.append(first.stdout + first.stderr)
@@ -410,18 +408,15 @@ def test_mlflow_server_stopped_during_a_training(running, second, reliability):
     error = [line for line in output.splitlines() if running.stack.mlflow_url in line][-1]
     assert "Exception" in error or "Error" in error                       # the failure, naming the server
     assert client.get_run(run_id).info.status == "RUNNING"                 # not marked finished
-    assert client.search_model_versions(f"run_id = '{run_id}'") == []      # nothing registered
     assert not (second / "models").exists() and checkpoint.exists()
 
     running.run(second, "dvc", "repro", "train")                           # resumes from the checkpoint
     assert client.get_run(run_id).info.status == "FINISHED"                # in the same run
-    assert len(client.search_model_versions(f"run_id = '{run_id}'")) == 1
     steps = sorted(point.step for point in client.get_metric_history(run_id, "test_loss"))
     assert steps == list(range(1, 41))                                     # every epoch, once
     report(reliability, "fault", "stack: the MLflow server stopped during a 40-epoch training",
-                f"the stage failed naming {running.stack.mlflow_url} ({error.strip()[:120]}); no model "
-                f"version, run left RUNNING; the rerun resumed the same run, FINISHED, one version, "
-                f"all 40 epochs logged once")
+                f"the stage failed naming {running.stack.mlflow_url} ({error.strip()[:120]}); run left "
+                f"RUNNING; the rerun resumed the same run, FINISHED, all 40 epochs logged once")
 
 
 def test_s3_stopped_then_dvc_push_fails_and_completes_after_a_restart(running, second, reliability):

@@ -195,7 +195,6 @@ def configure(project: Path, **sections) -> None:
 
 
 @pytest.mark.reliability
-@pytest.mark.xdist_group("team-stack")      # never two stacks at once (tests/conftest.py)
 def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, tmp_path, reliability):
     from stack import postgres
     from stack.settings import Stack, read_env_file
@@ -220,11 +219,9 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
     workers, sweep = [], None
     with host_network():
         try:
-            run_in(project, "python", "-m", "stack", "up", timeout=900,
-                        env={"NUMBA_CACHE_DIR": str(ROOT / ".numba_cache")})
+            run_in(project, "python", "-m", "stack", "up", timeout=900)
             stack = Stack.from_params(project)
-            env = {**read_env_file(stack.env_file), "PREFECT_HOME": str(project / ".prefect"),
-                   "NUMBA_CACHE_DIR": str(ROOT / ".numba_cache")}
+            env = {**read_env_file(stack.env_file), "PREFECT_HOME": str(project / ".prefect")}
             run_in(project, "python", "-m", "stack", "worker-kit", str(kit))
             # What a worker host sees: no project, no checkout; the stack only by its address.
             seen = in_host("vaeth1", hide, f"find {project} {ROOT} -mindepth 1 | wc -l; ip route; "

@@ -123,7 +123,10 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         raise PipelineError(
             f"{path}: {kind} IDX file: header says shape {shape} ({expected} bytes), file has {len(raw)} bytes"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
+    try:
+        return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
+    except ValueError:   # e.g. (0, 3e9, 3e9): no bytes at all, yet dimensions no array can index
+        raise PipelineError(f"{path}: IDX header says shape {shape}, which no array can hold") from None
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

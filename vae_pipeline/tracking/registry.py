@@ -1,12 +1,14 @@
 """The model registry: the trained decoder as an MLflow model, and which version is in use (the champion).
 
-`log_decoder` exports the decoder with torch.export (MLflow's pickle-free `pt2`
-format: a graph plus plain tensors, so loading it runs no pickled code) and logs
-it inside a pyfunc model whose code is vae_pipeline/serving/decoder_pyfunc.py (checks
-each request, runs on the CPU; see there why). It registers that model and
-returns the version. tracking/runs.py finish_training_run calls it.
+The evaluate stage registers each model it evaluated (register_decoder): on the run that trained
+it, `log_decoder` exports the decoder with torch.export (MLflow's pickle-free `pt2` format: a graph
+plus plain tensors, so loading it runs no pickled code) and logs it inside a pyfunc model whose code
+is vae_pipeline/tracking/decoder_pyfunc.py (checks each request, runs on the CPU; see there why); the
+evaluation's figures become that logged model's metrics, and the version goes to the run record.
+Registering moves no alias: only the champion gate does (champion.py).
 """
 import copy
+import logging
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,9 @@ from torch import nn
 
 from vae_pipeline.errors import PipelineError, redact_uri
 from vae_pipeline.ml.data import IMAGE_SIZE
+from vae_pipeline.tracking import store
+
+log = logging.getLogger("tracking")
 
 DECODER_NAME = "decoder"              # the MLflow model's name inside the run
 CHAMPION_ALIAS = "champion"           # the registered version in use: `make serve` serves it, retrains move it
@@ -48,7 +53,7 @@ def log_decoder(client, run_id: str, model, registered_name: str, model_params: 
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from vae_pipeline.serving import decoder_pyfunc
+    from vae_pipeline.tracking import decoder_pyfunc
 
     latent_dim = model.config["latent_dim"]
     # A CPU copy: exported on the CPU, it loads on any machine; the trained model stays put.
@@ -75,6 +80,28 @@ def log_decoder(client, run_id: str, model, registered_name: str, model_params: 
     # log_model links the model to the fluent API's active run only; this project logs by run id.
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     return str(info.registered_model_version), logged.model_id
+
+
+def register_decoder(params: dict, model, figures: dict) -> dict | None:
+    """Register the decoder of `model` (the one in paths.model_dir) on the run that trained it, with
+    `figures` (name -> number) as its logged model's metrics and the run's, measured on the data set.
+
+    Returns the model's run record, now naming the version; None (with a warning) when no run is
+    recorded for the model (store.recorded_run): nothing is registered then.
+    """
+    client = store.connect(params)
+    record = store.recorded_run(client, params)
+    if record is None:
+        return None
+    name, run_id = params["mlflow"]["model_name"], record["run_id"]
+    # The logged model's params are those of the run that trained it: the params that shaped it.
+    version, model_id = log_decoder(client, run_id, model, name, client.get_run(run_id).data.params,
+                                    params["serve"]["max_batch"])
+    store.log_metrics(client, run_id, figures, model_id=model_id, dataset=store.data_input(params).dataset)
+    record |= dict(zip(store.REGISTRATION, (name, version, f"models:/{name}/{version}", model_id)))
+    store.add_run_record(params, record)
+    log.info("decoder registered as %s (MLflow run %s)", record["model_uri"], run_id)
+    return record
 
 
 def served_version(client, name: str) -> tuple[str, bool]:

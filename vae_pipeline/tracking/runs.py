@@ -1,12 +1,13 @@
-"""A training's MLflow run: one run per trained model, from its first epoch to its registered decoder.
+"""A training's MLflow run: one run per trained model, from its first epoch to its final figures.
 
 The train stage calls, in order:
     client = connect(params)                                  # tracking/store.py: fails here if unreachable
     run_id = start_training_run(client, params, device, key, history)   # also logs the data set as
                                                               # an input and starts the system metrics
     log_epoch(client, run_id, row)                            # once per epoch, one batched request
-    finish_training_run(client, run_id, params, model, metrics)
-and the run is recorded in paths.run_record under the hash of the model's files (record_training_run).
+    finish_training_run(client, run_id, params, metrics)
+and the run is recorded in paths.run_record under the hash of the model's files (store.add_run_record).
+The evaluate stage later registers the decoder on this run (registry.register_decoder).
 
 The store and the run record are the project's, in its home (files.project_home): a training in a
 temporary copy of `dvc exp run --temp` or of the queue, or in a git worktree, logs there too. The
@@ -21,17 +22,18 @@ import logging
 import os
 
 from vae_pipeline.errors import PipelineError, redact_uri
-from vae_pipeline.files import ROOT, locked, project_path, sha256_file, write_json
+from vae_pipeline.files import ROOT, project_path, sha256_file, write_json
 from vae_pipeline.ml.data import raw_dir
 from vae_pipeline.params import PARAMS_FILE
 from vae_pipeline.provenance import git_provenance
 from vae_pipeline.tracking.store import (
     DATA_SHA256_TAG,
+    REGISTRATION,
+    add_run_record,
     data_input,
     experiment_id,
     log_metrics,
     model_key,
-    record_path,
     run_records,
 )
 
@@ -191,10 +193,12 @@ def start_training_run(client, params: dict, device, key: str, history: list[dic
     return run_id
 
 
-def finish_training_run(client, run_id: str, params: dict, model, metrics: dict) -> dict:
-    """Final figures, artifacts, the registered decoder; then record the run in paths.run_record.
+def finish_training_run(client, run_id: str, params: dict, metrics: dict) -> dict:
+    """Final figures and artifacts; then record the run in paths.run_record, under the hash of the
+    files in paths.model_dir (a staged folder: the train stage moves the model in afterwards; the
+    record of a model that never moves in names nothing). Returns the record.
 
-    Returns the record written there, under the hash of the model's files (model_key).
+    The decoder is registered once evaluated: by the evaluate stage (registry.register_decoder).
     """
     paths = params["paths"]
     model_dir = project_path(paths["model_dir"])
@@ -209,40 +213,20 @@ def finish_training_run(client, run_id: str, params: dict, model, metrics: dict)
     for path in (PARAMS_FILE, ROOT / "dvc.lock"):
         if path.exists():
             client.log_artifact(run_id, str(path))
-    from vae_pipeline.tracking.registry import log_decoder  # imported here: it imports torch
-
-    name = params["mlflow"]["model_name"]
-    version, model_id = log_decoder(client, run_id, model, name, flat_params(params),
-                                    params["serve"]["max_batch"])
     stop_system_metrics(run_id)
 
     run = client.get_run(run_id)
+    # The same weights as a model registered before (a forced rerun): that version is this model.
+    earlier = run_records(params).get(model_key(model_dir), {})
     record = {
         "run_id": run_id,
         "experiment_id": run.info.experiment_id,
         "experiment_name": params["mlflow"]["experiment_name"],
         "tracking_uri": redact_uri(client.tracking_uri),
-        "model_name": name,
-        "model_version": version,
-        "model_uri": f"models:/{name}/{version}",
-        "model_id": model_id,
+        **{key: earlier[key] for key in REGISTRATION if key in earlier},
     }
-    record_training_run(params, record)
+    add_run_record(params, record)
     client.set_terminated(run_id, status="FINISHED")
     (project_path(paths["checkpoint_dir"]) / RUN_FILE).unlink(missing_ok=True)
-    log.info("MLflow run %s finished; decoder registered as %s", run_id, record["model_uri"])
+    log.info("MLflow run %s finished", run_id)
     return record
-
-
-def record_training_run(params: dict, record: dict) -> None:
-    """Add `record` as the run that trained the model now in paths.model_dir (a staged folder: the train
-    stage moves the model in afterwards; the record of a model that never moves in names nothing).
-
-    The record is shared by every checkout and experiment (in the project's home): it is only ever
-    added to, under a lock on its folder, so two queued experiments finishing at once both keep theirs.
-    """
-    key = model_key(project_path(params["paths"]["model_dir"]))
-    path = record_path(params)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with locked(path.parent):
-        write_json(path, {**run_records(params), key: record})

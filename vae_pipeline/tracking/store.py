@@ -4,17 +4,15 @@ Where runs go, the first that is set:
   1. env MLFLOW_TRACKING_URI          e.g. http://127.0.0.1:5000 (an `mlflow server`)
   2. params.yaml mlflow.tracking_uri  (a relative sqlite:/// path lies in the project's home)
   3. the embedded store: the SQLite file paths.tracking_store, its artifacts in paths.tracking_artifacts
-The home (files.project_home) is the main checkout for every way DVC runs a stage (in a temporary
-copy, a worktree): all log to the one store, register there, and keep the one run record.
+The home (files.project_home) is the main checkout for every way DVC runs a stage: one store, one record.
 
-Every call goes through an MlflowClient with an explicit run id, never the fluent `mlflow.start_run`:
-in a Prefect task's thread the fluent "active run" is not there, and mlflow silently opens a second.
+Calls go through an MlflowClient with an explicit run id, never the fluent `mlflow.start_run` (in a
+Prefect task's thread the fluent "active run" is not there: mlflow would silently open a second).
 
-The run record (params.yaml paths.run_record) maps the hash of the model's files to the record
-of the run that trained them. It is kept out of the model folder: a run id is new on every
-training, so inside models/ it would give identical weights a new hash in dvc.lock and rerun
-everything downstream. It is no DVC output either (git-ignored, like the store). Keyed by the model's
-hash, it names the right run when DVC restores a model from its run cache or an experiment.
+The run record (params.yaml paths.run_record) maps the hash of the model's files to the run that
+trained them and, once evaluated, their registered version. Out of models/ (a run id is new on every
+training: it would give identical weights a new hash in dvc.lock) and no DVC output (git-ignored, like
+the store), it names the right run when DVC restores a model from its run cache or an experiment.
 
 Beside it: runs.py (a training's run), registry.py, champion.py (the gate), sweeps.py, ui.py.
 """
@@ -31,7 +29,7 @@ from pathlib import Path
 import requests
 
 from vae_pipeline.errors import PipelineError, redact_uri
-from vae_pipeline.files import ROOT, home_path, locked, sha256_file
+from vae_pipeline.files import ROOT, home_path, locked, project_path, sha256_file, write_json
 from vae_pipeline.ml.data import FILES, expected_checksums, raw_dir
 from vae_pipeline.params import load_params
 
@@ -97,13 +95,9 @@ def check_reachable(uri: str, timeout: float) -> None:
 def connect(params: dict):
     """An MlflowClient for the tracking URI, after checking that the store can be read and written.
 
-    Called before any work is spent (the train stage calls it first of all): a store
-    that is unreachable, an SQLite file that is not a database or is damaged, or a store
-    that answers but refuses writes fails here, in seconds, naming the store, instead of
-    after the last epoch. The write is one experiment tag (check_writable).
-
-    Also makes the URI mlflow's process-wide default: `mlflow.pytorch.log_model`
-    and the model registry read it from there.
+    Called before any work is spent: a store that is unreachable, damaged, or refuses writes fails
+    here, in seconds, naming the store, not after the last epoch. Also makes the URI mlflow's
+    process-wide default: `mlflow.pyfunc.log_model` and the model registry read it from there.
     """
     import mlflow  # imported here: importing mlflow takes seconds, and only tracking needs it
 
@@ -171,11 +165,9 @@ STORE_CHECK_TAG = "vae_pipeline.store_writable"
 def check_writable(client, params: dict, tries: int = 3) -> None:
     """Write to the store once: set STORE_CHECK_TAG on the experiment (created on first use).
 
-    A store that reads but cannot be written (a full disk, a read-only file or account)
-    fails here rather than when the training's results are logged. The first time, several
-    trainings starting together all insert the tag and all but one may be refused (a
-    server's UNIQUE constraint); their next try finds it and updates it, so a failure counts
-    only after `tries` tries.
+    A store that reads but cannot be written (a full disk, a read-only file) fails here. Several
+    trainings starting together all insert the tag the first time and all but one may be refused
+    (a UNIQUE constraint); their next try updates it, so a failure counts only after `tries` tries.
     """
     from mlflow.exceptions import MlflowException
 
@@ -191,15 +183,11 @@ def check_writable(client, params: dict, tries: int = 3) -> None:
 
 @contextlib.contextmanager
 def sqlite_open_lock(uri: str):
-    """For a SQLite store, hold an exclusive lock on the folder of the database file.
+    """For a SQLite store, an exclusive lock on the database's folder (other stores: none).
 
-    Opening a new SQLite store makes mlflow create its tables. Several trainings
-    starting at once would all do it together, and all but one fail ("table ...
-    already exists", "duplicate column name"), sometimes leaving the file
-    half-built. Under this lock one process creates the tables and the others find
-    them. Later writes need no lock: mlflow has SQLite wait up to 20 s for a busy
-    database (tests/test_concurrency.py: eight writers at once lose nothing).
-    Other stores: no lock.
+    Opening a new store makes mlflow create its tables: several trainings starting at once would all
+    do it, and all but one fail ("table ... already exists"), sometimes leaving the file half-built.
+    Later writes need no lock: mlflow has SQLite wait up to 20 s for a busy database.
     """
     if not uri.startswith("sqlite:///"):
         yield
@@ -305,39 +293,52 @@ def training_run(params: dict, root: Path = ROOT) -> dict | None:
     return run_records(params, root).get(model_key(model_dir))
 
 
-def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts: list[Path] = (),
-                           artifact_dir: str | None = None, step: int = 0,
-                           model_metrics: dict | None = None) -> str | None:
-    """Log a later stage's metrics and files to the run that trained the current model.
+REGISTRATION = ("model_name", "model_version", "model_uri", "model_id")   # what registering adds to a record
 
-    metrics: name -> number, logged at `step` in one request (a rerun adds a point, it never
-    conflicts). model_metrics: the same, and the logged model's metrics too, measured on the data
-    set (data_input; `mlflow.search_logged_models` ranks the models by them). artifacts: files or
-    folders, stored under `artifact_dir` in the run. Params are never logged here: they belong to
-    the training. Returns the run id, or None (with a warning) when no run is recorded for the
-    model (trained before tracking existed, or elsewhere with another store).
-    """
+
+def add_run_record(params: dict, record: dict) -> None:
+    """Make `record` the record of the model in paths.model_dir (the train stage's staged folder, or the
+    model in place). Only ever added to, under a lock: two experiments finishing at once keep both."""
+    key = model_key(project_path(params["paths"]["model_dir"]))
+    path = record_path(params)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path.parent):
+        write_json(path, {**run_records(params), key: record})
+
+
+def recorded_run(client, params: dict) -> dict | None:
+    """The record of the run that trained the current model, checked to be in the client's store;
+    None (with a warning) when none is recorded (trained before tracking existed, or elsewhere)."""
     record = training_run(params)
     if record is None:
         log.warning("%s records no MLflow run for the model in %s (trained before tracking existed, "
                     "or elsewhere): nothing attached to MLflow", params["paths"]["run_record"],
                     params["paths"]["model_dir"])
         return None
-    client = connect(params)
-    run_id = record["run_id"]
     try:
-        client.get_run(run_id)
+        client.get_run(record["run_id"])
     except Exception:
-        raise PipelineError(f"MLflow run {run_id} (from {params['paths']['run_record']}, logged to "
+        raise PipelineError(f"MLflow run {record['run_id']} (from {params['paths']['run_record']}, logged to "
                             f"{record['tracking_uri']}) is not in {redact_uri(client.tracking_uri)}; "
                             "point MLFLOW_TRACKING_URI at the store the model was trained with, "
                             "or retrain") from None
+    return record
+
+
+def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts: list[Path] = (),
+                           artifact_dir: str | None = None, step: int = 0) -> str | None:
+    """Log a later stage's metrics and files to the run that trained the current model.
+
+    metrics: name -> number, logged at `step` in one request (a rerun adds a point, it never
+    conflicts). artifacts: files or folders, stored under `artifact_dir` in the run. Params are
+    never logged here: they belong to the training. Returns the run id, or None (see recorded_run).
+    """
+    client = connect(params)
+    record = recorded_run(client, params)
+    if record is None:
+        return None
+    run_id = record["run_id"]
     log_metrics(client, run_id, metrics or {}, step)
-    if model_metrics:
-        # A run recorded before the logged model's id was kept: its metrics go on the run alone.
-        model_id = record.get("model_id")
-        log_metrics(client, run_id, model_metrics, step, model_id=model_id,
-                    dataset=data_input(params).dataset if model_id else None)
     for path in map(Path, artifacts):
         if path.is_dir():
             client.log_artifacts(run_id, str(path), artifact_dir)
@@ -345,6 +346,5 @@ def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts:
             client.log_artifact(run_id, str(path), artifact_dir)
         else:
             raise PipelineError(f"{path}: missing, cannot attach it to MLflow run {run_id}")
-    log.info("attached %d metrics, %d artifacts to MLflow run %s",
-             len(metrics or {}) + len(model_metrics or {}), len(artifacts), run_id)
+    log.info("attached %d metrics, %d artifacts to MLflow run %s", len(metrics or {}), len(artifacts), run_id)
     return run_id

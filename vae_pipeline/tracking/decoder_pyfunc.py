@@ -1,6 +1,6 @@
 """The registered decoder as MLflow runs it: `mlflow.pyfunc.load_model` and `mlflow models serve`.
 
-Latent vectors (N, latent_dim) in, images (N, 28, 28) in [0, 1] out. The train
+Latent vectors (N, latent_dim) in, images (N, 28, 28) in [0, 1] out. The evaluate
 stage logs this file as an MLflow "model from code" (vae_pipeline/tracking/registry.py):
 MLflow stores the file itself beside the model and runs it on loading, so no
 pickled object is ever stored or loaded. The weights travel as the decoder's
