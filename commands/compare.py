@@ -2,7 +2,7 @@
 
 `python -m commands.compare` (or `make compare`) writes paths.compare_report, one
 self-contained HTML page (images inline as base64, no scripts, no links out;
-its template is vae_pipeline/pages/templates/compare.html.j2):
+its template is vae_pipeline/pages/runs/templates/compare.html.j2):
   - the params that differ between the runs, and every run's final metrics;
   - loss, reconstruction and KL per epoch, the runs overlaid (test solid, train dashed);
   - 64 samples of the prior N(0, I) decoded by each run's model, the same z for all.
@@ -99,7 +99,7 @@ def run(params: dict) -> Path:
         })
     keys = sorted(set().union(*(r["params"] for r in runs)))
     differing = [k for k in keys if len({r["params"].get(k) for r in runs}) > 1]
-    html = pages.environment().get_template("compare.html.j2").render(
+    html = pages.environment("vae_pipeline.pages.runs").get_template("compare.html.j2").render(
         experiment=params["mlflow"]["experiment_name"], store=redact_uri(client.tracking_uri),
         runs=runs, differing=differing, param_rows=differing if len(runs) > 1 else keys,
         metric_rows=sorted(set().union(*(r["metrics"] for r in runs))),

@@ -47,11 +47,11 @@ def rate_distortion_svg(results: list[dict]) -> str:
 def write_report(project: Path, params: dict, name: str, results: list[dict], failed: list[str],
                  extra: dict | None = None) -> tuple[Path, Path]:
     """reports/sweep.json (every point's figures) and reports/sweep.html (one self-contained page,
-    from vae_pipeline/pages/templates/sweep.html.j2)."""
+    from vae_pipeline/pages/runs/templates/sweep.html.j2)."""
     results = sorted(results, key=lambda r: (r["latent_dim"], r["beta"]))
     data_path = project / params["paths"]["sweep_results"]
     write_json(data_path, {"sweep": name, **(extra or {}), "points": results, "failed": failed})
-    page = pages.environment().get_template("sweep.html.j2").render(
+    page = pages.environment("vae_pipeline.pages.runs").get_template("sweep.html.j2").render(
         name=name, results=results, failed=failed, epochs=params["sweep"]["epochs"],
         finished=time.strftime("%Y-%m-%d %H:%M"), svg=rate_distortion_svg(results) if results else "")
     path = project / params["paths"]["sweep_report"]
