@@ -42,8 +42,8 @@ exps: $(STAMP)  ## `dvc exp show` narrowed: the params that differ and the headl
 
 # Two pytest-xdist workers, a test file to each at a time (tests/conftest.py): the slow tests wait on
 # servers and subprocesses as much as they compute. The files go out in testpaths order, the team
-# stack's first (--no-loadscope-reorder: by default xdist starts with the files of most tests and
-# leaves a long file of one test for the end). TEST_WORKERS=0 runs them in this process.
+# stack's (the longest group) first (--no-loadscope-reorder: by default xdist starts with the groups
+# of most tests, whatever they take). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: $(STAMP) lint browser postgres  ## lint, then the test suite (slow end-to-end tests included)
 	pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder

@@ -211,10 +211,10 @@ def pytest_configure(config):
 
 # `make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadgroup`): a group's tests
 # run in one worker, in order, so a module-scoped fixture (a trained project, a server) is made once.
-# A file's group is the file, unless its tests name one. The groups go to the workers in the order of
-# pyproject.toml's testpaths, the longest first: the team stack's two files (each its own stack, on
-# ports of its own) start at once, one on each worker. The tiny built projects are made once for both
-# workers (build_once).
+# A file's group is the file, unless its tests name one: the team-stack files share `team-stack`, so
+# two stacks (each a PostgreSQL, an S3 store and three servers) never start at once on the 2 cores.
+# The groups go to the workers in the order of pyproject.toml's testpaths, so that the longest group,
+# the team stack's, starts first. The tiny built projects are made once for both workers (build_once).
 @pytest.hookimpl(tryfirst=True)     # before xdist reads the marks
 def pytest_collection_modifyitems(items):
     for item in items:
