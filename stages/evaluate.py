@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vae_pipeline.errors import PipelineError, in_one_line
+from vae_pipeline.errors import failing_as
 from vae_pipeline.files import project_path, replace_together, write_json
 from vae_pipeline.ml.data import class_names, dataset_dir, load_images, read_labels
 from vae_pipeline.ml.evaluation import active_units, compare, elbo_parts, iwae_nll
@@ -151,19 +151,14 @@ def run(params: Pipeline | dict) -> dict:
         # every rerun a new output); then the evaluated decoder registered, these figures its logged
         # model's metrics and its run's (MLflow compares runs and ranks models by them, and the champion
         # gate, vae_pipeline/tracking/champion.py, compares versions by them).
-        try:
+        with failing_as(f"{store.store_name(store.tracking_uri(params))}: registering the evaluated decoder",
+                        "the previous figures are kept: rerun the evaluate stage (dvc repro evaluate) once the "
+                        "store works"):
             store.attach_to_training_run(
                 params, metrics={f"{EVAL_METRIC_PREFIX}seconds_{part}": s for part, s in seconds.items()},
                 artifacts=staged, artifact_dir="metrics")
             register_decoder(params, model, {EVAL_METRIC_PREFIX + k: v for k, v in metrics.items()
                                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        except PipelineError:
-            raise
-        except Exception as e:  # the store failed on the way (MLflow's own errors, SQLAlchemy's, HTTP, disk)
-            raise PipelineError(
-                f"{store.store_name(store.tracking_uri(params))}: registering the evaluated decoder failed "
-                f"({in_one_line(e)}); the previous figures are kept: rerun the evaluate stage (dvc repro "
-                "evaluate) once the store works") from None
     return metrics
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from vae_pipeline.errors import PipelineError, in_one_line
+from vae_pipeline.errors import PipelineError, failing_as
 from vae_pipeline.files import atomic_path, project_path, replace_together, write_json
 from vae_pipeline.ml.data import SPLIT_STREAM, binarize, dataset_dir, load_images
 from vae_pipeline.ml.model import VAE, reparameterize, save_model, setup_torch, uses_bf16, vae_loss
@@ -207,17 +207,11 @@ def save_outputs(params: Pipeline, client, run_id: str, model, metrics: dict, hi
         staged = params.model_copy(update={"paths": paths.model_copy(update={
             "train_metrics": str(new_metrics), "train_detail": str(new_detail),
             "train_history": str(new_history), "model_dir": str(new_model)})})
-        try:
+        with failing_as(f"{store.store_name(client.tracking_uri)}: finishing MLflow run {run_id}",
+                        "the previous model, metrics and run record are kept, and so is the checkpoint of the "
+                        "last epoch: rerun the train stage (dvc repro train) once the store works"):
             # (The thread count is the run's `threads` tag.)
             runs.finish_training_run(client, run_id, staged, {**metrics, "train_seconds": seconds})
-        except PipelineError:
-            raise
-        except Exception as e:  # the store failed on the way (MLflow's own errors, SQLAlchemy's, HTTP, disk)
-            raise PipelineError(
-                f"{store.store_name(client.tracking_uri)}: finishing MLflow run {run_id} failed "
-                f"({in_one_line(e)}); the previous model, "
-                "metrics and run record are kept, and so is the checkpoint of the last epoch: rerun the train "
-                "stage (dvc repro train) once the store works") from None
 
 
 def run(params: Pipeline | dict) -> dict:

@@ -10,6 +10,7 @@ Secrets: a tracking URI such as `https://alice:s3cret@mlflow.example.org` or
 prints or writes that may hold such a URI goes through `redact_uri`; `main` also passes
 every log line through it.
 """
+import contextlib
 import logging
 import os
 import re
@@ -61,6 +62,19 @@ def redact_uri(text: str) -> str:
 def in_one_line(e: BaseException) -> str:
     """An exception as a message quotes it: its type and the first line of its text (200 characters at most)."""
     return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
+@contextlib.contextmanager
+def failing_as(what: str, then: str):
+    """Inside it, an error that is not a PipelineError becomes one: "<what> failed (<the error>); <then>".
+    For calls into a library whose own errors (MLflow's, SQLAlchemy's, HTTP's, the disk's) say neither
+    what the pipeline was doing nor what the user should do."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as e:
+        raise PipelineError(f"{what} failed ({in_one_line(e)}); {then}") from None
 
 
 def redact_log_record(record: logging.LogRecord) -> bool:
