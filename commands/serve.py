@@ -1,7 +1,7 @@
 """Command serve: the champion decoder over HTTP, on MLflow's scoring server (`make serve`).
 
-`python -m commands.serve` serves models:/<mlflow.model_name>@champion, or the
-newest version when no version is champion yet (it says so in one log line), with
+`python -m commands.serve` serves models:/<mlflow.model_name>@champion (the version
+the champion gate chose; the first `make run` names one, and until then it refuses), with
 `mlflow models serve --env-manager local`: in this environment, nothing installed.
 It binds 127.0.0.1 on params.yaml serve.port (env VAE_SERVE_PORT wins; the port's one
 source, which the Makefile and the docs name) and works over the embedded store and over a
@@ -37,16 +37,11 @@ def port(params: dict) -> int:
 
 
 def model_uri(params: dict) -> str:
-    """models:/<name>@champion, or models:/<name>/<newest version> when there is no champion."""
+    """models:/<name>@champion, once the champion gate has named one."""
     client = store.connect(params)            # an unreachable store fails here, with the reason
     name = params["mlflow"]["model_name"]
-    version, champion = registry.served_version(client, name)
-    if champion:
-        log.info("serving %s version %s, the champion", name, version)
-        return f"models:/{name}@{registry.CHAMPION_ALIAS}"
-    log.info("no version of %s is %s yet: serving the newest, version %s", name, registry.CHAMPION_ALIAS,
-             version)
-    return f"models:/{name}/{version}"
+    log.info("serving %s version %s, the champion", name, registry.served_version(client, name))
+    return f"models:/{name}@{registry.CHAMPION_ALIAS}"
 
 
 def serve_command(params: dict) -> tuple[list[str], dict]:

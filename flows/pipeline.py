@@ -14,6 +14,9 @@ here.
     failure (a NaN loss, exit code 2 from the stage) fails the run at once;
   - one pipeline per workspace: a second one waits for the first (with a
     message), then fails clearly, instead of tripping over DVC's lock midway;
+  - then the champion gate (flows/gate.py): the first version registered becomes
+    the model in use (`champion`), a later one only when it beats it; the retrain
+    flow runs the pipeline without it and gates on its own;
   - at the end, a markdown artifact `vae-pipeline`: what ran, the metrics
     (the DVC metrics files), the report's path and the MLflow run; and link
     artifacts to the MLflow run and the report, and a table of the metrics
@@ -30,6 +33,7 @@ from prefect.runtime import flow_run
 
 from flows.artifacts import metric_rows, publish
 from flows.dvc_runner import mlflow_run_id, run_stage, stage_order, workspace_lock
+from flows.gate import gate_champion
 from vae_pipeline.files import ROOT
 from vae_pipeline.settings import load_settings
 
@@ -50,8 +54,9 @@ def summary(project: Path, params: dict, results: list[dict]) -> str:
 
 
 @flow(name="vae-pipeline")
-def pipeline(project: str | None = None, run_tags: dict | None = None) -> list[dict]:
-    """Run dvc.yaml's stages in `project` (default: this project), one task each.
+def pipeline(project: str | None = None, run_tags: dict | None = None, gate: bool = True) -> list[dict]:
+    """Run dvc.yaml's stages in `project` (default: this project), one task each, then (with `gate`) the
+    champion gate.
 
     `run_tags` are added to the MLflow runs the stages start (with this flow run's id).
     Returns, per stage in the order run: {"stage", "ran", "restored" (from DVC's run cache), "seconds"}.
@@ -74,6 +79,8 @@ def pipeline(project: str | None = None, run_tags: dict | None = None) -> list[d
             results.append(run_stage.with_options(**options)(stage, str(root), tags))
     ran = [r["stage"] for r in results if r["ran"] or r["restored"]]
     logger.info("stages run or restored: %s", ", ".join(ran) if ran else "none, every stage is up to date")
+    if gate:
+        gate_champion(str(root))
     create_markdown_artifact(key="vae-pipeline", markdown=summary(root, params, results),
                              description="What ran, the metrics, the report and the MLflow run")
     publish(root, params)

@@ -9,9 +9,10 @@ Served on a cron schedule by `python -m flows.schedule` (or put on a work pool w
      train stage is stale: that is the challenger. Editing params.yaml rather
      than `dvc exp run -S` keeps it plain: dvc.lock then records exactly the
      params the workspace holds, and `dvc repro` alone reproduces the result;
-  3. runs the `vae-pipeline` flow (flows/pipeline.py): DVC reruns only what is
-     stale, and the evaluate stage registers the new model's version in MLflow;
-  4. the champion gate (vae_pipeline/tracking/champion.py, the policy): the
+  3. runs the `vae-pipeline` flow (flows/pipeline.py) without its own gate: DVC
+     reruns only what is stale, and the evaluate stage registers the new model's
+     version in MLflow;
+  4. the champion gate (flows/gate.py; vae_pipeline/tracking/champion.py, the policy): the
      version the pipeline left (paths.run_record) takes the `champion` alias only
      when it beats the champion on params retrain.gate_metric by retrain.margin,
      the two models alike. The decision and both figures go to a markdown
@@ -23,18 +24,15 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import publish
 from flows.dvc_runner import failure, run_logged, stage_env, workspace_lock
+from flows.gate import gate_champion
 from flows.pipeline import pipeline
 from vae_pipeline.errors import PipelineError
-from vae_pipeline.files import ROOT, write_json
+from vae_pipeline.files import ROOT
 from vae_pipeline.settings import load_settings
-from vae_pipeline.tracking import store
-from vae_pipeline.tracking.champion import LIKE_FOR_LIKE, champion_gate
-from vae_pipeline.tracking.registry import CHAMPION_ALIAS
 
 # The description of the flow's deployments: `python -m flows.schedule` and `make deploy` (prefect.yaml
 # names none) take it from the flow.
@@ -66,24 +64,6 @@ def set_seed(project: Path, seed: int) -> bool:
     return changed
 
 
-def gate_markdown(result: dict) -> str:
-    """The markdown of the `champion` artifact: the decision, both figures and what was matched."""
-    def row(who, entry):
-        if entry is None:
-            return f"| {who} | none |" + " |" * (2 + len(LIKE_FOR_LIKE))
-        value = "none" if entry["value"] is None else f"{entry['value']:.6g}"
-        return (f"| {who} | {entry['version']} | {value} | "
-                + " | ".join(str(entry["alike"].get(key)) for key in LIKE_FOR_LIKE) + f" | `{entry['run_id']}` |")
-
-    return "\n".join([
-        f"# Champion gate: `{result['model_name']}`", "", f"**{result['decision']}**", "",
-        f"| | version | {result['metric']} | " + " | ".join(LIKE_FOR_LIKE) + " | MLflow run |",
-        "| --- | --- | ---: |" + " --- |" * (len(LIKE_FOR_LIKE) + 1),
-        row("challenger", result["challenger"]), row("champion before", result["champion"]), "",
-        f"Margin: {result['margin']:g} nats per test image (the challenger's {result['metric']} must be lower "
-        "by at least this, the two models alike: same data files, pixel treatment and likelihood)", ""])
-
-
 @flow(name="retrain", description=DESCRIPTION)
 def retrain(project: str | None = None, seed: int | None = None) -> dict:
     """Re-check the data, rerun what is stale (with `seed`, else params retrain.seed: a
@@ -98,23 +78,12 @@ def retrain(project: str | None = None, seed: int | None = None) -> dict:
     seed = seed if seed is not None else params["retrain"]["seed"]
     if seed is not None and set_seed(root, seed):
         logger.info("train.seed set to %d in params.yaml: the train stage is stale", seed)
-    pipeline(project=str(root), run_tags={"retrain": "true"})
-
+    pipeline(project=str(root), run_tags={"retrain": "true"}, gate=False)
+    result = gate_champion(str(root))
     params = load_settings(root / "params.yaml")
-    record = store.training_run(params, root)
-    if record is None:
-        raise PipelineError(f"{params['paths']['run_record']}: no MLflow run recorded for the model in "
+    if result is None:
+        raise PipelineError(f"{params['paths']['run_record']}: no registered version recorded for the model in "
                             f"{params['paths']['model_dir']}; retrain it (dvc repro --force train)")
-    # The stages ran in `root`: its own default store, which is this checkout's only when root is ROOT.
-    params["mlflow"]["tracking_uri"] = store.tracking_uri(params, root)
-    client = store.connect(params)
-    settings = params["retrain"]
-    result = champion_gate(client, record["model_name"], record["model_version"], settings["margin"],
-                           settings["gate_metric"])
-    logger.info(result["decision"])
-    write_json(root / params["paths"]["champion"], result)
-    create_markdown_artifact(key=CHAMPION_ALIAS, markdown=gate_markdown(result),
-                             description="The champion gate: decision, challenger and champion figures")
     publish(root, params)
     return result
 

@@ -14,6 +14,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 from prefect.client.schemas.sorting import TaskRunSort
 
 from flows.dvc_runner import workspace_lock
+from flows.gate import gate_champion
 from flows.local_api import local_api
 from flows.pipeline import pipeline
 from flows.sweep import dask_runner, sweep
@@ -52,6 +53,7 @@ def artifact_markdown(flow_run_id) -> str:
 
 
 LOCK_FILE = load_settings()["prefect"]["lock_file"]
+GATE_TASK = gate_champion.name
 
 
 def lock_settings(wait_seconds: float) -> dict:
@@ -105,8 +107,12 @@ def test_pipeline_flow_runs_the_stages_in_order_then_skips_them_all(project, pre
     assert [r["stage"] for r in first.result()] == stages
     assert all(r["ran"] for r in first.result())
     runs = task_runs(first.state_details.flow_run_id)
-    assert [r.name for r in runs] == stages
+    assert [r.name for r in runs] == [*stages, GATE_TASK]      # the stages, then the champion gate
     assert all(r.state.is_completed() for r in runs)
+    # The first version registered is the model in use: `make run` names it (nothing else moves the alias).
+    decision = json.loads((project / load_settings(project / "params.yaml")["paths"]["champion"]).read_text())
+    assert decision["promoted"] and decision["champion"] is None
+    assert "no champion yet: version 1 becomes champion" in artifact(first.state_details.flow_run_id, "champion").data
     # dvc.lock records what ran: DVC agrees that nothing is stale.
     assert run_in(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
     markdown = artifact_markdown(first.state_details.flow_run_id)
@@ -126,7 +132,8 @@ def test_pipeline_flow_runs_the_stages_in_order_then_skips_them_all(project, pre
     assert second.is_completed(), second.message
     assert [r["stage"] for r in second.result()] == stages
     assert not any(r["ran"] or r["restored"] for r in second.result())
-    assert [r.name for r in task_runs(second.state_details.flow_run_id)] == stages
+    assert [r.name for r in task_runs(second.state_details.flow_run_id)] == [*stages, GATE_TASK]
+    assert "version 1 is already the champion" in artifact(second.state_details.flow_run_id, "champion").data
     assert outputs_mtimes(project) == before and before
     assert (project / "dvc.lock").read_text() == lock_before
     assert "| train | skipped: up to date |" in artifact_markdown(second.state_details.flow_run_id)

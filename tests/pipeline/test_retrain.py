@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from flows.gate import gate_markdown
 from flows.local_api import free_port
-from flows.retrain import DESCRIPTION, gate_markdown
+from flows.retrain import DESCRIPTION
 from tests.conftest import VENV_BIN, copy_project, downstream, dvc_stages, pipeline_env, run_in, stop_process_group
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.ml.data import expected_checksums

@@ -13,7 +13,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from commands.serve import PORT_ENV, port
-from tests.conftest import copy_project, free_port, pipeline_env, set_params, stop_process_group
+from tests.conftest import copy_project, free_port, pipeline_env, run_in, set_params, stop_process_group
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.ml.data import IMAGE_SIZE
 from vae_pipeline.ml.model import VAE, load_model
@@ -79,13 +79,19 @@ def predict(url: str, z: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_make_serve_decodes_like_the_project_and_answers_bad_requests_with_400(built_project, tmp_path, request):
-    project = copy_project(built_project, tmp_path)          # trained by the train stage: version 1
+    project = copy_project(built_project, tmp_path)          # registered by `dvc repro`: version 1
     # Read at serving, not training (no stage lists serve.*): this limit applies to the version trained above.
     params = set_params(project, serve={"max_batch": 300})
+    # A registered version is not in use until the champion gate says so: `make run` ends with it.
+    refused = run_in(project, "python", "-m", "commands.serve", check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: MLflow model registry at {store.tracking_uri(params, project)}: no version of model "
+        "'vae-decoder' is champion yet; `make run` names one (its last step, the champion gate)"]
+    ran = run_in(project, "python", "-m", "flows.pipeline")      # what `make run` runs: no stage is stale
+    assert "no champion yet: version 1 becomes champion" in ran.stdout + ran.stderr
     url, server = start_server(project, {}, tmp_path / "serve.log")
     request.addfinalizer(lambda: stop_process_group(server))
-    assert "no version of vae-decoder is champion yet: serving the newest, version 1" in \
-        (tmp_path / "serve.log").read_text()
+    assert "serving vae-decoder version 1, the champion" in (tmp_path / "serve.log").read_text()
 
     model, config = load_model(project / params["paths"]["model_dir"])
     z = np.random.default_rng(0).standard_normal((300, config["latent_dim"])).astype(np.float32)
@@ -151,18 +157,19 @@ def test_a_good_batch_comes_back_as_float32():
     assert z.dtype == np.float32 and z.shape == (10, 4) and z.flags.c_contiguous
 
 
-def test_the_champion_is_served_else_the_newest_version(tmp_path):
+def test_only_the_champion_is_served(tmp_path):
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with pytest.raises(PipelineError, match="no version of model 'decoder'"):
+    with pytest.raises(PipelineError, match=r"no version of model 'decoder' \(params.yaml mlflow.model_name\)"):
         registry.served_version(client, "decoder")
     client.create_registered_model("decoder")
     for _ in range(2):
         client.create_model_version("decoder", tmp_path.as_uri())
-    assert registry.served_version(client, "decoder") == ("2", False)
+    with pytest.raises(PipelineError, match="no version of model 'decoder' is champion yet; `make run` names one"):
+        registry.served_version(client, "decoder")              # not the newest: an experiment's, a sweep's
     client.set_registered_model_alias("decoder", registry.CHAMPION_ALIAS, "1")
-    assert registry.served_version(client, "decoder") == ("1", True)
+    assert registry.served_version(client, "decoder") == "1"
 
 
 def test_the_port_comes_from_the_environment_else_params(monkeypatch):

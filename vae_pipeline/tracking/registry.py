@@ -104,16 +104,18 @@ def register_decoder(params: dict, model, figures: dict) -> dict | None:
     return record
 
 
-def served_version(client, name: str) -> tuple[str, bool]:
-    """The version of registered model `name` in use: the champion, else the newest (then False)."""
+def served_version(client, name: str) -> str:
+    """The version of registered model `name` in use: the champion. Only the champion gate names one
+    (the first `make run` does): a registered version is not served until it is chosen."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version), True
+        return str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version)
     except MlflowException:              # no such alias, or no such model
         pass
-    versions = client.search_model_versions(f"name = '{name}'")
-    if not versions:
-        raise PipelineError(f"MLflow model registry at {redact_uri(client.tracking_uri)}: no version of "
-                            f"model '{name}' (params.yaml mlflow.model_name); train one first (make run)")
-    return str(max(int(v.version) for v in versions)), False
+    where = f"MLflow model registry at {redact_uri(client.tracking_uri)}"
+    if not client.search_model_versions(f"name = '{name}'"):
+        raise PipelineError(f"{where}: no version of model '{name}' (params.yaml mlflow.model_name); train one "
+                            "first (make run)")
+    raise PipelineError(f"{where}: no version of model '{name}' is {CHAMPION_ALIAS} yet; `make run` names one "
+                        "(its last step, the champion gate)")
