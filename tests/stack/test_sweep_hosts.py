@@ -8,7 +8,7 @@ The test makes a bridge `vaetbr0` (10.213.0.1/24) and two network namespaces on 
 the checkout and the pytest folders are hidden under empty tmpfs mounts: it has only the venv
 (bind-mounted at /mnt/vaet/venv, its editable link to the checkout dangling), the worker kit
 (`python -m stack worker-kit`) and the stack's address. A four-point sweep (2 beta x 2 latent
-sizes, 1 epoch, tiny data) runs on them; once host 1 has finished a point, in the middle of its
+sizes, 5 epochs, tiny data) runs on them; once host 1 has finished a point, in the middle of its
 next one every process of host 1 is killed. (The local Dask path of the same code is
 tests/pipeline/test_flows.py's two-point sweep.)
 
@@ -39,7 +39,8 @@ MACHINES = {"vaeth1": "10.213.0.11", "vaeth2": "10.213.0.12"}
 PORTS = {"postgres_port": 15501, "s3_port": 15502, "mlflow_port": 15503, "prefect_port": 15504,
          "git_port": 15505, "dask_port": 15506, "seaweed_port": 15510}
 VENV = Path(sys.prefix).resolve()            # the venv running the tests (its real folder): the workers' too
-GRID = {"beta": [1, 4], "latent_dim": [2, 3], "epochs": 1, "threads": 1, "n_workers": 2}
+# Five epochs: a point's MLflow run stays RUNNING for a few seconds, long enough to be caught and killed.
+GRID = {"beta": [1, 4], "latent_dim": [2, 3], "epochs": 5, "threads": 1, "n_workers": 2}
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -243,9 +244,9 @@ def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, t
                 # Host 1's second point: both hosts have then done one, and host 2 must finish the rest.
                 if experiment and attempts(client, experiment.experiment_id, "vaeth1", "FINISHED"):
                     victim = next(iter(attempts(client, experiment.experiment_id, "vaeth1", "RUNNING")), None)
-                time.sleep(1)
+                time.sleep(0.5)
             assert victim is not None, (logs / "sweep.log").read_text()[-3000:]
-            time.sleep(3)                                   # in the middle of its training
+            time.sleep(0.5)                                 # in the middle of its training, well before its end
             killed_at, killed_wall = time.monotonic(), time.time()
             killed = kill_host("vaeth1")
             sweep.wait(timeout=900)
