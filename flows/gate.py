@@ -39,7 +39,7 @@ def gate_markdown(result: dict) -> str:
         "by at least this, the two models alike: same data files, pixel treatment and likelihood)", ""])
 
 
-@task(cache_policy=NO_CACHE, name="champion-gate")
+@task(cache_policy=NO_CACHE, name="champion-gate", task_run_name="champion-gate")
 def gate_champion(project: str) -> dict | None:
     """Gate the version the pipeline left in `project`; return the decision (champion_gate's), or None
     (with a warning) when no registered version is recorded for its model: one pulled from a DVC remote,
