@@ -25,7 +25,7 @@ from vae_pipeline.errors import PipelineError, redact_uri
 from vae_pipeline.files import atomic_path, project_path
 from vae_pipeline.ml.data import IMAGE_SIZE
 from vae_pipeline.ml.model import load_model
-from vae_pipeline.tracking import store
+from vae_pipeline.tracking import elsewhere, store
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -53,7 +53,7 @@ def finished_runs(client, params: dict) -> list:
         order_by=["attributes.start_time DESC"], max_results=params["mlflow"]["compare_max_runs"])
     if not runs:
         raise PipelineError(f"MLflow experiment '{name}' at {redact_uri(client.tracking_uri)} has no "
-                            "finished run; run the pipeline first (dvc repro)")
+                            f"finished run; {elsewhere.advice(params) or '`make run` logs one'}")
     return runs[::-1]
 
 
@@ -84,6 +84,7 @@ def curves_figure(client, runs: list):
 
 
 def run(params: dict) -> Path:
+    elsewhere.require_store(params)         # not an empty mlflow.db made by reading
     client = store.connect(params)
     colors = plt.get_cmap("tab10").colors
     runs = []

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from vae_pipeline.errors import PipelineError
-from vae_pipeline.tracking import registry, store
+from vae_pipeline.tracking import elsewhere, registry, store
 
 log = logging.getLogger("serve")
 HOST = "127.0.0.1"
@@ -38,9 +38,17 @@ def port(params: dict) -> int:
 
 def model_uri(params: dict) -> str:
     """models:/<name>@champion, once the champion gate has named one."""
+    elsewhere.require_store(params)           # not an empty mlflow.db made by reading
     client = store.connect(params)            # an unreachable store fails here, with the reason
     name = params["mlflow"]["model_name"]
-    log.info("serving %s version %s, the champion", name, registry.served_version(client, name))
+    try:
+        version = registry.served_version(client, name)
+    except PipelineError:
+        if not (advice := elsewhere.advice(params)):
+            raise
+        raise PipelineError(f"MLflow model registry at {store.store_name(client.tracking_uri)}: no "
+                            f"{registry.CHAMPION_ALIAS} of model '{name}'; {advice}") from None
+    log.info("serving %s version %s, the champion", name, version)
     return f"models:/{name}@{registry.CHAMPION_ALIAS}"
 
 

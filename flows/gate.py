@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from vae_pipeline.files import write_json
 from vae_pipeline.settings import load_settings
-from vae_pipeline.tracking import store
+from vae_pipeline.tracking import elsewhere, store
 from vae_pipeline.tracking.champion import LIKE_FOR_LIKE, champion_gate
 from vae_pipeline.tracking.registry import CHAMPION_ALIAS
 
@@ -52,6 +52,11 @@ def gate_champion(project: str) -> dict | None:
             "%s: no registered version recorded for the model in %s (trained in another checkout, or not "
             "evaluated): no champion gate, the champion stays as it is", params["paths"]["run_record"],
             params["paths"]["model_dir"])
+        return None
+    if elsewhere.logged_elsewhere(params, root):    # its version is another store's (make run said so)
+        get_run_logger().warning("%s: the model's MLflow run is in %s, not in the store now set: no champion "
+                                 "gate, the champion stays as it is", params["paths"]["run_record"],
+                                 record["tracking_uri"])
         return None
     # The stages ran in `root`: its own default store, which is this checkout's only when root is ROOT.
     params["mlflow"]["tracking_uri"] = store.tracking_uri(params, root)

@@ -29,7 +29,7 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, get_current_settings, temporary_settings
 
-from vae_pipeline.environment import TELEMETRY_OFF
+from vae_pipeline.environment import STACK_ENV, STACK_LEAVE, TELEMETRY_OFF
 from vae_pipeline.errors import PipelineError, exit_code, redact_uri
 from vae_pipeline.files import project_path
 from vae_pipeline.settings import load_settings
@@ -53,6 +53,10 @@ def check_api(api_url: str, timeout: float = API_TIMEOUT) -> None:
     try:
         requests.get(f"{api_url.rstrip('/')}/health", timeout=timeout)
     except (requests.RequestException, ValueError) as e:
+        if os.environ.get(STACK_ENV):       # this shell did `source .stack/env`
+            raise PipelineError(f"{os.environ[STACK_ENV]}: the team stack is not running (no Prefect server "
+                                f"answers at {redact_uri(api_url)}); start it with `make stack`, or leave it "
+                                f"with `{STACK_LEAVE}`") from None
         raise PipelineError(f"env PREFECT_API_URL: no Prefect server answers at {redact_uri(api_url)} "
                             f"({type(e).__name__}); start it, or unset PREFECT_API_URL to run on a local "
                             "API started for the command") from None

@@ -36,6 +36,7 @@ from flows.dvc_runner import mlflow_run_id, run_stage, stage_order, workspace_lo
 from flows.gate import gate_champion
 from vae_pipeline.files import ROOT
 from vae_pipeline.settings import load_settings
+from vae_pipeline.tracking import elsewhere
 
 
 def summary(project: Path, params: dict, results: list[dict]) -> str:
@@ -78,7 +79,12 @@ def pipeline(project: str | None = None, run_tags: dict | None = None, gate: boo
                                retry_delay_seconds=settings["retry_delay_seconds"])
             results.append(run_stage.with_options(**options)(stage, str(root), tags))
     ran = [r["stage"] for r in results if r["ran"] or r["restored"]]
-    logger.info("stages run or restored: %s", ", ".join(ran) if ran else "none, every stage is up to date")
+    if not ran and (advice := elsewhere.advice(params, root)):
+        # Up to date, but the model's run is in another store: nothing reaches the one now set.
+        logger.warning("stages run or restored: none, every stage is up to date, so nothing was logged; %s",
+                       advice)
+    else:
+        logger.info("stages run or restored: %s", ", ".join(ran) if ran else "none, every stage is up to date")
     if gate:
         gate_champion(str(root))
     create_markdown_artifact(key="vae-pipeline", markdown=summary(root, params, results),

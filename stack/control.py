@@ -28,7 +28,7 @@ from stack.settings import (
     load_secrets,
     write_private,
 )
-from vae_pipeline.environment import STACK_KIT
+from vae_pipeline.environment import STACK_ENV, STACK_KIT, STACK_LEAVE
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.settings import STACK_DVC_REMOTE
 
@@ -130,8 +130,13 @@ def status(stack: Stack, out=sys.stdout) -> bool:
 
 
 def env_text(stack: Stack, secrets: dict) -> str:
+    """<state>/env: the clients' variables, the file's own path (STACK_ENV: errors then name the stack),
+    and the way back, a shell function as a venv's `deactivate` (STACK_LEAVE) that unsets them all."""
+    env = {**stack.client_env(secrets), STACK_ENV: str(stack.env_file)}
     return ("# The team stack's clients, credentials included: `source` this file; keep it mode 600\n"
-            + env_lines(stack.client_env(secrets), export=True))
+            + env_lines(env, export=True)
+            + f"# `{STACK_LEAVE}`: this shell back to the embedded stores (unsets the variables above)\n"
+            + f"{STACK_LEAVE}() {{ unset {' '.join(env)}; unset -f {STACK_LEAVE}; }}\n")
 
 
 def env_source_line(stack: Stack) -> str:

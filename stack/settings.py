@@ -18,6 +18,7 @@ The names of the variables the stack and the flows share are vae_pipeline/enviro
 """
 import json
 import os
+import re
 import secrets as token
 import shlex
 from dataclasses import dataclass
@@ -185,16 +186,19 @@ def env_lines(env: dict[str, str], export: bool) -> str:
     return "".join(f"{prefix}{key}={shlex.quote(str(value))}\n" for key, value in env.items())
 
 
+ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
 def read_env_file(path: Path) -> dict[str, str]:
-    """The variables of an env file written by env_lines (`export ` optional, # comments skipped).
+    """The variables of an env file written by env_lines (`export ` optional; other lines skipped).
     A worker kit's file names its folder in VAE_STACK_KIT; when the kit has been copied elsewhere
     (another host mounts it at another path), the values under that folder follow it here."""
     env = {}
     for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
+        line = line.strip().removeprefix("export ")
+        if not ASSIGNMENT.match(line):        # a comment, or .stack/env's shell function
             continue
-        key, _, value = line.removeprefix("export ").partition("=")
+        key, _, value = line.partition("=")
         env[key] = shlex.split(value)[0] if value else ""
     written, here = env.get(STACK_KIT), str(Path(path).resolve().parent)
     if written and written != here:

@@ -21,6 +21,9 @@ STACK_GIT_USER = "VAE_STACK_GIT_USER"               # its Basic auth user ...
 STACK_GIT_PASSWORD = "VAE_STACK_GIT_PASSWORD"       # ... and password
 STACK_DASK_ADDRESS = "VAE_STACK_DASK_ADDRESS"       # the stack's Dask scheduler (tls://host:port)
 STACK_KIT = "VAE_STACK_KIT"                         # a worker kit's env: the kit's folder, where it was written
+# Set by `source .stack/env` (its path): errors then name the stack and the way back (deactivate_stack).
+STACK_ENV = "VAE_STACK_ENV"
+STACK_LEAVE = "deactivate_stack"                    # the shell function .stack/env defines: unset what it set
 
 # Variables whose values are secrets: no output line of a sweep point may show them.
 SECRET_VALUES = (STACK_GIT_PASSWORD, "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING")

@@ -27,10 +27,12 @@ import requests
 
 from stack import health, postgres, supervisor
 from stack.settings import CLIENT_ENV_NAMES, SERVICES, TLS_FILES, USER, Stack, load_secrets, read_env_file
-from tests.conftest import free_port, make_project, pipeline_env, run_in, set_params
+from tests.conftest import VENV_BIN, free_port, make_project, pipeline_env, run_in, set_params
+from tests.doc_blocks import RUN_BY, run_docs
 from tests.reliability.test_concurrency import check_nothing_lost, eight_writers_at_once
+from vae_pipeline.environment import STACK_LEAVE
 from vae_pipeline.params import load_params
-from vae_pipeline.tracking import store
+from vae_pipeline.tracking import elsewhere, store
 from vae_pipeline.tracking.runs import RUN_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.xdist_group("team-stack")]
@@ -87,6 +89,17 @@ OUTPUTS = ["data/raw", "models", "data/embeddings", "data/latent_map.parquet", "
            "reports/figures"]
 
 
+def link_venv(project: Path) -> None:
+    """project/.venv: the checkout's virtualenv, its parts linked, with a fresh install stamp of its own, so
+    the Makefile's targets run in the project and never install (nor touch the shared venv's stamp)."""
+    venv, linked = VENV_BIN.parent, project / ".venv"
+    linked.mkdir()
+    for part in venv.iterdir():
+        if part.name != ".installed":
+            (linked / part.name).symlink_to(part.resolve())
+    (linked / ".installed").touch()        # newer than pyproject.toml: `make` finds the venv installed
+
+
 class Running:
     """The started stack and what the tests need to reach it."""
 
@@ -102,6 +115,18 @@ class Running:
 
     def run(self, project: Path, *cmd, check=True, env=None, timeout=600):
         result = run_in(project, *cmd, check=check, env={**self.env, **(env or {})}, timeout=timeout)
+        self.outputs.append(result.stdout + result.stderr)
+        return result
+
+    def off_stack(self) -> dict:
+        """The environment of a shell not pointed at the stack: the Makefile's, none of .stack/env's variables."""
+        return {name: value for name, value in pipeline_env().items()
+                if name not in read_env_file(self.stack.env_file) and name != "MLFLOW_TRACKING_URI"}
+
+    def run_off_stack(self, project: Path, *cmd, timeout=600) -> subprocess.CompletedProcess:
+        """`cmd` in a shell that never did `source .stack/env` (or did `deactivate_stack`); its exit not checked."""
+        result = subprocess.run(cmd, cwd=project, env={**self.off_stack(), "PREFECT_HOME": self.env["PREFECT_HOME"]},
+                                capture_output=True, text=True, timeout=timeout)
         self.outputs.append(result.stdout + result.stderr)
         return result
 
@@ -143,8 +168,11 @@ def running(tiny_source):
     base.chmod(0o755)
     project = make_project(base / "p", tiny_source)
     (base / "p").chmod(0o755)
-    set_params(project, stack=stack_ports())
+    # A one-point sweep for docs/sweeps.md's block (sweep.scheduler null: a local Dask cluster, on the stack's
+    # MLflow and Prefect through `source .stack/env`; the workers on other hosts are test_sweep_hosts.py's).
+    set_params(project, stack=stack_ports(), sweep={"beta": [1], "latent_dim": [2], "epochs": 1, "n_workers": 1})
     run_in(project, "git", "commit", "-qam", "stack on free ports")
+    link_venv(project)
     started = time.monotonic()
     first = run_in(project, "python", "-m", "stack", "up", timeout=900)
     stack = Running(base, project)
@@ -295,31 +323,32 @@ def test_eight_writers_on_the_stack_lose_nothing(running, tmp_path, reliability)
     check_nothing_lost(found, "the stack's MLflow server on PostgreSQL", reliability)
 
 
-def test_make_run_on_the_stack_then_dvc_push_and_pull_in_a_fresh_clone(running, reliability):
+DOCS = RUN_BY["tests/stack/test_stack.py"]
+
+
+def test_the_stack_docs_run_as_written(running, reliability):
+    """docs/team-stack.md's and docs/sweeps.md's blocks in the stack's own checkout, in one shell, on the
+    running stack: a second `make stack`, `make run` on it, `dvc push`, a clone that pulls everything,
+    a one-point sweep. Then what they left is checked, and what the checkouts say off the stack."""
     project = running.project
     started = time.monotonic()
-    running.run(project, "python", "-m", "flows.pipeline", timeout=900)          # what `make run` runs
+    # A shell not yet pointed at the stack (`source .stack/env` is in the docs), with a git identity.
+    outputs = run_docs(project, DOCS, {**running.off_stack(), **GIT_IDENTITY}, timeout=1500)
     seconds = time.monotonic() - started
+    running.outputs += outputs.values()
+    assert "already running" in next(iter(outputs.values()))           # the second `make stack`
+
+    # `make run`'s MLflow run is in PostgreSQL, its model and registered decoder in S3.
     record = run_record(project)
+    assert record["tracking_uri"] == running.stack.mlflow_url
     assert running.sql("SELECT status FROM runs WHERE run_uuid = %s", record["run_id"]) == [("FINISHED",)]
     keys = running.s3_keys("mlflow/")
     assert any(key.endswith(f"{record['run_id']}/artifacts/model/vae.safetensors") for key in keys)
     assert any(key.endswith("/data/model.pt2") for key in keys)   # the registered decoder (in the pyfunc)
-
-    run_in(project, "git", "add", "-A")
-    run_in(project, "git", "commit", "-qm", "a run on the stack")
-    running.run(project, "dvc", "push", "--run-cache")
     assert running.s3_keys("dvc/")
-
-    clone = running.base / "clone"
-    run_in(running.base, "git", "clone", "-q", str(project), str(clone))
-    shutil.copy(project / ".dvc/config.local", clone / ".dvc/config.local")    # a colleague given the keys
-    running.run(clone, "dvc", "pull", "--run-cache")
-    assert running.run(clone, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+    # The clone pulled every output, byte for byte, and its decoder draws the same images.
+    clone = project.parent / "vae-clone"
     assert digest(clone, OUTPUTS) == digest(project, OUTPUTS)
-    rerun = running.run(clone, "python", "-m", "flows.pipeline", timeout=900)
-    assert "stages run or restored: none, every stage is up to date" in rerun.stdout + rerun.stderr
-
     import torch
 
     from vae_pipeline.ml.model import load_model
@@ -327,9 +356,46 @@ def test_make_run_on_the_stack_then_dvc_push_and_pull_in_a_fresh_clone(running, 
     with torch.no_grad():
         images = [load_model(folder / "models")[0].decode(z) for folder in (project, clone)]
     assert torch.equal(*images)
-    report(reliability, "stack", "`make run` on the stack, `dvc push`, `dvc pull` in a fresh clone",
-                f"pipeline {seconds:.0f} s; run FINISHED in PostgreSQL, {len(keys)} MLflow objects in S3; "
-                f"the clone: dvc status clean, no stage rerun, decoder output bit-identical")
+    # The sweep's point: a child of its parent run on the stack's MLflow.
+    sweep = json.loads((project / "reports/sweep.json").read_text())
+    assert len(sweep["points"]) == 1
+
+    # The clone's models came from the remote: on the stack `make serve` finds the champion; off it (no
+    # `source .stack/env`) it says where their runs are, and leaves no empty mlflow.db behind.
+    served = running.run(clone, "python", "-c", SERVED_MODEL)
+    assert "the champion" in served.stdout + served.stderr
+    served = running.run_off_stack(clone, "make", "-s", "serve")
+    assert_one_error(served, "trained in another checkout", ".stack/env")
+    assert not (clone / "mlflow.db").exists()
+    # The stack's checkout off the stack: every stage up to date and its run is the stack's (the reverse of
+    # a checkout trained before `source .stack/env`). `make run` says so in one line and gates nothing;
+    # `make compare` names the same; neither makes an mlflow.db.
+    rerun = running.run_off_stack(project, "make", "-s", "run")
+    said = [line for line in (rerun.stdout + rerun.stderr).splitlines() if "every stage is up to date" in line]
+    assert rerun.returncode == 0 and len(said) == 1, rerun.stdout + rerun.stderr
+    assert running.stack.mlflow_url in said[0] and elsewhere.RELOG in said[0], said
+    compared = running.run_off_stack(project, "make", "-s", "compare")
+    assert_one_error(compared, running.stack.mlflow_url, elsewhere.RELOG)
+    assert not (project / "mlflow.db").exists()
+    report(reliability, "stack", "docs/team-stack.md and docs/sweeps.md as written, on the stack",
+           f"{len(outputs)} blocks in {seconds:.0f} s: run FINISHED in PostgreSQL, {len(keys)} MLflow objects "
+           "in S3; the clone pulled identical outputs; a one-point sweep; off the stack `make run` and "
+           "`make compare` said where the run is")
+
+
+# What `make serve` would serve (commands/serve.py), without starting the server.
+SERVED_MODEL = "from commands.serve import model_uri; from vae_pipeline.settings import load_settings; " \
+               "print(model_uri(load_settings()))"
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
+                "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost"}
+
+
+def assert_one_error(result, *wanted: str) -> None:
+    """Exit 2 (make's, for a command that exited 2), one `error:` line holding each of `wanted`, no traceback."""
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in output, output[-3000:]
+    assert all(text in errors[0] for text in wanted), errors[0]
 
 
 def test_a_schedule_fires_a_retrain_that_the_worker_runs(running, reliability):
@@ -490,13 +556,24 @@ def test_down_leaves_no_process_and_no_secret_was_written_anywhere(running, reli
     leaks = [name for name, value in running.secrets.items() if any(value in text for text in texts)]
     assert leaks == []
 
-    down = running.run(running.project, "python", "-m", "stack", "down")
+    down = running.run(running.project, "make", "stack-down")
     assert "stopped" in down.stdout
     left = sorted(p for p in processes if supervisor.alive(p))
     assert left == []
     status = running.run(running.project, "python", "-m", "stack", "status", check=False)
     assert status.returncode == 3 and "not running" in status.stdout
+    assert running.run(running.project, "make", "stack-status", check=False).returncode == 2   # make's own
     assert "stack" not in running.run(running.project, "dvc", "remote", "default").stdout
-    report(reliability, "stack", "`python -m stack down`",
+
+    # A shell still pointed at the stopped stack: `make run` says so in one line, with both ways out.
+    stale = running.run(running.project, "make", "-s", "run", check=False)
+    assert_one_error(stale, str(running.stack.env_file), "not running", "make stack", STACK_LEAVE)
+    # The way back: the function .stack/env defines unsets every variable it set, and itself.
+    back = running.run(running.project, "bash", "-c", f"source {running.stack.env_file}; {STACK_LEAVE}; "
+                       f"env; type {STACK_LEAVE} || echo 'no {STACK_LEAVE}'")
+    assert not set(read_env_file(running.stack.env_file)) & set(line.split("=")[0] for line in back.stdout.splitlines()
+                                                                if "=" in line) - {"PREFECT_HOME", "NUMBA_CACHE_DIR"}
+    assert f"no {STACK_LEAVE}" in back.stdout
+    report(reliability, "stack", "`make stack-down`",
                 f"{len(processes)} processes before, none left; no secret in {len(texts)} logs, outputs "
-                f"and MLflow records")
+                f"and MLflow records; then `make run` in a shell still pointed at it: {stale.stderr.strip()[:160]}")
