@@ -4,11 +4,14 @@ One stack serves the whole module (starting it takes half a minute or more), in 
 order: it starts once and reports health; every service refuses a request without its
 credentials (and admits one with them: git clone and push, a Dask client from a worker
 kit copied elsewhere); eight writers log to the MLflow server on
-PostgreSQL; `make run` against it, `dvc push`, and `dvc pull` in a fresh clone; a retrain
+PostgreSQL; docs/team-stack.md's and docs/sweeps.md's blocks as written (`make run` against it, `dvc
+push`, `dvc pull` in a fresh clone, a one-point sweep), and what the checkouts say off it; a retrain
 fired by its schedule and run by the worker; the three faults; `down` leaves no process
-and no secret was ever written where it should not be. The eight writers come first
+and no secret was ever written where it should not be, and a shell still pointed at it is told so.
+The eight writers come first
 because they count every run in the store.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +20,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -27,7 +31,7 @@ import requests
 
 from stack import health, postgres, supervisor
 from stack.settings import CLIENT_ENV_NAMES, SERVICES, TLS_FILES, USER, Stack, load_secrets, read_env_file
-from tests.conftest import VENV_BIN, free_port, make_project, pipeline_env, run_in, set_params
+from tests.conftest import VENV_BIN, free_port, make_project, pipeline_env, run_in, set_params, stop_process_group
 from tests.doc_blocks import RUN_BY, run_docs
 from tests.reliability.test_concurrency import check_nothing_lost, eight_writers_at_once
 from vae_pipeline.environment import STACK_LEAVE
@@ -168,9 +172,8 @@ def running(tiny_source):
     base.chmod(0o755)
     project = make_project(base / "p", tiny_source)
     (base / "p").chmod(0o755)
-    # A one-point sweep for docs/sweeps.md's block (sweep.scheduler null: a local Dask cluster, on the stack's
-    # MLflow and Prefect through `source .stack/env`; the workers on other hosts are test_sweep_hosts.py's).
-    set_params(project, stack=stack_ports(), sweep={"beta": [1], "latent_dim": [2], "epochs": 1, "n_workers": 1})
+    # A one-point sweep on the stack's scheduler for docs/sweeps.md's block (its worker: test_the_stack_docs...).
+    set_params(project, stack=stack_ports(), sweep={"beta": [1], "latent_dim": [2], "epochs": 1, "scheduler": "stack"})
     run_in(project, "git", "commit", "-qam", "stack on free ports")
     link_venv(project)
     started = time.monotonic()
@@ -332,8 +335,10 @@ def test_the_stack_docs_run_as_written(running, reliability):
     a one-point sweep. Then what they left is checked, and what the checkouts say off the stack."""
     project = running.project
     started = time.monotonic()
-    # A shell not yet pointed at the stack (`source .stack/env` is in the docs), with a git identity.
-    outputs = run_docs(project, DOCS, {**running.off_stack(), **GIT_IDENTITY}, timeout=1500)
+    # A shell not yet pointed at the stack (`source .stack/env` is in the docs), with a git identity; the
+    # sweep's worker host (docs/sweeps.md's block for it is another host's) is a process here.
+    with dask_worker(running):
+        outputs = run_docs(project, DOCS, {**running.off_stack(), **GIT_IDENTITY}, timeout=1500)
     seconds = time.monotonic() - started
     running.outputs += outputs.values()
     assert "already running" in next(iter(outputs.values()))           # the second `make stack`
@@ -363,7 +368,8 @@ def test_the_stack_docs_run_as_written(running, reliability):
     # The clone's models came from the remote: on the stack `make serve` finds the champion; off it (no
     # `source .stack/env`) it says where their runs are, and leaves no empty mlflow.db behind.
     served = running.run(clone, "python", "-c", SERVED_MODEL)
-    assert "the champion" in served.stdout + served.stderr
+    assert "version 1, the champion" in served.stderr, served.stderr     # make run's, not the sweep's
+    link_venv(clone)
     served = running.run_off_stack(clone, "make", "-s", "serve")
     assert_one_error(served, "trained in another checkout", ".stack/env")
     assert not (clone / "mlflow.db").exists()
@@ -383,9 +389,27 @@ def test_the_stack_docs_run_as_written(running, reliability):
            "`make compare` said where the run is")
 
 
+@contextlib.contextmanager
+def dask_worker(running: Running):
+    """A Dask worker on the stack's scheduler, as docs/sweeps.md starts one on a worker host: the stack's
+    client environment (its TLS certificates), in an empty folder; stopped with its children afterwards."""
+    folder = running.base / "worker-host"
+    folder.mkdir(exist_ok=True)
+    with open(folder / "worker.log", "w") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", running.stack.dask_address,
+                                   "--nworkers", "1", "--nthreads", "1", "--no-dashboard"], cwd=folder,
+                                  env={**pipeline_env(), **running.env, "PREFECT_HOME": str(folder / ".prefect")},
+                                  stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        yield worker
+    finally:
+        stop_process_group(worker)
+
+
 # What `make serve` would serve (commands/serve.py), without starting the server.
-SERVED_MODEL = "from commands.serve import model_uri; from vae_pipeline.settings import load_settings; " \
-               "print(model_uri(load_settings()))"
+SERVED_MODEL = "import logging; logging.basicConfig(level=logging.INFO); from commands.serve import model_uri; " \
+               "from vae_pipeline.settings import load_settings; print(model_uri(load_settings()))"
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
                 "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost"}
 
