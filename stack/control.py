@@ -19,6 +19,7 @@ from pathlib import Path
 from stack import health, postgres, supervisor, tls
 from stack.git_http import init_repository
 from stack.settings import (
+    DASK_REQUIRE_ENCRYPTION,
     GIT_REPO,
     S3_REGION,
     SERVICES,
@@ -131,8 +132,11 @@ def status(stack: Stack, out=sys.stdout) -> bool:
 
 def env_text(stack: Stack, secrets: dict) -> str:
     """<state>/env: the clients' variables, the file's own path (STACK_ENV: errors then name the stack),
-    and the way back, a shell function as a venv's `deactivate` (STACK_LEAVE) that unsets them all."""
-    env = {**stack.client_env(secrets), STACK_ENV: str(stack.env_file)}
+    and the way back, a shell function as a venv's `deactivate` (STACK_LEAVE) that unsets them all.
+    Not Dask's require-encryption (a worker kit's): in this shell it would stop every local Dask cluster,
+    `make sweep`'s default, from starting; the stack's scheduler still talks TLS only."""
+    env = {name: value for name, value in stack.client_env(secrets).items() if name != DASK_REQUIRE_ENCRYPTION}
+    env[STACK_ENV] = str(stack.env_file)
     return ("# The team stack's clients, credentials included: `source` this file; keep it mode 600\n"
             + env_lines(env, export=True)
             + f"# `{STACK_LEAVE}`: this shell back to the embedded stores (unsets the variables above)\n"

@@ -51,6 +51,7 @@ SECRET_NAMES = tuple(SECRETS)
 TLS_FILES = {"ca": "ca.pem", "scheduler_cert": "scheduler.pem", "scheduler_key": "scheduler-key.pem",
              "worker_cert": "worker.pem", "worker_key": "worker-key.pem"}
 DASK_TLS = "DASK_DISTRIBUTED__COMM__TLS__"
+DASK_REQUIRE_ENCRYPTION = "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"
 # What client_env() returns: the names a client (make run, dvc, the flows, a sweep worker) reads.
 CLIENT_ENV_NAMES = (
     "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
@@ -58,7 +59,7 @@ CLIENT_ENV_NAMES = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
     "MLFLOW_S3_ENDPOINT_URL",
     STACK_GIT_URL, STACK_GIT_USER, STACK_GIT_PASSWORD, STACK_DASK_ADDRESS,
-    "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION", DASK_TLS + "CA_FILE",
+    DASK_REQUIRE_ENCRYPTION, DASK_TLS + "CA_FILE",
     DASK_TLS + "CLIENT__CERT", DASK_TLS + "CLIENT__KEY", DASK_TLS + "WORKER__CERT", DASK_TLS + "WORKER__KEY")
 
 
@@ -172,7 +173,7 @@ class Stack:
                 STACK_GIT_URL: self.git_url, STACK_GIT_USER: USER,
                 STACK_GIT_PASSWORD: secrets["git_password"], STACK_DASK_ADDRESS: self.dask_address,
                 # Dask's configuration (distributed.comm.*) as its environment variables: TLS both ways.
-                "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+                DASK_REQUIRE_ENCRYPTION: "True",
                 DASK_TLS + "CA_FILE": str(tls / TLS_FILES["ca"]),
                 DASK_TLS + "CLIENT__CERT": str(tls / TLS_FILES["worker_cert"]),
                 DASK_TLS + "CLIENT__KEY": str(tls / TLS_FILES["worker_key"]),

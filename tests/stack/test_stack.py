@@ -11,7 +11,6 @@ and no secret was ever written where it should not be, and a shell still pointed
 The eight writers come first
 because they count every run in the store.
 """
-import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +19,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -30,8 +28,17 @@ import pytest
 import requests
 
 from stack import health, postgres, supervisor
-from stack.settings import CLIENT_ENV_NAMES, SERVICES, TLS_FILES, USER, Stack, load_secrets, read_env_file
-from tests.conftest import VENV_BIN, free_port, make_project, pipeline_env, run_in, set_params, stop_process_group
+from stack.settings import (
+    CLIENT_ENV_NAMES,
+    DASK_REQUIRE_ENCRYPTION,
+    SERVICES,
+    TLS_FILES,
+    USER,
+    Stack,
+    load_secrets,
+    read_env_file,
+)
+from tests.conftest import VENV_BIN, free_port, make_project, pipeline_env, run_in, set_params
 from tests.doc_blocks import RUN_BY, run_docs
 from tests.reliability.test_concurrency import check_nothing_lost, eight_writers_at_once
 from vae_pipeline.environment import STACK_LEAVE
@@ -172,8 +179,9 @@ def running(tiny_source):
     base.chmod(0o755)
     project = make_project(base / "p", tiny_source)
     (base / "p").chmod(0o755)
-    # A one-point sweep on the stack's scheduler for docs/sweeps.md's block (its worker: test_the_stack_docs...).
-    set_params(project, stack=stack_ports(), sweep={"beta": [1], "latent_dim": [2], "epochs": 1, "scheduler": "stack"})
+    # A one-point sweep for docs/sweeps.md's block: on a local Dask cluster (sweep.scheduler null) in a shell
+    # pointed at the stack (its MLflow, Prefect); the stack's own scheduler is test_sweep_hosts.py's.
+    set_params(project, stack=stack_ports(), sweep={"beta": [1], "latent_dim": [2], "epochs": 1, "n_workers": 1})
     run_in(project, "git", "commit", "-qam", "stack on free ports")
     link_venv(project)
     started = time.monotonic()
@@ -207,7 +215,8 @@ def test_a_second_up_does_nothing_and_status_shows_every_service_healthy(running
     for name in ("secrets.json", "supervisord.conf", "s3.json", "mlflow-auth.ini", "env",
                  f"tls/{TLS_FILES['scheduler_key']}", f"tls/{TLS_FILES['worker_key']}"):
         assert (running.stack.state / name).stat().st_mode & 0o077 == 0, name
-    assert set(CLIENT_ENV_NAMES) <= set(running.env)          # .stack/env carries every client variable
+    # .stack/env carries every client variable but Dask's require-encryption (a local cluster's plain TCP)
+    assert set(CLIENT_ENV_NAMES) - set(running.env) == {DASK_REQUIRE_ENCRYPTION}
     assert (running.project / ".dvc/config.local").stat().st_mode & 0o077 == 0
     assert run_in(running.project, "git", "status", "--porcelain").stdout == ""   # all of it git-ignored
     report(reliability, "stack", "`python -m stack up` on a fresh copy, then again",
@@ -335,10 +344,8 @@ def test_the_stack_docs_run_as_written(running, reliability):
     a one-point sweep. Then what they left is checked, and what the checkouts say off the stack."""
     project = running.project
     started = time.monotonic()
-    # A shell not yet pointed at the stack (`source .stack/env` is in the docs), with a git identity; the
-    # sweep's worker host (docs/sweeps.md's block for it is another host's) is a process here.
-    with dask_worker(running):
-        outputs = run_docs(project, DOCS, {**running.off_stack(), **GIT_IDENTITY}, timeout=1500)
+    # A shell not yet pointed at the stack (`source .stack/env` is in the docs), with a git identity.
+    outputs = run_docs(project, DOCS, {**running.off_stack(), **GIT_IDENTITY}, timeout=1500)
     seconds = time.monotonic() - started
     running.outputs += outputs.values()
     assert "already running" in next(iter(outputs.values()))           # the second `make stack`
@@ -387,24 +394,6 @@ def test_the_stack_docs_run_as_written(running, reliability):
            f"{len(outputs)} blocks in {seconds:.0f} s: run FINISHED in PostgreSQL, {len(keys)} MLflow objects "
            "in S3; the clone pulled identical outputs; a one-point sweep; off the stack `make run` and "
            "`make compare` said where the run is")
-
-
-@contextlib.contextmanager
-def dask_worker(running: Running):
-    """A Dask worker on the stack's scheduler, as docs/sweeps.md starts one on a worker host: the stack's
-    client environment (its TLS certificates), in an empty folder; stopped with its children afterwards."""
-    folder = running.base / "worker-host"
-    folder.mkdir(exist_ok=True)
-    with open(folder / "worker.log", "w") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", running.stack.dask_address,
-                                   "--nworkers", "1", "--nthreads", "1", "--no-dashboard"], cwd=folder,
-                                  env={**pipeline_env(), **running.env, "PREFECT_HOME": str(folder / ".prefect")},
-                                  stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    try:
-        yield worker
-    finally:
-        stop_process_group(worker)
 
 
 # What `make serve` would serve (commands/serve.py), without starting the server.
