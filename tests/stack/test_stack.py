@@ -3,13 +3,13 @@
 One stack serves the whole module (starting it takes half a minute or more), in this
 order: it starts once and reports health; every service refuses a request without its
 credentials (and admits one with them: git clone and push, a Dask client from a worker
-kit copied elsewhere); eight writers log to the MLflow server on
-PostgreSQL; docs/team-stack.md's and docs/sweeps.md's blocks as written (`make run` against it, `dvc
-push`, `dvc pull` in a fresh clone, a one-point sweep), and what the checkouts say off it; a retrain
-fired by its schedule and run by the worker; the three faults; `down` leaves no process
-and no secret was ever written where it should not be, and a shell still pointed at it is told so.
-The eight writers come first
-because they count every run in the store.
+kit copied elsewhere); eight writers log to the MLflow server on PostgreSQL;
+docs/team-stack.md's and docs/sweeps.md's blocks run as written in the stack's checkout
+(`make run` on it, `dvc push`, `dvc pull` in a fresh clone, a one-point sweep), then what
+the checkouts say off the stack; a retrain fired by its schedule and run by the worker;
+the three faults; `make stack-down` leaves no process, no secret was ever written where
+it should not be, and a shell still pointed at the stack is told so. The eight writers
+come first because they count every run in the store.
 """
 import hashlib
 import json
