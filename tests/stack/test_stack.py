@@ -384,7 +384,7 @@ def test_the_stack_docs_run_as_written(running, reliability):
     # a checkout trained before `source .stack/env`). `make run` says so in one line and gates nothing;
     # `make compare` names the same; neither makes an mlflow.db.
     rerun = running.run_off_stack(project, "make", "-s", "run")
-    said = [line for line in (rerun.stdout + rerun.stderr).splitlines() if "every stage is up to date" in line]
+    said = [line for line in (rerun.stdout + rerun.stderr).splitlines() if "every stage" in line]
     assert rerun.returncode == 0 and len(said) == 1, rerun.stdout + rerun.stderr
     assert running.stack.mlflow_url in said[0] and elsewhere.RELOG in said[0], said
     compared = running.run_off_stack(project, "make", "-s", "compare")
@@ -584,9 +584,8 @@ def test_down_leaves_no_process_and_no_secret_was_written_anywhere(running, reli
     # The way back: the function .stack/env defines unsets every variable it set, and itself.
     back = running.run(running.project, "bash", "-c", f"source {running.stack.env_file}; {STACK_LEAVE}; "
                        f"env; type {STACK_LEAVE} || echo 'no {STACK_LEAVE}'")
-    assert not set(read_env_file(running.stack.env_file)) & set(line.split("=")[0] for line in back.stdout.splitlines()
-                                                                if "=" in line) - {"PREFECT_HOME", "NUMBA_CACHE_DIR"}
-    assert f"no {STACK_LEAVE}" in back.stdout
+    still_set = {line.split("=")[0] for line in back.stdout.splitlines()} & set(read_env_file(running.stack.env_file))
+    assert still_set == set() and f"no {STACK_LEAVE}" in back.stdout
     report(reliability, "stack", "`make stack-down`",
                 f"{len(processes)} processes before, none left; no secret in {len(texts)} logs, outputs "
                 f"and MLflow records; then `make run` in a shell still pointed at it: {stale.stderr.strip()[:160]}")
