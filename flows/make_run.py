@@ -3,13 +3,10 @@
 Nothing to do means: `dvc status` finds every stage up to date, and the champion gate already
 decided on the model the pipeline left (paths.champion names its version, gated in the tracking
 store now in use). Then `make run` says so in one line and exits, in about a second, without
-starting Prefect (its import and local API alone take 5–7 s). So it does when every stage is up
-to date but the model's MLflow run is in another store than the one now set (trained before
-`source .stack/env`, or pulled with DVC): nothing would reach that store, and the line says where
-the run is and the one command that logs it there. Not in a shell pointed at a team stack that
-is not running: the flow then fails at once, naming the stack. In every other case, or when in
+starting Prefect (its import and local API alone take 5–7 s). In every other case, or when in
 doubt (another pipeline holds the workspace lock, a file is missing or unreadable), it runs the
-flow, which decides and reports as always.
+flow, which decides and reports as always: so too in a shell pointed at a team stack that is not
+running, where the flow fails at once naming the stack.
 """
 import fcntl
 import json
@@ -20,7 +17,7 @@ from pathlib import Path
 from vae_pipeline.environment import STACK_ENV
 from vae_pipeline.files import ROOT
 from vae_pipeline.settings import load_settings
-from vae_pipeline.tracking import elsewhere, store
+from vae_pipeline.tracking import store
 
 
 def nothing_to_do(root: Path = ROOT) -> str | None:
@@ -29,10 +26,13 @@ def nothing_to_do(root: Path = ROOT) -> str | None:
 
     try:
         params = load_settings(root / "params.yaml")
-        line = logged_elsewhere(params, root) or decided(params, root)
+        record = store.training_run(params, root)
+        decision = json.loads((root / params["paths"]["champion"]).read_text())
     except Exception:          # bad params, no record, no decision yet: the flow says what is wrong
         return None
-    if line is None:
+    if (not record or record.get("tracking_uri") != store.tracking_uri(params, root)
+            or (decision.get("challenger") or {}).get("run_id") != record["run_id"]
+            or decision["challenger"]["version"] != record.get("model_version")):
         return None
     try:
         lock = open(root / params["prefect"]["lock_file"], "a+")     # noqa: SIM115 (held below)
@@ -46,27 +46,8 @@ def nothing_to_do(root: Path = ROOT) -> str | None:
         with Repo(str(root)) as repo:
             if repo.status():
                 return None
-    return line
-
-
-def decided(params: dict, root: Path) -> str | None:
-    """The line when the champion gate has decided on the model in place, in the store now in use."""
-    record = store.training_run(params, root)
-    decision = json.loads((root / params["paths"]["champion"]).read_text())
-    if (not record or record.get("tracking_uri") != store.tracking_uri(params, root)
-            or (decision.get("challenger") or {}).get("run_id") != record["run_id"]
-            or decision["challenger"]["version"] != record.get("model_version")):
-        return None
     return (f"nothing to run: every stage of dvc.yaml is up to date, and the champion gate has decided on this "
             f"model (version {record['model_version']} of '{record['model_name']}': {decision['decision']})")
-
-
-def logged_elsewhere(params: dict, root: Path) -> str | None:
-    """The line when the model's run is not in the store now in use (trained before `source .stack/env`,
-    or pulled with DVC): up to date, so nothing would reach that store; where the run is, and the fix."""
-    if advice := elsewhere.advice(params, root):
-        return f"nothing to run: every stage of dvc.yaml is up to date, so nothing reaches the store now set; {advice}"
-    return None
 
 
 def stack_stopped() -> bool:
