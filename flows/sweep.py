@@ -2,10 +2,10 @@
 
 `make sweep` (`python -m flows.sweep`) reads the grid from params.yaml's `sweep`
 section; `python -m flows.sweep -S 'sweep.beta=[1,4]' -S sweep.epochs=1` changes it for one
-sweep, as `dvc exp run -S` does (flows/sweep_args.py). Each point is a Prefect task on a Dask worker (prefect-dask) that runs a
-recipe (flows/sweep_point.py): it clones the sweep's git commit, pulls the inputs
-from a DVC remote, runs the point as a DVC experiment (`dvc exp run -S ...`) and
-pushes it (`dvc exp push`). The same code runs in two places:
+sweep, as `dvc exp run -S` does (flows/sweep_args.py). Each point is a Prefect task on a
+Dask worker (prefect-dask) that runs a recipe (flows/sweep_point.py): it clones the
+sweep's git commit, pulls the inputs from a DVC remote, runs the point as a DVC experiment
+(`dvc exp run -S ...`) and pushes it (`dvc exp push`). The same code runs in two places:
 
   - local (sweep.scheduler null): a local Dask cluster; the points clone the
     project itself (a path) and use its DVC cache as their remote;
@@ -145,9 +145,13 @@ def point_name(point: dict) -> str:
     return f"beta={point['train.beta']:g} latent={point['train.latent_dim']}"
 
 
-def exp_name(sweep_name: str, point: dict) -> str:
-    """The point's DVC experiment: a git ref name, unique in the sweep."""
-    return f"{sweep_name}-b{point['train.beta']:g}-z{point['train.latent_dim']}".replace(".", "p")
+def exp_name(point: dict) -> str:
+    """The point's DVC experiment, a git ref name: its beta and latent size (b0p5-z2), unique in the
+    sweep. Short, so that `make exps` fits 120 columns: a name with the sweep's in it made the table
+    136 wide (the sweep is in the MLflow tags and reports/sweep.json). The same point swept again on
+    the same commit replaces the experiment, as `dvc exp run -f -n NAME` would (a trial sweep of one
+    epoch, then the real one, leave the real one's)."""
+    return f"b{point['train.beta']:g}-z{point['train.latent_dim']}".replace(".", "p")
 
 
 def reproduce_command(point: dict) -> str:
@@ -161,7 +165,7 @@ def recipe(point: dict, sweep_name: str, commit: str, where: dict, settings: dic
     """What a worker needs to run `point` (flows/sweep_point.py): no credential in it."""
     return {"git_url": where["git_url"], "commit": commit,
             "ref": f"sweep/{sweep_name}" if where["push"] else None,
-            "stage": settings["stage"], "overrides": point, "exp_name": exp_name(sweep_name, point),
+            "stage": settings["stage"], "overrides": point, "exp_name": exp_name(point),
             "dvc_remote": where["dvc_remote"],
             "tags": {**tags, "sweep.point": point_name(point)},
             # A URI with a password in it stays out: the worker's own env names the store then.
