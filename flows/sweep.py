@@ -146,11 +146,9 @@ def point_name(point: dict) -> str:
 
 
 def exp_name(point: dict) -> str:
-    """The point's DVC experiment, a git ref name: its beta and latent size (b0p5-z2), unique in the
-    sweep. Short, so that `make exps` fits 120 columns: a name with the sweep's in it made the table
-    136 wide (the sweep is in the MLflow tags and reports/sweep.json). The same point swept again on
-    the same commit replaces the experiment, as `dvc exp run -f -n NAME` would (a trial sweep of one
-    epoch, then the real one, leave the real one's)."""
+    """The point's DVC experiment, a git ref name: its beta and latent size (b0p5-z2). Short, so that
+    `make exps` fits 120 columns (with the sweep's name in it, 136); the sweep is in the MLflow tags
+    and reports/sweep.json. The same point swept again on the same commit replaces it."""
     return f"b{point['train.beta']:g}-z{point['train.latent_dim']}".replace(".", "p")
 
 
@@ -320,8 +318,12 @@ def checked(argv: list[str]) -> tuple[dict, dict]:
     """The -S overrides of `argv` and the settings they give, once everything a sweep refuses has been
     checked (bad settings, uncommitted inputs, a stack not sourced): before Prefect starts, so that a
     refusal is its one line (a refusal inside the flow comes after Prefect's traceback of it)."""
+    from flows.local_api import check_api
+
     overrides = sweep_args.overrides(sweep_args.parse(argv))
     params = sweep_settings(ROOT, overrides)
+    if os.environ.get("PREFECT_API_URL"):          # named first, as every flow names it
+        check_api(os.environ["PREFECT_API_URL"])
     sweep_commit(ROOT, params)
     scheduler_address(params["sweep"])
     target(ROOT, params["sweep"])
