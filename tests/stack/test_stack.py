@@ -179,9 +179,7 @@ def running(tiny_source):
     base.chmod(0o755)
     project = make_project(base / "p", tiny_source)
     (base / "p").chmod(0o755)
-    # A one-point sweep for docs/sweeps.md's block: on a local Dask cluster (sweep.scheduler null) in a shell
-    # pointed at the stack (its MLflow, Prefect); the stack's own scheduler is test_sweep_hosts.py's.
-    set_params(project, stack=stack_ports(), sweep={"beta": [1], "latent_dim": [2], "epochs": 1, "n_workers": 1})
+    set_params(project, stack=stack_ports())
     run_in(project, "git", "commit", "-qam", "stack on free ports")
     link_venv(project)
     started = time.monotonic()
@@ -368,7 +366,8 @@ def test_the_stack_docs_run_as_written(running, reliability):
     with torch.no_grad():
         images = [load_model(folder / "models")[0].decode(z) for folder in (project, clone)]
     assert torch.equal(*images)
-    # The sweep's point: a child of its parent run on the stack's MLflow.
+    # docs/sweeps.md's one-point sweep: on a local Dask cluster (sweep.scheduler null, the default) in a shell
+    # pointed at the stack (its MLflow and Prefect); the stack's own scheduler is test_sweep_hosts.py's.
     sweep = json.loads((project / "reports/sweep.json").read_text())
     assert len(sweep["points"]) == 1
 
