@@ -36,7 +36,8 @@ PRINTS = re.compile(r"prints `([^`]+)`")
 # The test that runs each file's blocks, in this order, in one fresh clone each (a file not here has
 # every block marked not run; tests/unit/test_doc_blocks.py checks both).
 RUN_BY = {
-    "tests/pipeline/test_docs.py": ["README.md", "docs/mlflow.md", "docs/serving.md", "docs/report.md"],  # PREFECT-TMP
+    "tests/pipeline/test_docs.py": ["README.md", "docs/mlflow.md", "docs/serving.md", "docs/report.md",
+                                    "docs/prefect.md"],
     "tests/stack/test_stack.py": ["docs/team-stack.md", "docs/sweeps.md"],
 }
 
