@@ -10,6 +10,7 @@ def test_every_block_is_run_or_says_why_not():
     assert covered <= {str(p.relative_to(ROOT)) for p in documented_files()}, "RUN_BY names a non-doc file"
     for test in RUN_BY:
         assert (ROOT / test).exists(), f"tests/doc_blocks.py RUN_BY names {test}, which is missing"
+        assert f'RUN_BY["{test}"]' in (ROOT / test).read_text(), f"{test} does not run its RUN_BY files"
     for path in documented_files():
         for block in blocks(path):
             block.check_markers()
