@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install the project (once)
 
 run: $(STAMP)  ## run the whole pipeline on params.yaml: the Prefect flow, one task per DVC stage
-	python -m flows.pipeline
+	python -m flows.make_run
 
 repro: $(STAMP)  ## the same pipeline through plain `dvc repro` (no Prefect)
 	dvc repro

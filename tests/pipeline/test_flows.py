@@ -16,6 +16,7 @@ from prefect.client.schemas.sorting import TaskRunSort
 from flows.dvc_runner import workspace_lock
 from flows.gate import gate_champion
 from flows.local_api import local_api
+from flows.make_run import nothing_to_do
 from flows.pipeline import pipeline
 from flows.sweep import dask_runner, sweep
 from tests.conftest import VENV_BIN, dvc_stages, pipeline_env, run_in, set_params
@@ -137,6 +138,25 @@ def test_pipeline_flow_runs_the_stages_in_order_then_skips_them_all(project, pre
     assert outputs_mtimes(project) == before and before
     assert (project / "dvc.lock").read_text() == lock_before
     assert "| train | skipped: up to date |" in artifact_markdown(second.state_details.flow_run_id)
+
+    # Nothing stale and the gate decided on this model: `make run` says so without starting Prefect.
+    env = {k: v for k, v in pipeline_env().items() if k not in ("PREFECT_HOME", "PREFECT_API_URL")}
+    quick = subprocess.run([str(VENV_BIN / "python"), "-m", "flows.make_run"], cwd=project, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert quick.returncode == 0, quick.stderr[-2000:]
+    assert quick.stdout.startswith("nothing to run: every stage of dvc.yaml is up to date") and \
+        "version 1 of 'vae-decoder'" in quick.stdout and quick.stdout.count("\n") == 1
+    assert "prefect" not in (quick.stdout + quick.stderr).lower()
+    assert outputs_mtimes(project) == before
+    # ... but not when another tracking store is in use, or a stage is stale, or the workspace is locked.
+    assert nothing_to_do(project)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'other.db'}")
+        assert nothing_to_do(project) is None
+    with workspace_lock(project, lock_settings(0), logging.getLogger()):
+        assert nothing_to_do(project) is None
+    set_params(project, report={"walk_steps": 7})
+    assert nothing_to_do(project) is None
 
 
 @pytest.mark.slow

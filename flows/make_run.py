@@ -1,0 +1,60 @@
+"""`make run`: the `vae-pipeline` flow (flows/pipeline.py), unless there is nothing for it to do.
+
+Nothing to do means: `dvc status` finds every stage up to date, and the champion gate already
+decided on the model the pipeline left (paths.champion names its version, gated in the tracking
+store now in use). Then `make run` says so in one line and exits, in about a second, without
+starting Prefect (its import and local API alone take 5–7 s). In every other case, or when in
+doubt (another pipeline holds the workspace lock, a file is missing or unreadable), it runs the
+flow, which decides and reports as always.
+"""
+import fcntl
+import json
+import sys
+from pathlib import Path
+
+from vae_pipeline.files import ROOT
+from vae_pipeline.settings import load_settings
+from vae_pipeline.tracking import store
+
+
+def nothing_to_do(root: Path = ROOT) -> str | None:
+    """Why the pipeline in `root` has nothing to do (a line for the user), or None if it may have."""
+    from dvc.repo import Repo
+
+    try:
+        params = load_settings(root / "params.yaml")
+        record = store.training_run(params, root)
+        decision = json.loads((root / params["paths"]["champion"]).read_text())
+    except Exception:          # bad params, no record, no decision yet: the flow says what is wrong
+        return None
+    if (not record or record.get("tracking_uri") != store.tracking_uri(params, root)
+            or (decision.get("challenger") or {}).get("run_id") != record["run_id"]
+            or decision["challenger"]["version"] != record.get("model_version")):
+        return None
+    try:
+        lock = open(root / params["prefect"]["lock_file"], "a+")     # noqa: SIM115 (held below)
+    except OSError:
+        return None
+    with lock:
+        try:     # a pipeline that is running may be about to change what dvc status sees
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        with Repo(str(root)) as repo:
+            if repo.status():
+                return None
+    return (f"nothing to run: every stage of dvc.yaml is up to date, and the champion gate has decided on this "
+            f"model (version {record['model_version']} of '{record['model_name']}': {decision['decision']})")
+
+
+def main() -> None:
+    if (line := nothing_to_do()) is not None:
+        print(line)
+        sys.exit(0)
+    from flows.pipeline import main as run_pipeline
+
+    run_pipeline()
+
+
+if __name__ == "__main__":
+    main()
