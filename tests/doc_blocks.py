@@ -18,8 +18,10 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import textwrap
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,6 +143,13 @@ def run_docs(project: Path, files: list[str], env: dict, timeout: float) -> dict
     return outputs
 
 
+def port_in_use(url: str) -> bool:
+    """Whether something already listens where `url` points (a documented server's address)."""
+    parts = urllib.parse.urlsplit(url)
+    with socket.socket() as probe:
+        return probe.connect_ex((parts.hostname, parts.port or 80)) == 0
+
+
 def run_file(project: Path, name: str, env: dict, timeout: float) -> dict[str, str]:
     """run_docs for one file: one reader's shell, whose background servers stop when it is done."""
     script, run = [PROLOGUE, ACTIVATE if name != "README.md" else ""], []
@@ -148,6 +157,10 @@ def run_file(project: Path, name: str, env: dict, timeout: float) -> dict[str, s
         block.check_markers()
         if block.not_run:
             continue
+        for url in (m.group(2) for m in map(BACKGROUND.fullmatch, block.markers) if m):
+            # The docs name their servers' default ports: one of yours there would answer instead.
+            assert not port_in_use(url), (f"{block.where}: something already listens at {url}; the docs test "
+                                          "starts the documented server there: stop yours and run it again")
         run.append(block)
         script += [f"echo '{START.format(block.where)}'; SECONDS=0", block.script(len(run)),
                    f"echo \"{END.format(block.where)} $SECONDS s\""]
