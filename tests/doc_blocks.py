@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import textwrap
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,18 @@ def run_docs(project: Path, files: list[str], env: dict, timeout: float) -> dict
     return outputs
 
 
+def stop_servers(group: int, seconds: float = 30) -> None:
+    """Stop what the shell left running (its background servers), as Ctrl-C would, and wait until they
+    are gone: the next file's servers take the same ports."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            os.killpg(group, 0)                    # ProcessLookupError once none is left
+            time.sleep(0.2)
+        os.killpg(group, signal.SIGKILL)
+
+
 def port_in_use(url: str) -> bool:
     """Whether something already listens where `url` points (a documented server's address)."""
     parts = urllib.parse.urlsplit(url)
@@ -175,8 +188,7 @@ def run_file(project: Path, name: str, env: dict, timeout: float) -> dict[str, s
         output, _ = process.communicate()
         output += f"\n(docs-test: stopped after {timeout:.0f} s)"
     finally:
-        with contextlib.suppress(ProcessLookupError):   # the background servers, as Ctrl-C would
-            os.killpg(process.pid, signal.SIGTERM)
+        stop_servers(process.pid)
     outputs = {}
     for block in run:
         started, ended = START.format(block.where), END.format(block.where)
