@@ -124,3 +124,13 @@ def test_a_removed_or_stray_dep_is_named(stage):
     assert f"stage '{stage}': dvc.yaml lacks dep {removed} (`{spec['cmd']}` reaches it: " in "\n".join(problems)
     assert f"stage '{stage}': dvc.yaml lists dep flows/pipeline.py, but `{spec['cmd']}` never imports" \
         in "\n".join(problems)
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_stage_has_an_output_in_dvcs_cache_so_a_fresh_clone_runs_it(stage):
+    # A stage whose outputs are all in git is "up to date" in a fresh clone once its deps are made
+    # again byte for byte: it would never run there, and what it does beside its files (the train
+    # stage's MLflow run, the evaluate stage's registered version: the first champion) would not happen.
+    outs = [entry for key in ("outs", "metrics", "plots") for entry in STAGES[stage].get(key, [])]
+    cached = [out for out in outs if isinstance(out, str) or next(iter(out.values())).get("cache", True)]
+    assert cached, f"stage '{stage}': every output has `cache: false` (in git); give one to DVC's cache"
