@@ -10,10 +10,20 @@
                   the speed only (vae_pipeline/params.py SPEED_ONLY).
 DVC has no setting for the columns `dvc exp show` shows by default, hence this command.
 Its own arguments go to `dvc exp show`: `python -m commands.exps -A`, `... --csv`, `... -n 5`.
+
+A row shows only the figures its experiment made. The metrics files are in git, so an experiment
+that ran some stages only (a sweep point runs `train`) carries the others' files as its baseline
+left them, and `dvc exp show` would show those figures as its own. Here a metrics file counts for
+a row when the stage that writes it ran on that row's params and on the outputs its upstream
+stages recorded there (the row's dvc.lock, compared as `dvc status` compares it); otherwise its
+cells are "-", as for a figure the row lacks.
 """
 import os
 import re
 import sys
+from pathlib import Path
+
+import yaml
 
 from vae_pipeline.errors import PipelineError, exit_code
 from vae_pipeline.files import ROOT
@@ -52,9 +62,68 @@ def show_args(project=ROOT) -> list[str]:
             "--drop", whole(dependencies(project) + DROPPED)]
 
 
-def main(argv: list[str]) -> None:
-    command = [sys.executable, "-m", "dvc", "exp", "show", *show_args(), *argv]
-    os.execv(sys.executable, command)
+def lookup(params: dict, key: str):
+    """params.yaml's value at a dotted key (None if absent)."""
+    for part in key.split("."):
+        params = params.get(part) if isinstance(params, dict) else None
+    return params
+
+
+def own_outputs(lock: dict, params: dict[str, dict]) -> set[str]:
+    """The outputs (paths, as dvc.lock names them) of the stages in `lock` that ran on `params`
+    ({params file: its values}) and on what their upstream stages' entries record, and whose
+    upstream stages did so too."""
+    stages = lock.get("stages") or {}
+    writer = {out["path"]: (name, out.get("md5")) for name, entry in stages.items() for out in entry.get("outs", [])}
+    verdicts: dict[str, bool] = {}
+
+    def own(name: str) -> bool:
+        if name not in verdicts:
+            entry, verdicts[name] = stages[name], False          # (no cycle in a DAG)
+            same_params = all(lookup(params.get(file) or {}, key) == value
+                              for file, values in (entry.get("params") or {}).items()
+                              for key, value in values.items())
+            same_inputs = all(dep.get("md5") == writer[dep["path"]][1] and own(writer[dep["path"]][0])
+                              for dep in entry.get("deps", []) if dep["path"] in writer)
+            verdicts[name] = same_params and same_inputs
+        return verdicts[name]
+
+    return {path for path, (name, _) in writer.items() if own(name)}
+
+
+def lock_of(repo, rev: str) -> dict:
+    """dvc.lock of the workspace or of commit `rev` ({} when there is none)."""
+    try:
+        text = (Path(repo.root_dir, "dvc.lock").read_text() if rev == "workspace"
+                else repo.scm.get_fs(rev).read_text("dvc.lock"))
+    except (OSError, FileNotFoundError):
+        return {}
+    return yaml.safe_load(text) or {}
+
+
+def own_figures(repo, states: list) -> list:
+    """`dvc exp show`'s rows (baselines and their experiments) without the metrics files a row's
+    experiment did not make (own_outputs)."""
+    rows = [row for state in states for row in [state, *(r for exp in state.experiments or [] for r in exp.revs)]]
+    for row in rows:
+        if row.data is None:
+            continue
+        params = {file: result.get("data") or {} for file, result in row.data.params.items()}
+        own = own_outputs(lock_of(repo, row.rev), params)
+        for file in [f for f in row.data.metrics if Path(f).as_posix() not in own]:
+            del row.data.metrics[file]
+    return states
+
+
+def main(argv: list[str]) -> int:
+    from dvc.cli import main as dvc
+    from dvc.repo.experiments import Experiments
+
+    # DVC's own `exp show`, every option of it, with the rows' figures narrowed first: DVC has no hook
+    # between collecting the experiments and drawing the table, so its collecting method is wrapped.
+    collect = Experiments.show
+    Experiments.show = lambda self, *args, **kwargs: own_figures(self.repo, collect(self, *args, **kwargs))
+    return dvc(["exp", "show", *show_args(), *argv])
 
 
 if __name__ == "__main__":

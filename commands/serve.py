@@ -2,7 +2,11 @@
 
 `python -m commands.serve` serves models:/<mlflow.model_name>@champion (the version
 the champion gate chose; the first `make run` names one, and until then it refuses), with
-`mlflow models serve --env-manager local`: in this environment, nothing installed.
+MLflow's scoring server run as `mlflow models serve --env-manager local` runs it (uvicorn, in
+this environment, nothing installed), behind a guard (`guarded`): the decoder takes JSON only,
+so any other body gets HTTP 415 and one line saying what to send (MLflow would answer a CSV body
+with a 400 whose JSON holds its Python stack trace and the server's paths), and no error answer
+carries a stack trace.
 It binds 127.0.0.1 on params.yaml serve.port (env VAE_SERVE_PORT wins; the port's one
 source, which the Makefile and the docs name) and works over the embedded store and over a
 tracking server (MLFLOW_TRACKING_URI). With PORT that port:
@@ -18,9 +22,11 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
-from vae_pipeline.errors import PipelineError
+from vae_pipeline.errors import PipelineError, failing_as, redact_uri
+from vae_pipeline.files import ROOT
 from vae_pipeline.tracking import registry, store
 
 log = logging.getLogger("serve")
@@ -37,30 +43,105 @@ def port(params: dict) -> int:
 
 
 def model_uri(params: dict) -> str:
-    """models:/<name>@champion, once the champion gate has named one."""
+    """models:/<name>/<version> of the champion, once the champion gate has named one."""
     client = store.connect(params)            # an unreachable store fails here, with the reason
     name = params["mlflow"]["model_name"]
-    log.info("serving %s version %s, the champion", name, registry.served_version(client, name))
-    return f"models:/{name}@{registry.CHAMPION_ALIAS}"
+    version = registry.served_version(client, name)
+    log.info("serving %s version %s, the champion", name, version)
+    return f"models:/{name}/{version}"
+
+
+def local_model(params: dict) -> str:
+    """The champion's files in a temporary folder, as `mlflow models serve` fetches them."""
+    import mlflow
+
+    uri = model_uri(params)
+    with failing_as(f"downloading {uri} from {redact_uri(store.tracking_uri(params))}",
+                    "check the store, then rerun make serve"):
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="vae-serve-"),
+                                                   tracking_uri=store.tracking_uri(params))
 
 
 def serve_command(params: dict) -> tuple[list[str], dict]:
-    """The `mlflow models serve` command line and its environment."""
-    venv_bin = Path(sys.executable).parent      # mlflow starts `uvicorn` from PATH: this venv's
-    argv = [str(venv_bin / "mlflow"), "models", "serve", "-m", model_uri(params), "--env-manager", "local",
-            "-h", HOST, "-p", str(port(params))]
+    """The uvicorn command line of the scoring server (scoring_app) and its environment."""
+    venv_bin = Path(sys.executable).parent
+    argv = [str(venv_bin / "uvicorn"), "--host", HOST, "--port", str(port(params)), "--workers", "1",
+            "--app-dir", str(ROOT), "--factory", "commands.serve:scoring_app"]
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-           # models:/ is resolved against this store, whatever the process default would be.
-           "MLFLOW_TRACKING_URI": store.tracking_uri(params),
+           MODEL_PATH_ENV: local_model(params),
            # Overrides the limit stored in the model at training with the current params.
            "SERVING_MODEL_CONFIG": json.dumps({"max_batch": params["serve"]["max_batch"]})}
     return argv, env
 
 
+# ---- the server: MLflow's scoring app behind a guard (runs in the uvicorn process) ----------------
+
+MODEL_PATH_ENV = "VAE_SERVE_MODEL_PATH"      # the champion's local files, from serve_command to scoring_app
+JSON = "application/json"
+TAKES = f'POST {{"inputs": [[...one latent vector...], ...]}} with Content-Type: {JSON}'
+
+
+def scoring_app():
+    """uvicorn's app (--factory): MLflow's scoring server over the model at env VAE_SERVE_MODEL_PATH, guarded."""
+    from mlflow.pyfunc import scoring_server
+
+    model = scoring_server.load_model_with_mlflow_config(os.environ[MODEL_PATH_ENV])
+    return guarded(scoring_server.init(model))
+
+
+def without_trace(body: bytes) -> bytes:
+    """An error answer's JSON without MLflow's `stack_trace` (the server's code and paths)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(answer, dict) or "stack_trace" not in answer:
+        return body
+    answer.pop("stack_trace")
+    return json.dumps(answer).encode()
+
+
+def guarded(app):
+    """An ASGI app around `app`: a request to /invocations that is not JSON gets HTTP 415 and a line
+    saying what to send; any error answer of `app` loses its stack trace."""
+    async def guard(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        if scope["path"] == "/invocations" and scope["method"] == "POST":
+            given = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+            if given.split(";")[0].strip().lower() != JSON:
+                message = f"the decoder takes JSON, not {given or 'a body without Content-Type'}: {TAKES}"
+                return await respond(send, 415, json.dumps({"error_code": "BAD_REQUEST", "message": message}))
+        held = []                   # an error answer's start and body, sent once the body is whole
+
+        async def send_without_trace(message):
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held.append(message)
+            elif held and message["type"] == "http.response.body":
+                held.append(message)
+                if not message.get("more_body"):
+                    start, *parts = held
+                    body = without_trace(b"".join(part.get("body", b"") for part in parts))
+                    headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                    await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
+            else:
+                await send(message)
+        await app(scope, receive, send_without_trace)
+    return guard
+
+
+async def respond(send, status: int, text: str) -> None:
+    body = text.encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def run(params: dict) -> None:
     argv, env = serve_command(params)
     log.info("POST latent vectors to http://%s:%s/invocations (at most %d per request); Ctrl-C stops",
-             HOST, argv[-1], params["serve"]["max_batch"])
+             HOST, port(params), params["serve"]["max_batch"])
     sys.stderr.flush()
     os.execve(argv[0], argv, env)               # the server takes this process's place: Ctrl-C stops it
 

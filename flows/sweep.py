@@ -1,10 +1,11 @@
 """The `sweep` flow: train the VAE over a grid of beta x latent_dim, the points fanned out on Dask.
 
 `make sweep` (`python -m flows.sweep`) reads the grid from params.yaml's `sweep`
-section. Each point is a Prefect task on a Dask worker (prefect-dask) that runs a
-recipe (flows/sweep_point.py): it clones the sweep's git commit, pulls the inputs
-from a DVC remote, runs the point as a DVC experiment (`dvc exp run -S ...`) and
-pushes it (`dvc exp push`). The same code runs in two places:
+section; `python -m flows.sweep -S 'sweep.beta=[1,4]' -S sweep.epochs=1` changes it for one
+sweep, as `dvc exp run -S` does (flows/sweep_args.py). Each point is a Prefect task on a
+Dask worker (prefect-dask) that runs a recipe (flows/sweep_point.py): it clones the
+sweep's git commit, pulls the inputs from a DVC remote, runs the point as a DVC experiment
+(`dvc exp run -S ...`) and pushes it (`dvc exp push`). The same code runs in two places:
 
   - local (sweep.scheduler null): a local Dask cluster; the points clone the
     project itself (a path) and use its DVC cache as their remote;
@@ -42,15 +43,17 @@ from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
 import flows.sweep_point
+from flows import sweep_args
 from flows.dvc_runner import metrics_files, run_logged, stage_env, workspace_lock
+from flows.sweep_args import sweep_settings
 from flows.sweep_git import dvc, pull_experiments, push_commit, sweep_commit
 from vae_pipeline import environment
-from vae_pipeline.errors import PipelineError, redact_uri
+from vae_pipeline.errors import PipelineError, exit_code, redact_uri
 from vae_pipeline.files import ROOT
 from vae_pipeline.outputs import read_train_metrics
 from vae_pipeline.pages.sweep import table_rows, write_report
 from vae_pipeline.params import SPEED_ONLY
-from vae_pipeline.settings import STACK_DVC_REMOTE, load_settings
+from vae_pipeline.settings import STACK_DVC_REMOTE
 from vae_pipeline.tracking import store
 from vae_pipeline.tracking.runs import RUN_TAGS_ENV
 from vae_pipeline.tracking.sweeps import close_dead_attempts, finish_parent_run, start_parent_run
@@ -142,9 +145,11 @@ def point_name(point: dict) -> str:
     return f"beta={point['train.beta']:g} latent={point['train.latent_dim']}"
 
 
-def exp_name(sweep_name: str, point: dict) -> str:
-    """The point's DVC experiment: a git ref name, unique in the sweep."""
-    return f"{sweep_name}-b{point['train.beta']:g}-z{point['train.latent_dim']}".replace(".", "p")
+def exp_name(point: dict) -> str:
+    """The point's DVC experiment, a git ref name: its beta and latent size (b0p5-z2). Short, so that
+    `make exps` fits 120 columns (with the sweep's name in it, 136); the sweep is in the MLflow tags
+    and reports/sweep.json. The same point swept again on the same commit replaces it."""
+    return f"b{point['train.beta']:g}-z{point['train.latent_dim']}".replace(".", "p")
 
 
 def reproduce_command(point: dict) -> str:
@@ -158,7 +163,7 @@ def recipe(point: dict, sweep_name: str, commit: str, where: dict, settings: dic
     """What a worker needs to run `point` (flows/sweep_point.py): no credential in it."""
     return {"git_url": where["git_url"], "commit": commit,
             "ref": f"sweep/{sweep_name}" if where["push"] else None,
-            "stage": settings["stage"], "overrides": point, "exp_name": exp_name(sweep_name, point),
+            "stage": settings["stage"], "overrides": point, "exp_name": exp_name(point),
             "dvc_remote": where["dvc_remote"],
             "tags": {**tags, "sweep.point": point_name(point)},
             # A URI with a password in it stays out: the worker's own env names the store then.
@@ -245,8 +250,9 @@ def dask_runner(settings: dict) -> DaskTaskRunner:
 
 
 @flow(name="sweep", task_runner=DaskTaskRunner(cluster_kwargs={"dashboard_address": DASHBOARD}))
-def sweep(project: str | None = None) -> list[dict]:
-    """Train every point of params.yaml's sweep grid of `project` (default: this project).
+def sweep(project: str | None = None, overrides: dict | None = None) -> list[dict]:
+    """Train every point of params.yaml's sweep grid of `project` (default: this project), with
+    `overrides` ({"sweep.epochs": 1, ...}: the -S of flows/sweep_args.py) applied.
 
     Run it with the task runner its params ask for: `sweep.with_options(task_runner=dask_runner(...))`.
     Returns the points' results; writes reports/sweep.html and reports/sweep.json.
@@ -254,7 +260,7 @@ def sweep(project: str | None = None) -> list[dict]:
     logger = get_run_logger()
     started = time.time()
     root = Path(project).resolve() if project else ROOT
-    params = load_settings(root / "params.yaml")
+    params = sweep_settings(root, overrides)
     settings = params["sweep"]
     name = flow_run.name
     commit = sweep_commit(root, params)
@@ -308,14 +314,35 @@ def sweep(project: str | None = None) -> list[dict]:
     return results
 
 
-def main() -> None:
+def checked(argv: list[str]) -> tuple[dict, dict]:
+    """The -S overrides of `argv` and the settings they give, once everything a sweep refuses has been
+    checked (bad settings, uncommitted inputs, a stack not sourced): before Prefect starts, so that a
+    refusal is its one line (a refusal inside the flow comes after Prefect's traceback of it)."""
+    from flows.local_api import check_api
+
+    overrides = sweep_args.overrides(sweep_args.parse(argv))
+    params = sweep_settings(ROOT, overrides)
+    if os.environ.get("PREFECT_API_URL"):          # named first, as every flow names it
+        check_api(os.environ["PREFECT_API_URL"])
+    sweep_commit(ROOT, params)
+    scheduler_address(params["sweep"])
+    target(ROOT, params["sweep"])
+    return overrides, params
+
+
+def main(argv: list[str]) -> None:
     from flows.local_api import run_on_local_api
 
+    ready = []
+    code = exit_code(lambda: ready.append(checked(argv)))
+    if code:
+        sys.exit(code)
+    overrides, params = ready[0]
     # Dask's start-up and shutdown chatter at INFO drowns the points' logs (workers read the env).
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    run_on_local_api(lambda: sweep.with_options(task_runner=dask_runner(load_settings()["sweep"]))())
+    run_on_local_api(lambda: sweep.with_options(task_runner=dask_runner(params["sweep"]))(overrides=overrides))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -9,11 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 import flows.sweep_point
 from flows.dvc_runner import stage_env
+from flows.sweep_args import OPERATING
 from vae_pipeline.environment import SECRET_VALUES, STACK_GIT_PASSWORD, STACK_GIT_USER
 from vae_pipeline.errors import PipelineError, redact_uri
+from vae_pipeline.params import PARAMS_FILE
 from vae_pipeline.provenance import git_provenance
+
+PARAMS = PARAMS_FILE.name                 # params.yaml, as git names it in the project
 
 
 def dvc(project: Path, *args: str) -> str:
@@ -27,14 +33,33 @@ def dvc(project: Path, *args: str) -> str:
 
 def sweep_commit(project: Path, params: dict) -> str:
     """The commit every point runs: the project's HEAD, refused when a tracked input differs from it
-    (the points would silently run other code or params than the workspace holds)."""
+    (the points would silently run other code or params than the workspace holds). params.yaml
+    differing only in its operating sections does not count: the points get those from the sweep."""
     git = git_provenance(params, project)
     if git["dirty"] is None:
         raise PipelineError(f"{project}: a sweep runs a git commit, but {git['commit']}; commit the project first")
-    if git["dirty"]:
-        raise PipelineError(f"{project}: uncommitted changes to {', '.join(git['changes'])}; the sweep runs "
-                            f"commit {git['commit'][:12]} on its workers: commit (or stash) them first")
+    changes = [path for path in git["changes"] if path != PARAMS or stage_sections_changed(project)]
+    if changes:
+        named = [f"{PARAMS} ({', '.join(stage_sections_changed(project))})" if path == PARAMS else path
+                 for path in changes]
+        raise PipelineError(f"{project}: uncommitted changes to {', '.join(named)}; the sweep runs commit "
+                            f"{git['commit'][:12]} on its workers: `git commit` (or `git stash`) them first")
     return git["commit"]
+
+
+def stage_sections_changed(project: Path) -> list[str]:
+    """The sections of params.yaml that differ from HEAD's and are not operating sections (the stages'),
+    or ["unreadable"] when either side is no mapping."""
+    shown = subprocess.run(["git", "show", f"HEAD:{PARAMS}"], cwd=project, capture_output=True, text=True)
+    try:
+        head = yaml.safe_load(shown.stdout) if shown.returncode == 0 else {}
+        now = yaml.safe_load((project / PARAMS).read_text())
+    except (OSError, yaml.YAMLError):
+        return ["unreadable"]
+    if not isinstance(head, dict) or not isinstance(now, dict):
+        return ["unreadable"]
+    return sorted(section for section in {*head, *now}
+                  if section not in OPERATING and head.get(section) != now.get(section))
 
 
 def git_env(url: str) -> dict:

@@ -7,15 +7,18 @@ grid: the widest values and the narrowest), saved as experiments with names as `
 run` gives them, must show every headline figure and every varied param in 120 columns
 exactly as in a terminal without a limit: no column cut, wrapped or folded into "…".
 """
+import csv
+import io
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flows.sweep import grid
-from tests.conftest import run_in, set_params
+from flows.sweep import exp_name, grid
+from tests.conftest import copy_project, downstream, run_in, set_params
 from vae_pipeline.files import ROOT
 from vae_pipeline.outputs import METRICS_FILES
 from vae_pipeline.params import SPEED_ONLY
@@ -95,3 +98,54 @@ def test_the_experiments_table_fits_120_columns(project):
     assert headline <= set(header), header
     assert varied and varied <= set(header), header
     assert len(narrow.splitlines()) == 6 + len(points)   # rule, header, rule, workspace, main, the points, rule
+
+
+def metrics_of_stages(project) -> dict[str, list[str]]:
+    """{stage: the DVC metrics files it writes}, from DVC's own index."""
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return {stage.name: [os.path.relpath(out.fs_path, repo.root_dir) for out in stage.outs if out.metric]
+                for stage in repo.index.stages}
+
+
+@pytest.mark.slow
+def test_a_sweep_points_row_shows_only_the_figures_it_made(built_project, tmp_path):
+    """A sweep point runs sweep.stage only (`dvc exp run train -S ...`): its commit carries the
+    downstream stages' metrics files as the baseline left them. Its row shows its own stage's figures
+    and "-" for those, and the table, with the grid's longest experiment name, fits 120 columns."""
+    project = copy_project(built_project, tmp_path)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    run_in(project, "git", "add", "dvc.lock", str(Path(params["paths"]["train_metrics"]).parent))
+    run_in(project, "git", "commit", "-qm", "baseline run")            # as the README records a baseline
+    # The shipped params.yaml sweeps train.epochs' epochs, so `make sweep` adds no epochs column: so here.
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert shipped["sweep"]["epochs"] == shipped["train"]["epochs"]
+    settings = {**params["sweep"], "epochs": params["train"]["epochs"]}
+    point = max(grid(settings), key=lambda p: len(exp_name(p)))
+    name = exp_name(point)
+    sets = [arg for key, value in point.items() for arg in ("-S", f"{key}={json.dumps(value)}")]
+    ran = run_in(project, "dvc", "exp", "run", settings["stage"], *sets, "--name", name).stdout
+    assert re.findall(r"^Running stage '([^']+)'", ran, re.M) == [settings["stage"]], ran
+
+    rows = {row["Experiment"] or row["rev"]: row for row in csv.DictReader(io.StringIO(
+        run_in(project, "python", "-m", "commands.exps", "--csv").stdout))}
+    written = metrics_of_stages(project)
+    own = {key for path in written[settings["stage"]] for key in headline_keys(params, path)}
+    others = {key for stage in downstream(settings["stage"], project) if stage != settings["stage"]
+              for path in written[stage] for key in headline_keys(params, path)}
+    assert own and others
+    assert all(rows[name][key] for key in own), rows[name]
+    assert not any(rows[name][key] for key in others), rows[name]             # not the baseline's figures
+    baseline = next(row for row in rows.values() if row["typ"] == "baseline" and row["rev"] != "workspace")
+    assert all(baseline[key] for key in own | others), baseline
+
+    table = run_in(project, "python", "-m", "commands.exps", "--no-pager", env={"COLUMNS": str(WIDTH)}).stdout
+    wide = run_in(project, "python", "-m", "commands.exps", "--no-pager", env={"COLUMNS": "1000"}).stdout
+    assert max(map(len, table.splitlines())) <= WIDTH and table == wide, f"{table}\nuncut:\n{wide}"
+    assert name in table
+
+
+def headline_keys(params: dict, path: str) -> set[str]:
+    """The headline figures of the metrics file `path`, as `make exps` heads their columns."""
+    return {key for file, schema in METRICS_FILES.items() if params["paths"][file] == path for key in schema}

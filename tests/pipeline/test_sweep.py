@@ -8,13 +8,15 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from flows import sweep, sweep_point
+from flows import sweep, sweep_args, sweep_point
+from flows.sweep_args import OPERATING
 from tests.conftest import run_in, set_params
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import ROOT
 from vae_pipeline.params import load_params
-from vae_pipeline.settings import load_settings
+from vae_pipeline.settings import Sweep, load_settings
 
 PROJECT_PACKAGES = {"vae_pipeline", "stages", "flows", "commands", "stack", "benchmarks", "tests"}
 
@@ -52,15 +54,51 @@ def test_a_sweep_refuses_uncommitted_inputs_and_names_them(project):
     params = load_params(project / "params.yaml")
     head = run_in(project, "git", "rev-parse", "HEAD").stdout.strip()
     assert sweep.sweep_commit(project, params) == head
-    set_params(project, train={"lr": 0.01})
+    # The operating sections (no stage reads them) do not count: the points get them from the sweep.
+    current = yaml.safe_load((project / "params.yaml").read_text())
+    set_params(project, **{section: {next(iter(current[section])): "changed"} for section in OPERATING})
+    assert sweep.sweep_commit(project, params) == head
+    # What a stage reads does, named with its section, and so does code.
+    run_in(project, "git", "checkout", "params.yaml")
+    set_params(project, train={"lr": 0.01}, sweep={"epochs": 1})
     (project / "stages" / "train.py").write_text((project / "stages" / "train.py").read_text() + "\n# local edit\n")
-    with pytest.raises(PipelineError, match=r"uncommitted changes to params.yaml, stages/train.py; .*"
-                                            f"commit {head[:12]}"):
+    with pytest.raises(PipelineError, match=r"uncommitted changes to params.yaml \(train\), stages/train.py; .*"
+                                            f"commit {head[:12]}.*`git commit`"):
         sweep.sweep_commit(project, params)
+    # As `python -m flows.sweep` says it: one line, before Prefect starts (no traceback), exit 2.
+    refused = run_in(project, "python", "-m", "flows.sweep", check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"error: {project}: uncommitted changes to params.yaml (train), stages/train.py; the sweep runs "
+        f"commit {head[:12]} on its workers: `git commit` (or `git stash`) them first"]
     # The pipeline's outputs and dvc.lock are no inputs: they do not count.
     (project / "dvc.lock").write_text("schema: '2.0'\n")
     run_in(project, "git", "checkout", "params.yaml", "stages/train.py")
     assert sweep.sweep_commit(project, params) == head
+
+
+def test_the_command_line_sets_the_grid_as_dvc_exp_run_does(project):
+    settings = sweep_args.sweep_settings(project, sweep_args.overrides(sweep_args.parse(
+        ["-S", "sweep.beta=[1, 4]", "-S", "sweep.latent_dim=[2]", "--set-param", "sweep.epochs=1"])))
+    assert [(p["train.beta"], p["train.latent_dim"], p["train.epochs"]) for p in sweep.grid(settings["sweep"])] \
+        == [(1, 2, 1), (4, 2, 1)]
+    assert load_settings(project / "params.yaml")["sweep"] != settings["sweep"]     # the file is left alone
+    # A bad value, key or section: the key, what is wrong, what is allowed, as for params.yaml; exit 2.
+    sections = load_settings(project / "params.yaml")
+    for args, message in [
+        (["-S", "sweep.beta=[-1]"], "-S sweep.beta=[-1]: invalid params:\n  'sweep.beta' is [-1]; allowed: a list "
+                                    f"of at least 1 items, each {Sweep.rule('beta').allowed.split('each ')[1]}"),
+        (["-S", "sweep.nope=1"], "unknown key 'sweep.nope' (allowed: " + ", ".join(sections["sweep"]) + ")"),
+        (["-S", "train.lr=0.1"], "-S train.lr: section 'train' is read by the stages"),
+        (["-S", "sweep.epochs"], "-S sweep.epochs: expected KEY=VALUE"),
+        (["--grid", "x"], "python -m flows.sweep: unrecognized arguments: --grid x; usage: "),
+    ]:
+        with pytest.raises(PipelineError) as error:
+            sweep_args.sweep_settings(project, sweep_args.overrides(sweep_args.parse(args)))
+        assert message in str(error.value), (args, str(error.value))
+    refused = run_in(project, "python", "-m", "flows.sweep", "-S", "sweep.epochs=0", check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "error: -S sweep.epochs=0: invalid params:", f"  'sweep.epochs' is 0; allowed: {Sweep.rule('epochs').allowed}"]
 
 
 def test_the_shared_stages_are_those_no_override_touches(project):
