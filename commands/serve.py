@@ -18,6 +18,8 @@ The model checks each request (vae_pipeline/tracking/decoder_pyfunc.py): a bad o
 HTTP 400 with a message, and at most serve.max_batch rows are decoded per request.
 The version served is fixed at start: after a retrain moves the alias, restart.
 """
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -42,8 +44,9 @@ def port(params: dict) -> int:
     return int(value)
 
 
-def model_uri(params: dict) -> str:
-    """models:/<name>/<version> of the champion, once the champion gate has named one."""
+def champion(params: dict) -> tuple[str, str]:
+    """models:/<name>/<version> of the champion, once the champion gate has named one, and the id of
+    the logged model it is (unique to those files, whatever the version's number)."""
     elsewhere.require_store(params)           # not an empty mlflow.db made by reading
     client = store.connect(params)            # an unreachable store fails here, with the reason
     name = params["mlflow"]["model_name"]
@@ -55,18 +58,26 @@ def model_uri(params: dict) -> str:
         raise PipelineError(f"MLflow model registry at {store.store_name(client.tracking_uri)}: no "
                             f"{registry.CHAMPION_ALIAS} of model '{name}'; {advice}") from None
     log.info("serving %s version %s, the champion", name, version)
-    return f"models:/{name}/{version}"
+    return f"models:/{name}/{version}", client.get_model_version(name, version).source
 
 
 def local_model(params: dict) -> str:
-    """The champion's files in a temporary folder, as `mlflow models serve` fetches them."""
+    """The champion's files in the temporary folder, as `mlflow models serve` fetches them: one folder per
+    logged model, kept for the next start (its files never change), so that `make serve` does not leave
+    a new copy behind each time."""
     import mlflow
 
-    uri = model_uri(params)
-    with failing_as(f"downloading {uri} from {redact_uri(store.tracking_uri(params))}",
-                    "check the store, then rerun make serve"):
-        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="vae-serve-"),
-                                                   tracking_uri=store.tracking_uri(params))
+    (uri, source), tracking = champion(params), store.tracking_uri(params)
+    key = hashlib.sha256(f"{tracking} {source}".encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / f"vae-serve-{key}"
+    if not folder.is_dir():
+        with (failing_as(f"downloading {uri} from {redact_uri(tracking)}", "check the store, then rerun make serve"),
+              tempfile.TemporaryDirectory(dir=folder.parent, prefix=f"{folder.name}.",
+                                          ignore_cleanup_errors=True) as staged):
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=staged, tracking_uri=tracking)
+            with contextlib.suppress(OSError):    # another `make serve` put the same files there first
+                os.rename(staged, folder)
+    return str(folder)
 
 
 def serve_command(params: dict) -> tuple[list[str], dict]:

@@ -46,8 +46,12 @@ def nothing_to_do(root: Path = ROOT) -> str | None:
         with Repo(str(root)) as repo:
             if repo.status():
                 return None
-    return (f"nothing to run: every stage of dvc.yaml is up to date, and the champion gate has decided on this "
-            f"model (version {record['model_version']} of '{record['model_name']}': {decision['decision']})")
+    version, name, before = record["model_version"], record["model_name"], decision.get("champion")
+    if decision["promoted"] or before is None or before["version"] == version:
+        verdict = f"version {version} of '{name}' is the champion"
+    else:
+        verdict = f"the champion gate kept version {before['version']} of '{name}' over this model's {version}"
+    return f"nothing to run: every stage of dvc.yaml is up to date, and {verdict}"
 
 
 def stack_stopped() -> bool:
