@@ -396,8 +396,8 @@ def test_the_stack_docs_run_as_written(running, reliability):
 
 
 # What `make serve` would serve (commands/serve.py), without starting the server.
-SERVED_MODEL = "import logging; logging.basicConfig(level=logging.INFO); from commands.serve import model_uri; " \
-               "from vae_pipeline.settings import load_settings; print(model_uri(load_settings()))"
+SERVED_MODEL = "import logging; logging.basicConfig(level=logging.INFO); from commands.serve import champion; " \
+               "from vae_pipeline.settings import load_settings; print(champion(load_settings())[0])"
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
                 "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost"}
 
