@@ -17,7 +17,7 @@ from pathlib import Path
 from vae_pipeline.environment import STACK_ENV
 from vae_pipeline.files import ROOT
 from vae_pipeline.settings import load_settings
-from vae_pipeline.tracking import store
+from vae_pipeline.tracking import elsewhere, store
 
 
 def nothing_to_do(root: Path = ROOT) -> str | None:
@@ -30,7 +30,7 @@ def nothing_to_do(root: Path = ROOT) -> str | None:
         decision = json.loads((root / params["paths"]["champion"]).read_text())
     except Exception:          # bad params, no record, no decision yet: the flow says what is wrong
         return None
-    if (not record or record.get("tracking_uri") != store.tracking_uri(params, root)
+    if (not record or not elsewhere.logged_here(record, params, root)
             or (decision.get("challenger") or {}).get("run_id") != record["run_id"]
             or decision["challenger"]["version"] != record.get("model_version")):
         return None

@@ -17,13 +17,17 @@ from vae_pipeline.tracking import store
 RELOG = "dvc repro --force --downstream train && make run"
 
 
+def logged_here(record: dict, params: dict, root: Path = ROOT) -> bool:
+    """Whether the run `record` names is in the store now set (env MLFLOW_TRACKING_URI, params
+    mlflow.tracking_uri, else the embedded one). The record holds the URI redacted, as it is compared."""
+    return record.get("tracking_uri") == redact_uri(store.tracking_uri(params, root))
+
+
 def logged_elsewhere(params: dict, root: Path = ROOT) -> dict | None:
     """The run record of the model in paths.model_dir when its run is in another store than the one
-    now set (env MLFLOW_TRACKING_URI, params mlflow.tracking_uri, else the embedded one); else None."""
+    now set; else None."""
     record = store.training_run(params, root)
-    if record and record.get("tracking_uri") != redact_uri(store.tracking_uri(params, root)):
-        return record
-    return None
+    return record if record and not logged_here(record, params, root) else None
 
 
 def advice(params: dict, root: Path = ROOT) -> str | None:
