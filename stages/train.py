@@ -242,8 +242,6 @@ def run(params: Pipeline | dict) -> dict:
     if t.batch_size > len(x_train):
         raise PipelineError(f"params.yaml: train.batch_size is {t.batch_size}, larger than the "
                             f"{len(x_train)} training images")
-    log.info("%d train / %d test images on %s (%d threads)", len(x_train), len(x_test), device,
-             torch.get_num_threads())
 
     try:
         x_train, x_val = training.carve_validation(x_train, t.validation_split, t.seed)
@@ -252,6 +250,9 @@ def run(params: Pipeline | dict) -> dict:
                             "at least one image and keeps one") from None
     if x_val is not None and data.binarize == "dynamic":   # one fixed draw, as the test images have
         x_val = binarize(x_val, data.binarize_seed, SPLIT_STREAM["train"], 0)
+    log.info("%d train%s / %d test images on %s (%d threads)", len(x_train),
+             f" (+ {len(x_val)} held out for validation)" if x_val is not None else "", len(x_test), device,
+             torch.get_num_threads())
 
     model = VAE.from_config(t).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, fused=True)  # one kernel for all tensors
@@ -321,12 +322,12 @@ def run(params: Pipeline | dict) -> dict:
 def log_progress(history: list, validation: list, stopping: EarlyStopping, optimizer, t: Train) -> None:
     """One line a person can read during a long run: the epoch's figures, the time per epoch and left."""
     epoch, seconds = int(history[-1][0]), [row[-1] for row in history]
-    left = training.time_left(seconds, t.epochs - epoch, t.max_minutes)
-    held_out = (f"  validation {validation[-1]:.2f} (best {stopping.best_loss:.2f}, epoch {stopping.best_epoch})"
-                if validation else "")
-    log.info("epoch %d/%d  train %.2f  test %.2f (recon %.2f, KL %.2f)%s  lr %.2g  %.1f s/epoch  %s left%s",
+    left = training.time_left(seconds, t.epochs - epoch, None)
+    budget = training.time_left(seconds, t.epochs - epoch, t.max_minutes)
+    held_out = f"  validation {validation[-1]:.2f} (best: epoch {stopping.best_epoch})" if validation else ""
+    log.info("epoch %d/%d  train %.2f  test %.2f (recon %.2f + KL %.2f)%s  lr %.2g  %.1f s/epoch, %s left%s",
              epoch, t.epochs, history[-1][1], *history[-1][4:7], held_out, optimizer.param_groups[0]["lr"],
-             training.seconds_per_epoch(seconds), duration(left), " (time budget)" if t.max_minutes else "")
+             training.seconds_per_epoch(seconds), duration(budget), " (time budget)" * (budget < left))
 
 
 if __name__ == "__main__":
