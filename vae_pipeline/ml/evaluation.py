@@ -216,20 +216,25 @@ REFERENCES = [
 
 def this_run(data: Data, train: Train, evaluate: Evaluate) -> dict:
     """This run's setup, in the terms the references use."""
-    objective = "ELBO"
+    objective = "ELBO" if train.iwae_k == 1 else f"ELBO, k = {train.iwae_k}"
+    if train.objective == "iwae":
+        objective = f"IWAE bound, k = {train.iwae_k}"
     if train.beta != 1:
-        objective = f"beta-ELBO, beta = {train.beta:g}"
+        objective = f"beta-{objective}, beta = {train.beta:g}"
     if train.kl_warmup_epochs:
         objective += f", KL warm-up over {train.kl_warmup_epochs} epochs"
+    lr = {"none": train.lr, "burda": f"{train.lr:g} * 10^(-i/7) over 8 stages",
+          "cosine": f"{train.lr:g}, cosine to 1/100"}[train.lr_schedule]
     return {
         "dataset": data.dataset,
         "binarize": data.binarize,
         "likelihood": train.likelihood,
         "iwae_samples": evaluate.iwae_samples,
-        "architecture": "-".join(map(str, [IMAGE_PIXELS, *train.hidden_dims, train.latent_dim])) + ", relu",
+        "architecture": "-".join(map(str, [IMAGE_PIXELS, *train.hidden_dims, train.latent_dim]))
+                        + f", {train.activation}",
         "epochs": train.epochs,
         "batch_size": train.batch_size,
-        "lr": train.lr,
+        "lr": lr,
         "objective": objective,
     }
 
