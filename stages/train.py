@@ -128,8 +128,9 @@ def epoch_images(x_train, data: Data, epoch: int):
 
 
 def checkpoint_key(data: Data, train: Train) -> str:
-    """Identifies the params a checkpoint belongs to; a checkpoint of other params is ignored."""
-    shaping = {"data": data.model_dump(), "train": train.model_dump()}
+    """Identifies the params a checkpoint belongs to; a checkpoint of other params is ignored. The time
+    budget is left out: a run killed in its hour may resume with a longer one (the time spent counts)."""
+    shaping = {"data": data.model_dump(), "train": train.model_dump(exclude={"max_minutes"})}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -325,9 +326,10 @@ def log_progress(history: list, validation: list, stopping: EarlyStopping, optim
     left = training.time_left(seconds, t.epochs - epoch, None)
     budget = training.time_left(seconds, t.epochs - epoch, t.max_minutes)
     held_out = f"  validation {validation[-1]:.2f} (best: epoch {stopping.best_epoch})" if validation else ""
-    log.info("epoch %d/%d  train %.2f  test %.2f (recon %.2f + KL %.2f)%s  lr %.2g  %.1f s/epoch, %s left%s",
+    # Ends with the epoch's seconds, as it always did (tests/reliability/test_crash_resume.py reads them).
+    log.info("epoch %2d/%d  train %.2f  test %.2f (recon %.2f, KL %.2f)%s  lr %.2g  %s left%s  %.1fs",
              epoch, t.epochs, history[-1][1], *history[-1][4:7], held_out, optimizer.param_groups[0]["lr"],
-             training.seconds_per_epoch(seconds), duration(budget), " (time budget)" * (budget < left))
+             duration(budget), " (time budget)" * (budget < left), seconds[-1])
 
 
 if __name__ == "__main__":
