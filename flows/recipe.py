@@ -28,12 +28,13 @@ RECIPES_DIR = ROOT / "recipes"
 EXPERIMENT_PREFIX = "recipe-"       # the DVC experiment of recipe NAME is recipe-NAME
 
 
-def recipe_names(folder: Path = RECIPES_DIR) -> list[str]:
-    return sorted(path.stem for path in folder.glob("*.yaml"))
+def recipe_names(folder: Path | None = None) -> list[str]:
+    return sorted(path.stem for path in (folder or RECIPES_DIR).glob("*.yaml"))
 
 
-def read_recipe(name: str, folder: Path = RECIPES_DIR) -> tuple[dict, Path]:
+def read_recipe(name: str, folder: Path | None = None) -> tuple[dict, Path]:
     """The overrides of recipe `name` as written, {section: {key: value}}, and its file."""
+    folder = folder or RECIPES_DIR
     path = folder / f"{name}.yaml"
     if "/" in name or not path.is_file():
         raise PipelineError(f"no recipe '{name}' in {folder}; the recipes: {', '.join(recipe_names(folder))} "
