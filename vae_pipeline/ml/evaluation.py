@@ -134,7 +134,7 @@ def iwae_nll(model, x, likelihood: str, k: int, pairs_per_pass: int, generator=N
     The draws are made in order here, so the estimate is the same for any number of workers.
     """
     return_large_blocks_to_the_os()
-    workers = workers or torch.get_num_threads()
+    workers = 1 if x.device.type != "cpu" else workers or torch.get_num_threads()   # a GPU is one worker
     images_per_pass = max(1, pairs_per_pass // k)
     draws_per_pass = min(k, max(1, pairs_per_pass // images_per_pass))
 
