@@ -297,9 +297,12 @@ def run(params: Pipeline | dict) -> dict:
     if stopping.best_weights is not None:
         model.load_state_dict(stopping.best_weights)
         kept = stopping.best_epoch
-    if kept < t.epochs:
-        log.info("stopped after epoch %d of %d (%s); keeping epoch %d", len(history), t.epochs,
-                 "no better validation loss" if stopping.stop(len(history)) else "time budget", kept)
+    if len(history) < t.epochs:
+        log.info("stopped after epoch %d of %d: %s", len(history), t.epochs,
+                 f"no better validation loss in {t.patience} epochs" if stopping.stop(len(history))
+                 else f"the time budget of {t.max_minutes:g} minutes")
+    if kept < len(history):
+        log.info("keeping the weights of epoch %d, the best on the validation images", kept)
     test_loss, test_recon, test_kl = history[kept - 1][4:7]
     test_loss_mu, test_recon_mu, _ = evaluate(model, x_test, t, sample=False)
     metrics = {

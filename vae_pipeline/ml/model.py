@@ -164,7 +164,7 @@ def k_draw_loss(model, x, beta: float, likelihood: str, objective: str, k: int, 
     x = x.view(-1, IMAGE_PIXELS)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         mu, logvar = model.encode(x)
-        eps = torch.randn((k, *mu.shape), device=x.device, dtype=mu.dtype)
+        eps = torch.randn((k, *mu.shape), device=x.device)               # float32, also under bf16 autocast
         z = mu + eps * torch.exp(0.5 * logvar)                                    # (k, images, latent)
         logits = model.decode_logits(z).float()
     mu, logvar, z, eps = mu.float(), logvar.float(), z.float(), eps.float()
