@@ -8,8 +8,8 @@ paper's shape (784-200-200-50, tanh) and prints, measured in the same run:
   - the matmul bound: pairs per second if the decoder's matmuls alone ran, at the rate one thread
     multiplies these shapes here, times `workers` (the rest, tanh, the likelihood's softplus and the
     log-sum-exp, is what the estimate adds);
-  - the same estimate by the plain loop (decode every pair's logits, torch's softplus; the estimate
-    before it was tuned) on a tenth of the pairs, one thread: the baseline;
+  - the same estimate by the plain loop (a whole pass's logits at once, one thread; the estimate
+    before it was tuned) on a tenth of the images: the baseline, which must give the same numbers;
   - per CPU second as well as per second: on a shared machine the wall-clock rate is what the other
     jobs left, the CPU-time rate what a free core gives;
   - the time the full test set (10,000 images, same k) would take at the measured rate: an
@@ -37,7 +37,7 @@ def resident_mb() -> int:
 
 @torch.no_grad()
 def plain_iwae(model, x, k: int, pairs_per_pass: int, generator) -> torch.Tensor:
-    """The estimate as first written: a whole pass's logits, then torch's softplus over them."""
+    """The estimate as first written: a whole pass's logits at once, then the likelihood's sums over them."""
     images = max(1, pairs_per_pass // k)
     draws_per_pass, out = min(k, max(1, pairs_per_pass // images)), []
     for start in range(0, len(x), images):

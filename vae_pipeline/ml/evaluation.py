@@ -120,7 +120,7 @@ def iwae_nll(model, x, likelihood: str, k: int, pairs_per_pass: int, generator=N
     a running log-sum-exp over chunks of draws keeps memory flat however large k is.
     `workers` threads (default: torch's thread count, train.threads; 0 there: the idle
     cores) each take whole passes, one torch thread each: on a loaded machine torch's own
-    threads wait for each other at every op (2 threads ran 10x slower than 1), passes do not.
+    threads wait for each other at every op (2 ran 2-5x slower than 1), passes do not.
     The draws are made in order here, so the estimate is the same for any number of workers.
     """
     return_large_blocks_to_the_os()
