@@ -7,6 +7,7 @@ import pytest
 from flows import recipe
 from vae_pipeline.errors import PipelineError, exit_code
 from vae_pipeline.files import ROOT
+from vae_pipeline.ml.evaluation import compare
 from vae_pipeline.params import load_params
 
 NAMES = recipe.recipe_names()
@@ -78,3 +79,16 @@ def test_each_recipe_has_its_line_in_docs_recipes_md():
     docs = (ROOT / "docs" / "recipes.md").read_text()
     listed = re.findall(r"^\| `([\w-]+)` \|", docs, re.MULTILINE)
     assert listed == NAMES
+
+
+def test_the_papers_recipe_sits_beside_the_papers_rows_in_the_literature_table():
+    """Same data treatment and estimator: comparable; of the recipe only the shortened epochs differ."""
+    settings = recipe.checked(*recipe.read_recipe("iwae-paper-vae"))
+    vae, iwae = [row for row in compare(settings.data, settings.train, settings.evaluate, {"iwae_nll": 88.0,
+                                                                                           "neg_elbo": 95.0})
+                 if row["reference"].startswith("Burda")]
+    assert vae["comparable"] and vae["this_run"] == 88.0 and vae["reference_value"] == 86.76
+    assert vae["differences"] == [f"epochs: {settings.train.epochs} here, 3280 there"]
+    assert iwae["comparable"] and "objective: ELBO here, IWAE bound, k = 50 there" in iwae["differences"]
+    iwae_train = settings.train.model_copy(update={"objective": "iwae", "iwae_k": 50, "epochs": 3280})
+    assert compare(settings.data, iwae_train, settings.evaluate, {"iwae_nll": 85.0, "neg_elbo": 90.0})[2]["same_recipe"]
