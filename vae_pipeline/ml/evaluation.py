@@ -20,6 +20,7 @@
 """
 import ctypes
 import math
+import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -118,13 +119,13 @@ def iwae_nll(model, x, likelihood: str, k: int, pairs_per_pass: int, generator=N
 
     At most `pairs_per_pass` (image, draw) pairs go through the decoder at once:
     a running log-sum-exp over chunks of draws keeps memory flat however large k is.
-    `workers` threads (default: torch's thread count, train.threads; 0 there: the idle
-    cores) each take whole passes, one torch thread each: on a loaded machine torch's own
-    threads wait for each other at every op (2 ran 2-5x slower than 1), passes do not.
-    The draws are made in order here, so the estimate is the same for any number of workers.
+    `workers` threads (default: one per core this process may use) each take whole passes, one
+    torch thread each: on a loaded machine torch's own threads wait for each other at every op
+    (2 ran 2-5x slower than 1), independent passes do not, so they take every core whatever
+    train.threads is. The draws are made in order here: the estimate is the same for any workers.
     """
     return_large_blocks_to_the_os()
-    workers = 1 if x.device.type != "cpu" else workers or torch.get_num_threads()   # a GPU is one worker
+    workers = 1 if x.device.type != "cpu" else workers or len(os.sched_getaffinity(0))   # a GPU: one worker
     images_per_pass = max(1, pairs_per_pass // k)
     draws_per_pass = min(k, max(1, pairs_per_pass // images_per_pass))
 
