@@ -9,8 +9,7 @@ or unknown key is named in one message, a line each: the key, its value, what is
       'train.lr' is -0.1; allowed: a number > 0
       unknown key 'train.learning_rate' (allowed: latent_dim, hidden_dims, ...)
 
-The "allowed" text is the field's rule (integer(), number(), choice(), ...), which also
-holds the pydantic type that checks the value.
+The "allowed" text is the field's rule (integer(), number(), ...), which also holds the pydantic type checking it.
 
 By concern: Pipeline here holds the sections the stages read (their code deps in dvc.yaml
 include this file); the operating settings that no stage reads (prefect, sweep, retrain,
@@ -229,6 +228,7 @@ class Paths(Section):
     compare_report: Annotated[str, text()]        # commands/compare.py: runs of the MLflow experiment side by side
 
     latent_map: Annotated[str, text()]            # UMAP of mu: x, y, label, index
+    map_metrics: Annotated[str, text()]           # ... and its trustworthiness (DVC metrics)
     report: Annotated[str, text()]                # the self-contained HTML report
     figures_dir: Annotated[str, text()]           # the report's figures as PNG files
 
@@ -288,6 +288,8 @@ class LatentMap(Section):
     metric: Annotated[str, choice("euclidean", "manhattan", "chebyshev", "cosine", "correlation")]
     neighbours: Annotated[str, choice("exact", "nndescent")]     # exact: scikit-learn; nndescent: UMAP's own
     random_state: Annotated[int | None, optional(integer(0))]    # null: not reproducible, uses every core
+    trustworthiness_samples: Annotated[int, integer(0)]          # 0: not measured
+    trustworthiness_neighbors: Annotated[int, integer(1)]
 
 
 class Report(Section):
@@ -311,8 +313,6 @@ class Evaluate(Section):
     seed: Annotated[int, integer(0)]
     active_threshold: Annotated[float, number(lo=0)]
     knn_neighbors: Annotated[int, integer(1)]
-    trustworthiness_samples: Annotated[int, integer(0)]
-    trustworthiness_neighbors: Annotated[int, integer(1)]
 
 
 class Pipeline(Config):
