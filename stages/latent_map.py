@@ -67,7 +67,7 @@ def fit_map(points: np.ndarray, p: LatentMap) -> np.ndarray:
                  time.perf_counter() - started)
     # A fixed random_state makes UMAP single-threaded; null lets it use every core.
     reducer = umap.UMAP(n_components=2, n_neighbors=p.n_neighbors, min_dist=p.min_dist,
-                        metric=p.metric, random_state=p.random_state,
+                        metric=p.metric, random_state=p.random_state, n_epochs=p.n_epochs,
                         n_jobs=1 if p.random_state is not None else -1, precomputed_knn=knn,
                         verbose=True, tqdm_kwds={"disable": None})
     # verbose UMAP prints its own repr first: keep the neighbour arrays in it to a line or two.

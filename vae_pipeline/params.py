@@ -11,10 +11,9 @@ or unknown key is named in one message, a line each: the key, its value, what is
 
 The "allowed" text is the field's rule (integer(), number(), ...), which also holds the pydantic type checking it.
 
-By concern: Pipeline here holds the sections the stages read (their code deps in dvc.yaml
-include this file); the operating settings that no stage reads (prefect, sweep, retrain,
-stack) are in vae_pipeline/settings.py, which the flows and commands load, so a change to a
-port rule reruns no stage.
+By concern: Pipeline here holds the sections the stages read (their code deps in dvc.yaml include
+this file); the operating settings that no stage reads (prefect, sweep, retrain, stack) are in
+vae_pipeline/settings.py, which the flows and commands load: a change to a port rule reruns no stage.
 
 Code that has not moved to the typed sections yet (tracking/, the flows, the commands, the
 stack) reads the config as a mapping, `params["train"]["beta"]`: the first such read makes a
@@ -288,6 +287,7 @@ class LatentMap(Section):
     metric: Annotated[str, choice("euclidean", "manhattan", "chebyshev", "cosine", "correlation")]
     neighbours: Annotated[str, choice("exact", "nndescent")]     # exact: scikit-learn; nndescent: UMAP's own
     random_state: Annotated[int | None, optional(integer(0))]    # null: not reproducible, uses every core
+    n_epochs: Annotated[int | None, optional(integer(1))]        # layout epochs; null: UMAP's own choice
     trustworthiness_samples: Annotated[int, integer(0)]          # 0: not measured
     trustworthiness_neighbors: Annotated[int, integer(1)]
 
