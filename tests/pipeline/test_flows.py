@@ -3,6 +3,7 @@ import fcntl
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import threading
 import time
@@ -309,3 +310,34 @@ def test_sweep_of_two_points_on_two_dask_workers(project, prefect_api):
     assert sorted((row["beta"], row["latent_dim"]) for row in rows) == [(1, 2), (4, 2)]
     # The project's own workspace trained nothing.
     assert not (project / "models").exists()
+
+
+@pytest.mark.slow
+def test_a_new_prefect_home_starts_from_the_first_database_built_on_the_machine(tmp_path, monkeypatch):
+    """The local API's first database is kept, empty, in the user's cache; a new home gets a copy of
+    it (no migrations to run) and works like one the server built itself."""
+    from prefect import flow
+
+    from flows.local_api import DATABASE, database_template, seeded_database
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = database_template()
+    assert not template.exists()
+    with local_api(tmp_path / "first"):
+        pass
+    assert template.exists()
+    with sqlite3.connect(template) as db:
+        assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (0,)   # the schema, no run
+
+    @flow(name="seeded")
+    def seeded() -> int:
+        return 7
+
+    (tmp_path / "second").mkdir()
+    assert seeded_database(tmp_path / "second")            # a copy of the template, before any server
+    with local_api(tmp_path / "second"):
+        assert seeded() == 7
+    with sqlite3.connect(tmp_path / "second" / DATABASE) as db:
+        assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (1,)
+    with sqlite3.connect(template) as db:          # the template stays empty
+        assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (0,)
