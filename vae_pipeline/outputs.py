@@ -200,7 +200,7 @@ EVAL_DETAIL = {
 MAP_METRICS = {"trustworthiness": optional(finite())}   # null: latent_map.trustworthiness_samples is 0
 # The DVC metrics files (params.yaml `paths` key -> what each holds): the headline figures that
 # `dvc exp show` and `make exps` list (commands/exps.py). tests/test_exps.py checks them against dvc.yaml.
-METRICS_FILES = {"train_metrics": TRAIN_METRICS, "map_metrics": MAP_METRICS, "eval_metrics": EVAL_METRICS}
+METRICS_FILES = {"train_metrics": TRAIN_METRICS, "eval_metrics": EVAL_METRICS}
 LITERATURE_ROW = {
     "reference": text(), "source": text(), "figure": text(), "reference_value": finite(),
     "this_run": optional(finite()), "comparable": boolean(), "same_recipe": boolean(),

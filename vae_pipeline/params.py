@@ -227,7 +227,7 @@ class Paths(Section):
     compare_report: Annotated[str, text()]        # commands/compare.py: runs of the MLflow experiment side by side
 
     latent_map: Annotated[str, text()]            # UMAP of mu: x, y, label, index
-    map_metrics: Annotated[str, text()]           # ... and its trustworthiness (DVC metrics)
+    map_metrics: Annotated[str, text()]           # ... and its trustworthiness
     report: Annotated[str, text()]                # the self-contained HTML report
     figures_dir: Annotated[str, text()]           # the report's figures as PNG files
 
