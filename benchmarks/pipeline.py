@@ -1,21 +1,25 @@
 """Benchmark: the default pipeline end to end, through `dvc repro` and through the Prefect flow,
 against the article's training script alone in the same run.
 
-    python -m benchmarks.pipeline [--skip-dvc] [--skip-prefect] [--skip-article] [--cold]
+    python -m benchmarks.pipeline [--skip-dvc] [--skip-prefect] [--skip-article] [--cold | --fresh-clone]
+                                  [--against REV]
 
-Each half runs in a scratch copy of the project (its tracked files and the new
-ones git would track: what a fresh clone holds) with the default params, except
-that the download reads this project's data/raw folder through a file:// source
-(the download is cached: no network). Compile caches are this project's, as in
-any run after the first: numba's (.numba_cache/) and Prefect's local API database
-(params.yaml prefect.home). With --cold both are new and empty, as in a fresh clone's first
-run. Printed per half: each stage's start and wall time (from the moment DVC announces it
-to the flow's "Finished" line for its task, or to the next stage under `dvc repro`), the whole
-run, the critical path (the slowest chain of dvc.yaml's DAG), the stage time that ran beside
-another stage (the flow runs independent arms at once), a no-op rerun, and the peak memory of
-the largest process. Then the article's script alone (benchmarks/article.py: its 15-epoch loop
-and its whole process) and the ratio of the flow's whole run to its loop. Last, the start-up
-cost of each stage: the seconds `import stages.NAME` takes in a fresh Python.
+Each half runs in a scratch copy of the project (its tracked files and the new ones git would
+track: what a fresh clone holds) with the default params, except that the download reads this
+project's data/raw folder through a file:// source (the download is cached: no network). Compile
+caches are this project's, as in any run after the first: numba's (.numba_cache/) and Prefect's
+local API database (params.yaml prefect.home). With --cold both are new and empty, as in a fresh
+clone's first run. With --fresh-clone, numba's cache is this project's but each scratch copy has
+its own new Prefect home, as a fresh clone's first `make run` has. With --against REV, the
+Prefect half runs first on the project as it was at git revision REV (its own code: `git
+archive`), then on this one: before and after, in one run. Printed per half: each stage's start
+and wall time (from the moment DVC announces it to the flow's "Finished" line for its task, or
+to the next stage under `dvc repro`), the whole run, the critical path (the slowest chain of
+dvc.yaml's DAG), the stage time that ran beside another stage (the flow runs independent arms at
+once), a no-op rerun, and the peak memory of the largest process. Then the article's script
+alone (benchmarks/article.py: its 15-epoch loop and its whole process) and the ratio of the
+flow's whole run to its loop. Last, the start-up cost of each stage: the seconds `import
+stages.NAME` takes in a fresh Python.
 """
 import argparse
 import importlib.util
@@ -51,10 +55,16 @@ def environment(caches: dict | None = None) -> dict:
     return {**env, **(caches or {})}
 
 
-def scratch_project(parent: Path, params: dict) -> Path:
-    """A copy of the project as a fresh clone has it, its download pointed at our raw files."""
+def scratch_project(parent: Path, params: dict, revision: str | None = None) -> Path:
+    """A copy of the project as a fresh clone has it (of git `revision`, else of the working tree),
+    its download pointed at our raw files."""
     copy = parent / "project"
-    copy_checkout(ROOT, copy)
+    if revision:
+        copy.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", revision], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(copy)], input=archive, check=True)
+    else:
+        copy_checkout(ROOT, copy)
     raw = ROOT / params["paths"]["raw_dir"] / params["data"]["dataset"]
     settings = yaml.safe_load((copy / "params.yaml").read_text())
     settings["data"]["sources"] = [f"file://{raw}"]
@@ -170,6 +180,9 @@ def main() -> None:
     parser.add_argument("--skip-prefect", action="store_true", help="no Prefect flow half")
     parser.add_argument("--skip-article", action="store_true", help="no run of the article's script")
     parser.add_argument("--cold", action="store_true", help="empty numba cache and Prefect database")
+    parser.add_argument("--fresh-clone", action="store_true",
+                        help="this project's numba cache, a new Prefect home in each scratch copy")
+    parser.add_argument("--against", metavar="REV", help="also run the Prefect half on git revision REV, first")
     args = parser.parse_args()
     params = load_settings()
     raw = ROOT / params["paths"]["raw_dir"] / params["data"]["dataset"]
@@ -178,8 +191,12 @@ def main() -> None:
     print(f"machine: {machine()}")
     caches = None if args.cold else {"NUMBA_CACHE_DIR": str(ROOT / ".numba_cache"),
                                      "PREFECT_HOME": str(project_path(params["prefect"]["home"]))}
+    if args.fresh_clone:
+        del caches["PREFECT_HOME"]
     env = environment(caches)
     print("caches: " + ("cold (new and empty, a fresh clone's first run)" if args.cold else
+                        "numba's warm, Prefect's home new (a fresh clone's first run on a used machine)"
+                        if args.fresh_clone else
                         "warm (this project's numba cache and Prefect database, as any later run)"))
     flow = None
     if not args.skip_dvc:
@@ -187,14 +204,16 @@ def main() -> None:
             project = scratch_project(Path(folder), params)
             report("dvc repro", timed_run(["dvc", "repro"], project, env), timed_run(["dvc", "repro"], project, env),
                    stage_graph(project))
-    if not args.skip_prefect:
+    for revision in ([args.against] if args.against else []) + [None]:
+        if args.skip_prefect:
+            break
         with tempfile.TemporaryDirectory(prefix="bench-prefect-") as folder:
-            project = scratch_project(Path(folder), params)
+            project = scratch_project(Path(folder), params, revision)
             # make run's command: the flow, and on the no-op rerun its one-line answer without Prefect.
             cmd = [sys.executable, "-m", "flows.make_run"]
             flow = timed_run(cmd, project, env)
-            report("Prefect flow (python -m flows.make_run = make run)", flow, timed_run(cmd, project, env),
-                   stage_graph(project))
+            report(f"Prefect flow (python -m flows.make_run = make run) at {revision or 'the working tree'}", flow,
+                   timed_run(cmd, project, env), stage_graph(project))
     if not args.skip_article:
         loop, line = article_script(env)
         print(f"\n{line}")
