@@ -59,22 +59,29 @@ def failure(what: str, code: int, lines: list[str]) -> Exception:
 # DVC decides what to skip: Prefect must never skip a stage from a cache of its own.
 @task(cache_policy=NO_CACHE)
 def run_stage(stage: str, project: str, run_tags: dict) -> dict:
-    """`dvc repro --single-item <stage>`: runs the stage if DVC finds it stale, else skips it."""
+    """`dvc repro --single-item <stage>`: runs the stage if DVC finds it stale, else skips it.
+
+    Stages of parallel arms run at once: DVC holds its repository lock only while it checks and
+    records a stage, not while the stage's command runs, and `--wait-for-lock` makes a second
+    `dvc repro` wait for that moment instead of failing with "Unable to acquire lock".
+    """
     logger = get_run_logger()
-    started = time.perf_counter()
-    code, lines = run_logged([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+    started = time.time()
+    code, lines = run_logged([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage],
                              Path(project), stage_env(run_tags), logger)
     if code != 0:
         raise failure(f"stage '{stage}'", code, lines)
     ran = any(line.startswith(f"Running stage '{stage}'") for line in lines)
     # DVC's run cache: the same stage with the same deps and params ran before; outputs restored.
     restored = any(line.startswith(f"Stage '{stage}' is cached") for line in lines)
-    return {"stage": stage, "ran": ran, "restored": restored,
-            "seconds": round(time.perf_counter() - started, 1)}
+    ended = time.time()
+    return {"stage": stage, "ran": ran, "restored": restored, "seconds": round(ended - started, 1),
+            "started": started, "ended": ended}
 
 
-def stage_order(project: Path) -> list[str]:
-    """The stages of dvc.yaml, each after the stages it depends on, in dvc.yaml's order otherwise."""
+def stage_graph(project: Path) -> dict[str, set[str]]:
+    """Each stage of dvc.yaml -> the stages it reads from, each stage after those, in dvc.yaml's
+    order otherwise."""
     from dvc.repo import Repo  # imported here: DVC is only needed once the flow runs
 
     def address(stage) -> str:     # as `dvc repro` takes it in the project: `name`, or `sub/dvc.yaml:name`
@@ -89,7 +96,39 @@ def stage_order(project: Path) -> list[str]:
     while len(ordered) < len(file_order):
         ordered.append(next(name for name in file_order
                             if name not in ordered and upstream[name] <= set(ordered)))
-    return ordered
+    return {name: upstream[name] for name in ordered}
+
+
+def stage_order(project: Path) -> list[str]:
+    """The stages of dvc.yaml, each after the stages it depends on, in dvc.yaml's order otherwise."""
+    return list(stage_graph(project))
+
+
+def run_stages(project: Path, run_tags: dict, options: dict | None = None) -> list[dict]:
+    """Every stage of dvc.yaml as a task, each started as soon as the stages it reads from are done:
+    independent arms of the DAG run at once. `options`: stage -> task options (e.g. retries).
+
+    A failed stage stops the stages downstream of it (Prefect does not start a task whose upstream
+    failed); the other arms run to their end, so their outputs are whole and recorded in dvc.lock.
+    Then the first failure is raised. Returns run_stage's results in the order the stages ended.
+    """
+    from prefect.futures import wait
+
+    futures = {}
+    for stage, upstream in stage_graph(project).items():
+        futures[stage] = run_stage.with_options(name=stage, task_run_name=stage, **(options or {}).get(stage, {})) \
+            .submit(stage, str(project), run_tags, wait_for=[futures[name] for name in upstream])
+    wait(list(futures.values()))
+    failed = [stage for stage, future in futures.items()
+              if future.state.is_failed() or future.state.is_crashed() or future.state.is_cancelled()]
+    if failed:
+        not_run = [stage for stage, future in futures.items()
+                   if not future.state.is_completed() and stage not in failed]
+        cause = futures[failed[0]]
+        if not_run:
+            get_run_logger().error("not run, downstream of a failed stage: %s", ", ".join(not_run))
+        cause.result()   # raises the failed stage's own error
+    return sorted((future.result() for future in futures.values()), key=lambda r: r["ended"])
 
 
 @contextlib.contextmanager

@@ -11,14 +11,21 @@ address into the settings, because:
 With PREFECT_API_URL set (`prefect server start`, see docs/prefect.md) that server is
 used and nothing is started; one that does not answer stops the command at once.
 
+A new PREFECT_HOME (a fresh clone's first `make run`, every test) would have the server build
+its database by running Prefect's ~100 schema migrations: 12-18 s on this machine, against 5-6 s
+to start on a database that exists. So the first database built on a machine is copied, empty,
+into the user's cache (one per Prefect version, seeded_database), and a new home starts from it.
+
 `run_on_local_api` is the entry point of `python -m flows.NAME`: it ends in the project's one
 error path (vae_pipeline.errors.exit_code).
 """
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -37,6 +44,7 @@ from vae_pipeline.settings import load_settings
 # A loaded 2-core machine took 25 s to bring the server up; Prefect's own default wait is 20 s.
 STARTUP_TIMEOUT = 90
 API_TIMEOUT = 10            # seconds for the server of PREFECT_API_URL to answer
+DATABASE = "prefect.db"     # the local API's database in PREFECT_HOME (Prefect's default)
 
 
 def prefect_home() -> Path:
@@ -60,6 +68,45 @@ def check_api(api_url: str, timeout: float = API_TIMEOUT) -> None:
         raise PipelineError(f"env PREFECT_API_URL: no Prefect server answers at {redact_uri(api_url)} "
                             f"({type(e).__name__}); start it, or unset PREFECT_API_URL to run on a local "
                             "API started for the command") from None
+
+
+def database_template() -> Path | None:
+    """Where an empty database of this Prefect version is kept for new homes; None when the
+    database is not the default SQLite file in PREFECT_HOME."""
+    import prefect
+
+    if any(os.environ.get(f"PREFECT_{kind}_DATABASE_CONNECTION_URL") for kind in ("SERVER", "API")):
+        return None
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "vae-pipeline" / f"prefect-{prefect.__version__}.db"
+
+
+def seeded_database(home: Path) -> bool:
+    """Give a home without a database a copy of the template, when there is one; True if it got one."""
+    database, template = home / DATABASE, database_template()
+    if database.exists() or template is None or not template.exists():
+        return False
+    staged = database.with_name(f".{DATABASE}.{os.getpid()}")
+    shutil.copyfile(template, staged)
+    staged.replace(database)       # whole or not at all
+    return True
+
+
+def keep_as_template(home: Path) -> None:
+    """Copy the database the server has just built (migrated, no run in it yet) to the template.
+    SQLite's backup API gives a consistent copy of a database in use. Best effort: a cache."""
+    template = database_template()
+    if template is None or template.exists():
+        return
+    staged = template.with_name(f".{template.name}.{os.getpid()}")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(home / DATABASE)) as source, \
+                contextlib.closing(sqlite3.connect(staged)) as copy:
+            source.backup(copy)
+        staged.replace(template)
+    except (OSError, sqlite3.Error):
+        staged.unlink(missing_ok=True)
 
 
 def free_port() -> int:
@@ -138,6 +185,7 @@ def local_api(home: Path | None = None, timeout: float = STARTUP_TIMEOUT):
             yield os.environ["PREFECT_API_URL"]
         return
     log_file = home / "local-api.log"
+    fresh = not (home / DATABASE).exists() and not seeded_database(home)
     for _attempt in range(2):           # a second try if another process took the port first
         process, api_url = start_server(home, log_file)
         try:
@@ -150,6 +198,8 @@ def local_api(home: Path | None = None, timeout: float = STARTUP_TIMEOUT):
         tail = log_file.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"Prefect's local API exited with code {process.returncode}; "
                            f"the end of {log_file}:\n{tail}")
+    if fresh:
+        keep_as_template(home)
     try:
         # No UI URL: this server has no UI and ends with the command, so no "View at" link to it.
         with temporary_settings({PREFECT_HOME: str(home), PREFECT_API_URL: api_url, PREFECT_UI_URL: ""}):

@@ -9,7 +9,6 @@ ones, iwae_nll and knn_accuracy, in <paths.eval_metrics> (DVC metrics), the rest
                                  iwae_nll_se its standard error over the test images
   kl_per_dim, mu_variance        per latent dimension; active_units counts Var(mu_j) > evaluate.active_threshold
   knn_accuracy(_per_class)       class of each test mu from its nearest train mu (the embed stage's)
-  trustworthiness                how well the latent map stage's UMAP kept the neighbours of its points
 and <paths.literature>: this run beside published figures (vae_pipeline/ml/evaluation.py).
 The report stage shows them all. The evaluated decoder is then registered in MLflow's model registry
 with these figures (vae_pipeline/tracking/registry.py register_decoder): a model is registered once it
@@ -18,15 +17,12 @@ is evaluated, and a change to the registered model's code reruns this stage alon
 The ELBO uses beta = 1 whatever train.beta was: it is the bound on log p(x), not the
 training objective. See vae_pipeline/ml/evaluation.py log_likelihood for what "nats" means per likelihood.
 
-Trustworthiness is measured on the map the report shows (the latent_map stage's
-output, `latent_map.split`), on a random subsample of its points: sklearn's measure
-holds all pairwise distances of the points it is given.
+None of it needs the latent map: the flow runs this stage and the latent_map stage (which
+measures the map's trustworthiness) at once.
 """
 import logging
 import time
 
-import numpy as np
-import pandas as pd
 import torch
 
 from vae_pipeline.errors import failing_as
@@ -34,7 +30,7 @@ from vae_pipeline.files import project_path, replace_together, write_json
 from vae_pipeline.ml.data import class_names, dataset_dir, load_images, read_labels
 from vae_pipeline.ml.evaluation import active_units, compare, elbo_parts, iwae_nll
 from vae_pipeline.ml.model import load_model, setup_torch
-from vae_pipeline.outputs import EVAL_DETAIL, EVAL_METRICS, latent_map_rows, read_latent_map, read_mu, split_figures
+from vae_pipeline.outputs import EVAL_DETAIL, EVAL_METRICS, read_mu, split_figures
 from vae_pipeline.params import Pipeline
 from vae_pipeline.tracking import store
 from vae_pipeline.tracking.registry import register_decoder
@@ -52,21 +48,9 @@ def knn_accuracy(train_mu, train_labels, test_mu, test_labels, neighbours: int, 
     return float(correct.mean()), per_class
 
 
-def map_trustworthiness(mu: np.ndarray, latent_map: pd.DataFrame, samples: int, neighbours: int,
-                        seed: int) -> float:
-    """Trustworthiness (sklearn) of the latent map stage's table on `samples` of its points picked
-    with `seed`: their 2-D positions against their rows of `mu` (the mapped split's)."""
-    from sklearn.manifold import trustworthiness  # imported here: slow, and only this stage needs it
-    picked = np.random.default_rng(seed).choice(len(latent_map), size=min(samples, len(latent_map)),
-                                                replace=False)
-    rows = latent_map.iloc[picked]
-    return float(trustworthiness(mu[rows["index"].to_numpy()], rows[["x", "y"]].to_numpy(),
-                                 n_neighbors=neighbours))
-
-
 def run(params: Pipeline | dict) -> dict:
     params = Pipeline.of(params)
-    t, e, paths, split = params.train, params.evaluate, params.paths, params.latent_map.split
+    t, e, paths = params.train, params.evaluate, params.paths
     device = setup_torch(t.device, t.threads)
     # Everything this stage reads, read (and checked) first: a damaged input stops it in seconds.
     model, config = load_model(project_path(paths.model_dir), device)
@@ -78,10 +62,6 @@ def run(params: Pipeline | dict) -> dict:
     split_labels = {"train": read_labels(raw, "train", len(classes)), "test": test_labels}
     mu_of = {split: read_mu(embeddings / f"{split}.parquet", split, labels, config["latent_dim"])[0]
              for split, labels in split_labels.items()}
-    latent_map = None
-    if e.trustworthiness_samples:
-        latent_map = read_latent_map(project_path(paths.latent_map), split, split_labels[split],
-                                     latent_map_rows(len(split_labels[split]), params.latent_map.subsample))
     seconds = {}
 
     started = time.perf_counter()
@@ -127,15 +107,6 @@ def run(params: Pipeline | dict) -> dict:
     seconds["knn"] = time.perf_counter() - started
     log.info("kNN (k = %d) class accuracy of test mu against train mu: %.4f",
              e.knn_neighbors, metrics["knn_accuracy"])
-
-    metrics["trustworthiness"] = None
-    if latent_map is not None:
-        started = time.perf_counter()
-        metrics["trustworthiness"] = map_trustworthiness(
-            mu_of[split], latent_map, e.trustworthiness_samples, e.trustworthiness_neighbors, e.seed)
-        seconds["trustworthiness"] = time.perf_counter() - started
-        log.info("trustworthiness %.4f (%d neighbours)", metrics["trustworthiness"], e.trustworthiness_neighbors)
-    metrics["trustworthiness_neighbors"] = e.trustworthiness_neighbors
 
     rows = compare(params.data, t, e, metrics)
     for row in rows:

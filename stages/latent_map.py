@@ -2,7 +2,12 @@
 
 Reads the embed stage's parquet of one split (params `latent_map.split`) and
 writes one row per image: x, y, its label, and `index`, its row in the split
-(the report uses it to show the image under the mouse).
+(the report uses it to show the image under the mouse). Beside it, in <paths.map_metrics>
+(DVC metrics), the map's trustworthiness: how well its 2-D neighbourhoods keep the
+neighbours of the points in mu, measured on a random subsample of the map's points
+(sklearn's measure holds all pairwise distances of the points it is given).
+The map needs only mu, not the model's evaluation: the flow runs this stage and the
+evaluate stage at once.
 
 Neighbours (`latent_map.neighbours`): UMAP starts from each point's n_neighbors
 nearest neighbours. `exact` finds them with scikit-learn (a KD-tree: under a second
@@ -26,9 +31,9 @@ import numpy as np
 import pandas as pd
 
 from vae_pipeline.errors import PipelineError
-from vae_pipeline.files import atomic_path, home_path, project_path
+from vae_pipeline.files import home_path, project_path, replace_together, write_json
 from vae_pipeline.ml.data import class_names, dataset_dir, read_labels
-from vae_pipeline.outputs import latent_map_rows, read_mu
+from vae_pipeline.outputs import MAP_METRICS, latent_map_rows, read_mu, split_figures
 from vae_pipeline.params import LatentMap, Pipeline
 from vae_pipeline.tracking import store
 
@@ -62,7 +67,7 @@ def fit_map(points: np.ndarray, p: LatentMap) -> np.ndarray:
                  time.perf_counter() - started)
     # A fixed random_state makes UMAP single-threaded; null lets it use every core.
     reducer = umap.UMAP(n_components=2, n_neighbors=p.n_neighbors, min_dist=p.min_dist,
-                        metric=p.metric, random_state=p.random_state,
+                        metric=p.metric, random_state=p.random_state, n_epochs=p.n_epochs,
                         n_jobs=1 if p.random_state is not None else -1, precomputed_knn=knn,
                         verbose=True, tqdm_kwds={"disable": None})
     # verbose UMAP prints its own repr first: keep the neighbour arrays in it to a line or two.
@@ -70,6 +75,13 @@ def fit_map(points: np.ndarray, p: LatentMap) -> np.ndarray:
         # Given neighbours but no search index, UMAP warns that it cannot map new points: not needed here.
         warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
         return reducer.fit_transform(points)
+
+
+def map_trustworthiness(mu: np.ndarray, xy: np.ndarray, samples: int, neighbours: int, seed: int) -> float:
+    """Trustworthiness (sklearn) of the map `xy` of the points `mu`, on `samples` of them picked with `seed`."""
+    from sklearn.manifold import trustworthiness  # imported here: slow, and only this stage needs it
+    picked = np.random.default_rng(seed).choice(len(mu), size=min(samples, len(mu)), replace=False)
+    return float(trustworthiness(mu[picked], xy[picked], n_neighbors=neighbours))
 
 
 def run(params: Pipeline | dict) -> dict:
@@ -94,13 +106,22 @@ def run(params: Pipeline | dict) -> dict:
     xy = fit_map(mu[index], p)
     seconds = time.perf_counter() - started
 
+    figures = {"trustworthiness": None}
+    if p.trustworthiness_samples:
+        figures["trustworthiness"] = map_trustworthiness(mu[index], xy, p.trustworthiness_samples,
+                                                         p.trustworthiness_neighbors, p.random_state or 0)
+        log.info("trustworthiness %.4f (%d neighbours, %d points)", figures["trustworthiness"],
+                 p.trustworthiness_neighbors, min(p.trustworthiness_samples, len(index)))
+
     table = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "label": labels[index], "index": index})
-    path = project_path(paths.latent_map)
-    with atomic_path(path) as tmp:
+    path, metrics_path = project_path(paths.latent_map), project_path(paths.map_metrics)
+    with replace_together(path, metrics_path) as (tmp, metrics_tmp):   # both new, or both as they were
         table.to_parquet(tmp, index=False)
+        write_json(metrics_tmp, split_figures(figures, MAP_METRICS, {})[0])
     log.info("%s: %d points, UMAP took %.1fs", path, len(table), seconds)
-    store.attach_to_training_run(params, metrics={"umap_seconds": seconds})
-    return {"path": path, "points": len(table), "seconds": seconds}
+    store.attach_to_training_run(params, metrics={"umap_seconds": seconds,
+                                                  **{f"map_{k}": v for k, v in figures.items()}})
+    return {"path": path, "points": len(table), "seconds": seconds, **figures}
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from vae_pipeline.outputs import (
     read_history,
     read_latent_map,
     read_literature,
+    read_map_metrics,
     read_mu,
     read_train_metrics,
 )
@@ -117,6 +118,10 @@ class Inputs:
         split, subsample = self.params.latent_map.split, self.params.latent_map.subsample
         labels = self.images(split)[1]
         return read_latent_map(self.path("latent_map"), split, labels, latent_map_rows(len(labels), subsample))
+
+    @cached_property
+    def map_metrics(self) -> dict:
+        return read_map_metrics(self.path("map_metrics"))
 
     @cached_property
     def metrics(self) -> dict:
@@ -256,8 +261,9 @@ def kl_per_dimension_section(inputs: Inputs) -> Part:
 
 
 def evaluation_section(inputs: Inputs) -> Part:
-    """The evaluate stage's figures and the literature table beside them."""
-    return {}, {"evaluation": inputs.evaluation, "literature": inputs.literature}
+    """The evaluate stage's figures, the map's trustworthiness (the latent_map stage's) and the
+    literature table beside them."""
+    return {}, {"evaluation": inputs.evaluation, "map": inputs.map_metrics, "literature": inputs.literature}
 
 
 @dataclass(frozen=True)

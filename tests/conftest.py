@@ -289,7 +289,7 @@ def built_fashion(tmp_path_factory, worker_id, tiny_source) -> Path:
     """built_project on Fashion-MNIST's class names (data.dataset: fashion-mnist), with more IWAE
     draws and trustworthiness samples, params.yaml uncommitted. Once per run, like built_project."""
     sections = {"data": {"dataset": "fashion-mnist"},
-                "evaluate": {"iwae_samples": 20, "trustworthiness_samples": 300}}
+                "evaluate": {"iwae_samples": 20}, "latent_map": {"trustworthiness_samples": 300}}
     folder = build_once(tmp_path_factory, worker_id, "built-fashion",
                         lambda folder: build_project(folder, tiny_source, **sections))
     return folder / "project"

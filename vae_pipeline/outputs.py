@@ -194,11 +194,10 @@ EVAL_DETAIL = {
     "dataset": text(), "binarize": text(), "likelihood": text(), "test_images": integer(1),
     "neg_elbo": finite(), "recon": finite(), "kl": finite(), "neg_elbo_mu": finite(), "recon_mu": finite(),
     "iwae_samples": integer(1), "iwae_nll_se": finite(), "active_units": integer(0),
-    "trustworthiness": optional(finite()),
     "kl_per_dim": mapping_of(finite()), "mu_variance": mapping_of(finite()), "latent_dim": integer(1),
     "knn_accuracy_per_class": mapping_of(finite()), "knn_neighbors": integer(1),
-    "trustworthiness_neighbors": integer(1),
 }
+MAP_METRICS = {"trustworthiness": optional(finite())}   # null: latent_map.trustworthiness_samples is 0
 # The DVC metrics files (params.yaml `paths` key -> what each holds): the headline figures that
 # `dvc exp show` and `make exps` list (commands/exps.py). tests/test_exps.py checks them against dvc.yaml.
 METRICS_FILES = {"train_metrics": TRAIN_METRICS, "eval_metrics": EVAL_METRICS}
@@ -263,6 +262,11 @@ def read_eval_metrics(path: Path, detail_path: Path, latent_dim: int) -> dict:
         raise damaged_output(detail_path, f"'active_units' is {detail['active_units']}, more than the {latent_dim} "
                              "dimensions", "evaluate")
     return {**detail, **metrics}
+
+
+def read_map_metrics(path: Path) -> dict:
+    """The latent_map stage's figures (paths.map_metrics)."""
+    return check_fields(path, read_json(path, "latent_map"), MAP_METRICS, "latent_map")
 
 
 def read_literature(path: Path) -> list[dict]:

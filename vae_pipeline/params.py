@@ -1,25 +1,26 @@
 """params.yaml as the stages read it: one typed, checked model per section, and the loader.
 
-One place for every knob: a stage calls `load_params()` and reads `params.train.beta`. Each section is
-a pydantic model (Paths to Evaluate, below): strict (no coercion: "15" is no integer, nor is true),
-closed (no unknown key) and frozen. Every wrong type or value, missing or unknown key is named in one
-message, a line each: the key, its value, what is allowed:
+One place for every knob: a stage calls `load_params()` and reads `params.train.beta`. Each
+section is a pydantic model (Paths to Evaluate, below): strict (no coercion: "15" is no
+integer, nor is true), closed (no unknown key) and frozen. Every wrong type or value, missing
+or unknown key is named in one message, a line each: the key, its value, what is allowed:
 
     params.yaml: invalid params:
       'train.lr' is -0.1; allowed: a number > 0
       unknown key 'train.learning_rate' (allowed: latent_dim, hidden_dims, ...)
 
-The "allowed" text is the field's rule (integer(), number(), choice(), ...: vae_pipeline/rules.py), which
-also holds the pydantic type that checks the value.
+The "allowed" text is the field's rule (integer(), number(), ...: vae_pipeline/rules.py), which also
+holds the pydantic type checking it.
 
-By concern: Pipeline here holds the sections the stages read (their code deps in dvc.yaml include this
-file); the operating settings no stage reads (prefect, sweep, retrain, stack) are in
-vae_pipeline/settings.py, which the flows and commands load, so a change to a port rule reruns no stage.
+By concern: Pipeline here holds the sections the stages read (their code deps in dvc.yaml include
+this file); the operating settings that no stage reads (prefect, sweep, retrain, stack) are in
+vae_pipeline/settings.py, which the flows and commands load: a change to a port rule reruns no stage.
 
-Code not yet moved to the typed sections (tracking/, the flows, the commands, the stack) reads the
-config as a mapping, `params["train"]["beta"]`: the first such read makes a copy in plain dicts (the
-"view"), which that code may change as it would a dict. The typed sections never change; a stage's
-`run` takes its params through Pipeline.of, which checks a dict, or a config changed through its view.
+Code that has not moved to the typed sections yet (tracking/, the flows, the commands, the
+stack) reads the config as a mapping, `params["train"]["beta"]`: the first such read makes a
+copy in plain dicts (the "view"), which that code may change as it would a dict. The typed
+sections never change; a stage's `run` takes its params through Pipeline.of, which checks a
+dict, or a config changed through its view, again.
 """
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
@@ -156,6 +157,7 @@ class Paths(Section):
     compare_report: Annotated[str, text()]        # commands/compare.py: runs of the MLflow experiment side by side
 
     latent_map: Annotated[str, text()]            # UMAP of mu: x, y, label, index
+    map_metrics: Annotated[str, text()]           # ... and its trustworthiness
     report: Annotated[str, text()]                # the self-contained HTML report
     figures_dir: Annotated[str, text()]           # the report's figures as PNG files
 
@@ -231,6 +233,9 @@ class LatentMap(Section):
     metric: Annotated[str, choice("euclidean", "manhattan", "chebyshev", "cosine", "correlation")]
     neighbours: Annotated[str, choice("exact", "nndescent")]     # exact: scikit-learn; nndescent: UMAP's own
     random_state: Annotated[int | None, optional(integer(0))]    # null: not reproducible, uses every core
+    n_epochs: Annotated[int | None, optional(integer(1))]        # layout epochs; null: UMAP's own choice
+    trustworthiness_samples: Annotated[int, integer(0)]          # 0: not measured
+    trustworthiness_neighbors: Annotated[int, integer(1)]
 
 
 class Report(Section):
@@ -254,8 +259,6 @@ class Evaluate(Section):
     seed: Annotated[int, integer(0)]
     active_threshold: Annotated[float, number(lo=0)]
     knn_neighbors: Annotated[int, integer(1)]
-    trustworthiness_samples: Annotated[int, integer(0)]
-    trustworthiness_neighbors: Annotated[int, integer(1)]
 
 
 class Pipeline(Config):

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 def test_fashion_mnist_runs_through_every_stage_to_the_report(built_fashion, tmp_path):
     # The tiny fixture stands in for the real files: a file:// source and its checksums (tiny_params).
-    # built_fashion: data.dataset fashion-mnist, evaluate.iwae_samples 20, trustworthiness_samples 300.
+    # built_fashion: data.dataset fashion-mnist, evaluate.iwae_samples 20, latent_map.trustworthiness_samples 300.
     project = built_fashion
     assert stages_run(first_build_output(project)) == sorted(dvc_stages(project))
     assert sorted(p.name for p in (project / "data/raw/fashion-mnist").iterdir()) == sorted(
@@ -26,7 +26,7 @@ def test_fashion_mnist_runs_through_every_stage_to_the_report(built_fashion, tmp
     assert sorted(metrics["knn_accuracy_per_class"]) == sorted(DATASETS["fashion-mnist"]["classes"])
     # The fixture's classes are distinct blob patterns: the latent space separates them.
     assert metrics["knn_accuracy"] > 0.5
-    assert 0.5 < metrics["trustworthiness"] <= 1
+    assert 0.5 < json.loads((project / "reports/metrics/map.json").read_text())["trustworthiness"] <= 1
     assert 0 <= metrics["active_units"] <= metrics["latent_dim"] == 4
 
     rows = json.loads((project / "reports/metrics/literature.json").read_text())

@@ -3,6 +3,7 @@ import fcntl
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import threading
 import time
@@ -13,13 +14,13 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
 
-from flows.dvc_runner import workspace_lock
+from flows.dvc_runner import stage_graph, workspace_lock
 from flows.gate import gate_champion
 from flows.local_api import local_api
 from flows.make_run import nothing_to_do
 from flows.pipeline import pipeline
 from flows.sweep import dask_runner, sweep
-from tests.conftest import VENV_BIN, dvc_stages, pipeline_env, run_in, set_params
+from tests.conftest import VENV_BIN, copy_project, dvc_stages, pipeline_env, run_in, set_params
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.settings import load_settings
 from vae_pipeline.tracking import store
@@ -100,15 +101,35 @@ def test_a_second_pipeline_fails_clearly_when_the_first_holds_on(tmp_path):
 
 # ---- the pipeline flow -----------------------------------------------------------------------
 
+def reaches(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Each stage -> every stage upstream of it, near or far."""
+    found = {}
+    for stage, upstream in graph.items():        # stage_graph lists a stage after its upstream
+        found[stage] = set(upstream).union(*(found[name] for name in upstream))
+    return found
+
+
 @pytest.mark.slow
-def test_pipeline_flow_runs_the_stages_in_order_then_skips_them_all(project, prefect_api):
-    stages = dvc_stages(project)
+def test_pipeline_flow_runs_each_stage_after_its_upstream_the_arms_at_once_then_skips_them_all(project,
+                                                                                             prefect_api):
+    stages, graph = dvc_stages(project), stage_graph(project)
     first = pipeline(project=str(project), return_state=True)
     assert first.is_completed(), first.message
-    assert [r["stage"] for r in first.result()] == stages
-    assert all(r["ran"] for r in first.result())
+    results = {r["stage"]: r for r in first.result()}
+    assert sorted(results) == sorted(stages) and all(r["ran"] for r in results.values())
+    # Each stage started after every stage it reads from had ended ...
+    for stage, upstream in graph.items():
+        assert all(results[stage]["started"] >= results[name]["ended"] for name in upstream), stage
+    # ... and two stages of which neither reads from the other ran at the same time (DVC alone runs
+    # one at a time; the DAG has such arms: after embed, the latent map and the evaluation).
+    upstream_of = reaches(graph)
+    independent = [(a, b) for a in stages for b in stages
+                   if a < b and a not in upstream_of[b] and b not in upstream_of[a]]
+    assert independent
+    assert any(max(results[a]["started"], results[b]["started"]) < min(results[a]["ended"], results[b]["ended"])
+               for a, b in independent), independent
     runs = task_runs(first.state_details.flow_run_id)
-    assert [r.name for r in runs] == [*stages, GATE_TASK]      # the stages, then the champion gate
+    assert sorted(r.name for r in runs[:-1]) == sorted(stages) and runs[-1].name == GATE_TASK
     assert all(r.state.is_completed() for r in runs)
     # The first version registered is the model in use: `make run` names it (nothing else moves the alias).
     decision = json.loads((project / load_settings(project / "params.yaml")["paths"]["champion"]).read_text())
@@ -131,9 +152,9 @@ def test_pipeline_flow_runs_the_stages_in_order_then_skips_them_all(project, pre
     lock_before = (project / "dvc.lock").read_text()
     second = pipeline(project=str(project), return_state=True)
     assert second.is_completed(), second.message
-    assert [r["stage"] for r in second.result()] == stages
+    assert sorted(r["stage"] for r in second.result()) == sorted(stages)
     assert not any(r["ran"] or r["restored"] for r in second.result())
-    assert [r.name for r in task_runs(second.state_details.flow_run_id)] == [*stages, GATE_TASK]
+    assert sorted(r.name for r in task_runs(second.state_details.flow_run_id)) == sorted([*stages, GATE_TASK])
     assert "version 1 is already the champion" in artifact(second.state_details.flow_run_id, "champion").data
     assert outputs_mtimes(project) == before and before
     assert (project / "dvc.lock").read_text() == lock_before
@@ -175,15 +196,48 @@ def test_only_the_download_retries_and_deterministic_failures_fail_at_once(proje
     state = pipeline(project=str(project), return_state=True)
     assert state.is_failed() and "every source failed" in state.message
     runs = task_runs(state.state_details.flow_run_id)
-    assert [(r.name, r.run_count) for r in runs] == [("download", 2)]
+    assert [(r.name, r.run_count) for r in runs if r.run_count] == [("download", 2)]
+    assert all(r.state.name == "NotReady" for r in runs if r.name != "download")   # never started
 
     # A stage that exits 2 (batch larger than the data set): no retry, later stages never start.
     set_params(project, data={"sources": good_sources}, train={"batch_size": 100_000})
     state = pipeline(project=str(project), return_state=True)
     assert state.is_failed() and "stage 'train' failed" in state.message and "stage exit code 2" in state.message
     runs = task_runs(state.state_details.flow_run_id)
-    assert [(r.name, r.run_count, r.state.type.value) for r in runs] == [
+    assert [(r.name, r.run_count, r.state.type.value) for r in runs if r.run_count] == [
         ("download", 1, "COMPLETED"), ("train", 1, "FAILED")]
+
+
+@pytest.mark.slow
+def test_a_failing_arm_stops_what_is_downstream_of_it_and_the_other_arm_ends_whole(built_project, tmp_path,
+                                                                                   prefect_api):
+    """evaluate fails while latent_map, which does not read from it, reruns: latent_map's outputs are
+    whole and in dvc.lock, the report (downstream of both) never starts. DVC's repository lock, held
+    by another process as the flow starts, makes the stages wait, not fail."""
+    import zc.lockfile
+
+    project = copy_project(built_project, tmp_path)
+    set_params(project, latent_map={"min_dist": 0.2})               # latent_map and the report are stale
+    dvc_yaml = yaml.safe_load((project / "dvc.yaml").read_text())
+    dvc_yaml["stages"]["evaluate"]["cmd"] = "python -c \"raise SystemExit('evaluate broken on purpose')\""
+    (project / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    downstream = [s for s, up in reaches(stage_graph(project)).items() if "evaluate" in up]
+    assert downstream                                                # the report
+    report_before = (project / "reports/index.html").read_bytes()
+
+    dvc_lock = zc.lockfile.LockFile(str(project / ".dvc/tmp/lock"))   # DVC's own: `dvc repro` waits for it
+    threading.Timer(5, dvc_lock.close).start()                       # (DVC alone gives up after 3 s)
+    state = pipeline(project=str(project), return_state=True)
+    assert state.is_failed() and "stage 'evaluate' failed" in state.message, state.message
+    assert "Unable to acquire lock" not in state.message
+    runs = {r.name: r for r in task_runs(state.state_details.flow_run_id)}
+    assert runs["evaluate"].state.is_failed() and runs["latent_map"].state.is_completed()
+    assert all(runs[s].state.name == "NotReady" and not runs[s].run_count for s in downstream)
+    assert GATE_TASK not in runs
+    assert (project / "reports/index.html").read_bytes() == report_before
+    # latent_map's new map is whole and recorded: DVC calls it up to date; evaluate stays stale.
+    status = run_in(project, "dvc", "status", "--json").stdout
+    assert "latent_map" not in json.loads(status) and "evaluate" in json.loads(status)
 
 
 @pytest.mark.slow
@@ -256,3 +310,34 @@ def test_sweep_of_two_points_on_two_dask_workers(project, prefect_api):
     assert sorted((row["beta"], row["latent_dim"]) for row in rows) == [(1, 2), (4, 2)]
     # The project's own workspace trained nothing.
     assert not (project / "models").exists()
+
+
+@pytest.mark.slow
+def test_a_new_prefect_home_starts_from_the_first_database_built_on_the_machine(tmp_path, monkeypatch):
+    """The local API's first database is kept, empty, in the user's cache; a new home gets a copy of
+    it (no migrations to run) and works like one the server built itself."""
+    from prefect import flow
+
+    from flows.local_api import DATABASE, database_template, seeded_database
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = database_template()
+    assert not template.exists()
+    with local_api(tmp_path / "first"):
+        pass
+    assert template.exists()
+    with sqlite3.connect(template) as db:
+        assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (0,)   # the schema, no run
+
+    @flow(name="seeded")
+    def seeded() -> int:
+        return 7
+
+    (tmp_path / "second").mkdir()
+    assert seeded_database(tmp_path / "second")            # a copy of the template, before any server
+    with local_api(tmp_path / "second"):
+        assert seeded() == 7
+    with sqlite3.connect(tmp_path / "second" / DATABASE) as db:
+        assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (1,)
+    with sqlite3.connect(template) as db:          # the template stays empty
+        assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (0,)

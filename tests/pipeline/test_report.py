@@ -203,7 +203,8 @@ def test_report_has_every_section_and_every_image_decodes(built):
     evaluation = {**json.loads((project / "reports/metrics/eval.json").read_text()),
                   **json.loads((project / "reports/metrics/eval_detail.json").read_text())}
     assert f"{evaluation['iwae_nll']:.2f}" in html and f"{100 * evaluation['knn_accuracy']:.1f}" in html
-    assert f"{evaluation['trustworthiness']:.3f}" in html
+    trustworthiness = json.loads((project / "reports/metrics/map.json").read_text())["trustworthiness"]
+    assert f"{trustworthiness:.3f}" in html
     assert html.count("PyTorch examples, VAE") == 1 and html.count('class="badge warn">not comparable') == 2
     commit = run_in(project, "git", "rev-parse", "HEAD").stdout.strip()
     assert commit[:12] in html

@@ -28,6 +28,7 @@ from vae_pipeline.outputs import (
     read_history,
     read_latent_map,
     read_literature,
+    read_map_metrics,
     read_mu,
     read_train_metrics,
 )
@@ -167,9 +168,10 @@ TRAIN_DETAIL = {"test_loss": 151.0, "train_loss": 150.2, "test_loss_mu": 149.0, 
 EVAL_METRICS = {"iwae_nll": 148.0, "knn_accuracy": 0.75}
 EVAL_DETAIL = {"dataset": "mnist", "binarize": "none", "likelihood": "bernoulli", "test_images": 8,
                "neg_elbo": 151.0, "recon": 140.5, "kl": 10.5, "neg_elbo_mu": 149.0, "recon_mu": 138.5,
-               "iwae_samples": 10, "iwae_nll_se": 1.5, "active_units": 2, "trustworthiness": 0.97,
+               "iwae_samples": 10, "iwae_nll_se": 1.5, "active_units": 2,
                "kl_per_dim": {"0": 6.0, "1": 4.5}, "mu_variance": {"0": 0.9, "1": 0.5}, "latent_dim": LATENT_DIM,
-               "knn_accuracy_per_class": {"0": 1.0, "1": 0.5}, "knn_neighbors": 5, "trustworthiness_neighbors": 10}
+               "knn_accuracy_per_class": {"0": 1.0, "1": 0.5}, "knn_neighbors": 5}
+MAP_METRICS = {"trustworthiness": 0.97}
 LITERATURE = [{"reference": "Kingma & Welling 2014", "source": "arXiv:1312.6114", "figure": "-log p(x)",
                "reference_value": 96.0, "this_run": 148.0, "comparable": True, "same_recipe": False,
                "differences": ["epochs: 3 here, 1000 there"]},
@@ -275,6 +277,7 @@ def pair_reader(name: str):
 @pytest.mark.parametrize("name, value, read", [
     *((name, value, pair_reader(name)) for name, value in FIGURES.items()),
     ("literature.json", LITERATURE, read_literature),
+    ("map.json", MAP_METRICS, read_map_metrics),
 ])
 def test_metrics_json(tmp_path, reliability, name, value, read):
     path = tmp_path / name
@@ -318,7 +321,8 @@ def test_the_undamaged_files_read_back_exactly(tmp_path):
     loaded, config = load_model(tmp_path)
     assert config == CONFIG and all(torch.equal(a, b) for a, b in zip(loaded.parameters(), model.parameters()))
     for name, value, read in [*((name, value, pair_reader(name)) for name, value in FIGURES.items()),
-                              ("literature.json", LITERATURE, read_literature)]:
+                              ("literature.json", LITERATURE, read_literature),
+                              ("map.json", MAP_METRICS, read_map_metrics)]:
         (tmp_path / name).write_text(json.dumps(value))
         assert read(tmp_path / name) == value
     assert read_train_metrics(tmp_path / "train.json", tmp_path / "train_detail.json") == \
