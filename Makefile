@@ -28,8 +28,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the project (once)
 
-run: $(STAMP)  ## run the whole pipeline on params.yaml: the Prefect flow, one task per DVC stage
-	python -m flows.make_run
+run: $(STAMP)  ## run the whole pipeline on params.yaml: the Prefect flow, one task per DVC stage (RECIPE=NAME: docs/recipes.md)
+	$(if $(RECIPE),python -m flows.recipe $(RECIPE),python -m flows.make_run)
+
+# `make run RECIPE=NAME`: recipes/NAME.yaml as the DVC experiment recipe-NAME (flows/recipe.py, docs/recipes.md).
+RECIPE ?=
 
 repro: $(STAMP)  ## the same pipeline through plain `dvc repro` (no Prefect)
 	dvc repro

@@ -6,7 +6,9 @@ reconstruction and KL (per sample) go to the history CSV; the final figures to
 the metrics JSON (the headline ones: test_recon and test_kl) and the detail JSON
 (the rest; vae_pipeline/outputs.py TRAIN_METRICS, TRAIN_DETAIL). A checkpoint
 written atomically after every epoch lets a killed run resume where it stopped,
-with the same result.
+with the same result: the learning-rate schedule, early stopping's best epoch and weights and
+the time budget spent carry over (vae_pipeline/ml/training.py). Each epoch logs a progress
+line: the figures, the learning rate, the time per epoch and the time left.
 """
 import hashlib
 import json
@@ -20,8 +22,10 @@ from tqdm import tqdm
 
 from vae_pipeline.errors import PipelineError, failing_as
 from vae_pipeline.files import atomic_path, project_path, replace_together, write_json
+from vae_pipeline.ml import training
 from vae_pipeline.ml.data import SPLIT_STREAM, binarize, dataset_dir, load_images
-from vae_pipeline.ml.model import VAE, reparameterize, save_model, setup_torch, uses_bf16, vae_loss
+from vae_pipeline.ml.model import VAE, k_draw_loss, reparameterize, save_model, setup_torch, uses_bf16, vae_loss
+from vae_pipeline.ml.training import EarlyStopping, duration
 from vae_pipeline.outputs import CURVE_COLUMNS, HISTORY_COLUMNS, TRAIN_DETAIL, TRAIN_METRICS, split_figures
 from vae_pipeline.params import Data, Pipeline, Train
 from vae_pipeline.tracking import runs, store
@@ -44,7 +48,8 @@ def train_epoch(model, optimizer, x, t: Train, epoch: int) -> list[float]:
     the device, a batch is one index_select (twice as fast as x[indices] on the CPU),
     and nothing waits for the device per batch. With train.precision bf16 the model's
     matmuls run in bfloat16 (autocast); the weights, the Adam state and the loss stay
-    float32.
+    float32. One draw of z and the ELBO (the default) is the article's step; train.objective
+    iwae or train.iwae_k > 1 draw k per image (model.k_draw_loss).
     """
     model.train()
     n = len(x)
@@ -56,9 +61,12 @@ def train_epoch(model, optimizer, x, t: Train, epoch: int) -> list[float]:
     checked = 0  # batches whose loss has been looked at
     for i, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", disable=None, leave=False)):
         batch = x.index_select(0, order[start:start + t.batch_size])
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits, mu, logvar = model(batch)
-        loss, recon, kl = vae_loss(logits, batch, mu, logvar, t.beta, t.likelihood)
+        if t.objective == "elbo" and t.iwae_k == 1:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits, mu, logvar = model(batch)
+            loss, recon, kl = vae_loss(logits, batch, mu, logvar, t.beta, t.likelihood)
+        else:
+            loss, recon, kl = k_draw_loss(model, batch, t.beta, t.likelihood, t.objective, t.iwae_k, bf16)
         # Kept on the device: no host sync per batch.
         batch_losses[i] = loss.detach()
         # On the CPU the check costs nothing: a bad loss stops training before its step
@@ -120,13 +128,16 @@ def epoch_images(x_train, data: Data, epoch: int):
 
 
 def checkpoint_key(data: Data, train: Train) -> str:
-    """Identifies the params a checkpoint belongs to; a checkpoint of other params is ignored."""
-    shaping = {"data": data.model_dump(), "train": train.model_dump()}
+    """Identifies the params a checkpoint belongs to; a checkpoint of other params is ignored. The time
+    budget is left out: a run killed in its hour may resume with a longer one (the time spent counts)."""
+    shaping = {"data": data.model_dump(), "train": train.model_dump(exclude={"max_minutes"})}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list, key: str) -> None:
-    """Everything a resumed run needs to continue exactly as if never stopped.
+def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list, key: str,
+                    extra: dict | None = None) -> None:
+    """Everything a resumed run needs to continue exactly as if never stopped (`extra`: early
+    stopping's state and the validation losses, tensors only).
 
     Training draws random numbers only from torch's default generators (the
     shuffle and z's noise; numpy and `random` are not used), so their states are
@@ -140,6 +151,7 @@ def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list, key
         "history": torch.tensor(history, dtype=torch.float64),
         "key": torch.tensor(list(key.encode())),
         "cpu_rng": torch.get_rng_state(),
+        **(extra or {}),
     }
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -147,10 +159,11 @@ def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list, key
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path, model, optimizer, key: str) -> tuple[int, list]:
-    """Restore a checkpoint of the same params; returns (epochs done, history) or (0, [])."""
+def load_checkpoint(path: Path, model, optimizer, key: str) -> tuple[int, list, dict]:
+    """Restore a checkpoint of the same params; returns (epochs done, history, the whole checkpoint)
+    or (0, [], {})."""
     if not path.exists():
-        return 0, []
+        return 0, [], {}
     try:
         # weights_only: tensors and plain containers only, never arbitrary pickled objects.
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -161,7 +174,7 @@ def load_checkpoint(path: Path, model, optimizer, key: str) -> tuple[int, list]:
     try:
         if bytes(state["key"].tolist()).decode() != key:
             log.info("%s: checkpoint is for other params; starting afresh", path)
-            return 0, []
+            return 0, [], {}
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["cpu_rng"])
@@ -172,7 +185,7 @@ def load_checkpoint(path: Path, model, optimizer, key: str) -> tuple[int, list]:
         raise PipelineError(f"{path}: not a training checkpoint of this project ({type(e).__name__}: "
                             f"{str(e).strip().splitlines()[0]}); delete it to start afresh") from None
     log.info("resuming from %s after epoch %d", path, epoch)
-    return epoch, history
+    return epoch, history, state
 
 
 def write_history(path: Path, history: list) -> None:
@@ -183,7 +196,8 @@ def write_history(path: Path, history: list) -> None:
         tmp.write_text("\n".join(lines) + "\n")
 
 
-def save_outputs(params: Pipeline, client, run_id: str, model, metrics: dict, history: list, seconds: float) -> None:
+def save_outputs(params: Pipeline, client, run_id: str, model, metrics: dict, history: list, seconds: float,
+                 run_only: dict | None = None) -> None:
     """The model, the metrics and the history, all new or (on any failure) all old; the run recorded.
 
     They are written to staging names first, the MLflow run finished from there, and only then
@@ -211,7 +225,7 @@ def save_outputs(params: Pipeline, client, run_id: str, model, metrics: dict, hi
                         "the previous model, metrics and run record are kept, and so is the checkpoint of the "
                         "last epoch: rerun the train stage (dvc repro train) once the store works"):
             # (The thread count is the run's `threads` tag.)
-            runs.finish_training_run(client, run_id, staged, {**metrics, "train_seconds": seconds})
+            runs.finish_training_run(client, run_id, staged, {**metrics, **(run_only or {}), "train_seconds": seconds})
 
 
 def run(params: Pipeline | dict) -> dict:
@@ -229,19 +243,35 @@ def run(params: Pipeline | dict) -> dict:
     if t.batch_size > len(x_train):
         raise PipelineError(f"params.yaml: train.batch_size is {t.batch_size}, larger than the "
                             f"{len(x_train)} training images")
-    log.info("%d train / %d test images on %s (%d threads)", len(x_train), len(x_test), device,
+
+    try:
+        x_train, x_val = training.carve_validation(x_train, t.validation_split, t.seed)
+    except ValueError as e:
+        raise PipelineError(f"params.yaml: train.validation_split: {e}; allowed: a share that holds out "
+                            "at least one image and keeps one") from None
+    if x_val is not None and data.binarize == "dynamic":   # one fixed draw, as the test images have
+        x_val = binarize(x_val, data.binarize_seed, SPLIT_STREAM["train"], 0)
+    log.info("%d train%s / %d test images on %s (%d threads)", len(x_train),
+             f" (+ {len(x_val)} held out for validation)" if x_val is not None else "", len(x_test), device,
              torch.get_num_threads())
 
     model = VAE.from_config(t).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, fused=True)  # one kernel for all tensors
     checkpoint = project_path(params.paths.checkpoint_dir) / "train.pt"
     key = checkpoint_key(data, t)
-    done, history = load_checkpoint(checkpoint, model, optimizer, key)
+    done, history, state = load_checkpoint(checkpoint, model, optimizer, key)
+    stopping = EarlyStopping(t.patience)
+    stopping.restore(state)
+    validation = state["validation"].tolist() if "validation" in state else []
     run_id = runs.start_training_run(mlflow_client, params, device, key,
                                          [dict(zip(HISTORY_COLUMNS, row)) for row in history])
 
     for epoch in range(done + 1, t.epochs + 1):
+        if stopping.stop(epoch - 1) or training.out_of_time([row[-1] for row in history], t.max_minutes):
+            break
         started = time.perf_counter()
+        if t.lr_schedule != "none":
+            training.set_lr(optimizer, t.lr * training.lr_factor(t.lr_schedule, epoch, t.epochs))
         x_epoch = epoch_images(x_train, data, epoch)
         train_figures = train_epoch(model, optimizer, x_epoch, t.model_copy(update={"beta": epoch_beta(t, epoch)}),
                                     epoch)
@@ -249,29 +279,60 @@ def run(params: Pipeline | dict) -> dict:
         if not all(map(math.isfinite, test_figures)):
             raise PipelineError(f"train: test loss became {test_figures[0]} after epoch {epoch}; "
                                 "nothing of this epoch was saved. Lower train.lr or check the data.")
+        extra = {}
+        if x_val is not None:
+            validation.append(evaluate(model, x_val, t)[0])
+            stopping.update(model, epoch, validation[-1])
+            extra = {**stopping.state(), "validation": torch.tensor(validation, dtype=torch.float64)}
         seconds = time.perf_counter() - started
         history.append([epoch, *train_figures, *test_figures, seconds])
-        log.info("epoch %2d/%d  train %.2f  test %.2f (recon %.2f, KL %.2f)  %.1fs", epoch, t.epochs,
-                 train_figures[0], *test_figures, seconds)
-        save_checkpoint(checkpoint, model, optimizer, epoch, history, key)
+        save_checkpoint(checkpoint, model, optimizer, epoch, history, key, extra)
+        log_progress(history, validation, stopping, optimizer, t)
         runs.log_epoch(mlflow_client, run_id, dict(zip(HISTORY_COLUMNS, history[-1])))
+        if validation:
+            store.log_metrics(mlflow_client, run_id, {"validation_loss": validation[-1]}, step=epoch)
 
-    test_loss, test_recon, test_kl = history[-1][4:7]
+    # The model kept: early stopping's best epoch, else the last one run (the time budget may end it early).
+    kept = len(history)
+    if stopping.best_weights is not None:
+        model.load_state_dict(stopping.best_weights)
+        kept = stopping.best_epoch
+    if len(history) < t.epochs:
+        log.info("stopped after epoch %d of %d: %s", len(history), t.epochs,
+                 f"no better validation loss in {t.patience} epochs" if stopping.stop(len(history))
+                 else f"the time budget of {t.max_minutes:g} minutes")
+    if kept < len(history):
+        log.info("keeping the weights of epoch %d, the best on the validation images", kept)
+    test_loss, test_recon, test_kl = history[kept - 1][4:7]
     test_loss_mu, test_recon_mu, _ = evaluate(model, x_test, t, sample=False)
     metrics = {
-        "train_loss": history[-1][1],
+        "train_loss": history[kept - 1][1],
         "test_loss": test_loss, "test_recon": test_recon, "test_kl": test_kl,
         "test_loss_mu": test_loss_mu, "test_recon_mu": test_recon_mu,
         "best_test_loss": min(row[4] for row in history),
-        "epochs": t.epochs,
+        "epochs": len(history),
         "device": str(device),
     }
     seconds = sum(row[-1] for row in history)
-    save_outputs(params, mlflow_client, run_id, model, metrics, history, seconds)
+    # (The validation figures go to the MLflow run alone: the metrics files keep their keys.)
+    stopped = {"kept_epoch": kept, "best_validation_loss": stopping.best_loss} if validation else {}
+    save_outputs(params, mlflow_client, run_id, model, metrics, history, seconds, stopped)
     checkpoint.unlink(missing_ok=True)
-    log.info("test loss %.2f per sample (z = mu: %.2f) after %d epochs, %.0fs",
-             test_loss, test_loss_mu, t.epochs, seconds)
+    log.info("test loss %.2f per sample (z = mu: %.2f) after %d epochs, %s",
+             test_loss, test_loss_mu, len(history), duration(seconds))
     return metrics
+
+
+def log_progress(history: list, validation: list, stopping: EarlyStopping, optimizer, t: Train) -> None:
+    """One line a person can read during a long run: the epoch's figures, the time per epoch and left."""
+    epoch, seconds = int(history[-1][0]), [row[-1] for row in history]
+    left = training.time_left(seconds, t.epochs - epoch, None)
+    budget = training.time_left(seconds, t.epochs - epoch, t.max_minutes)
+    held_out = f"  validation {validation[-1]:.2f} (best: epoch {stopping.best_epoch})" if validation else ""
+    # Ends with the epoch's seconds, as it always did (tests/reliability/test_crash_resume.py reads them).
+    log.info("epoch %2d/%d  train %.2f  test %.2f (recon %.2f, KL %.2f)%s  lr %.2g  %s left%s  %.1fs",
+             epoch, t.epochs, history[-1][1], *history[-1][4:7], held_out, optimizer.param_groups[0]["lr"],
+             duration(budget), " (time budget)" * (budget < left), seconds[-1])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ or unknown key is named in one message, a line each: the key, its value, what is
       'train.lr' is -0.1; allowed: a number > 0
       unknown key 'train.learning_rate' (allowed: latent_dim, hidden_dims, ...)
 
-The "allowed" text is the field's rule (integer(), number(), ...), which also holds the pydantic type checking it.
+The "allowed" text is the field's rule (integer(), number(), ...: vae_pipeline/rules.py), which also
+holds the pydantic type checking it.
 
 By concern: Pipeline here holds the sections the stages read (their code deps in dvc.yaml include
 this file); the operating settings that no stage reads (prefect, sweep, retrain, stack) are in
@@ -21,91 +22,20 @@ copy in plain dicts (the "view"), which that code may change as it would a dict.
 sections never change; a stage's `run` takes its params through Pipeline.of, which checks a
 dict, or a config changed through its view, again.
 """
-import ipaddress
-from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import ROOT
+from vae_pipeline.rules import Rule, choice, integer, list_of, mapping_of, number, optional, text
+from vae_pipeline.rules import address as address  # these two re-exported: settings.py imports them here
+from vae_pipeline.rules import boolean as boolean
 
 PARAMS_FILE = ROOT / "params.yaml"
 STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-# ---- rules: what a key allows, in words and as a pydantic type --------------------------------
-
-class Rule:
-    """A field's rule: `allowed`, the words every message about it uses, and `annotation`, the
-    pydantic type that checks it. Written in a field as `Annotated[int, integer(1)]`: the type
-    there is for the reader, the rule's annotation is what pydantic checks."""
-
-    def __init__(self, allowed: str, annotation):
-        self.allowed, self.annotation = allowed, annotation
-
-    @cached_property
-    def adapter(self) -> TypeAdapter:
-        return TypeAdapter(self.annotation, config=ConfigDict(strict=True))
-
-    def __get_pydantic_core_schema__(self, source, handler):
-        return handler.generate_schema(self.annotation)
-
-    def check(self, value) -> bool:
-        """Whether `value` keeps the rule (for files checked key by key: vae.json, the metrics JSON)."""
-        try:
-            self.adapter.validate_python(value)
-        except ValidationError:
-            return False
-        return True
-
-
-def integer(lo=None, hi=None) -> Rule:
-    bounds = " and ".join(s for s in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}") if s)
-    return Rule(f"an integer {bounds}".strip(), Annotated[int, Field(ge=lo, le=hi)])
-
-
-def number(lo=None, above=None) -> Rule:
-    """An int or a float, kept as given (1 stays 1: it is logged and written as it was read)."""
-    bound = f" >= {lo}" if lo is not None else f" > {above}" if above is not None else ""
-    limits = Field(ge=lo, gt=above)
-    return Rule(f"a number{bound}", Union[Annotated[int, limits], Annotated[float, limits]])
-
-
-def choice(*values) -> Rule:
-    return Rule(f"one of {', '.join(map(str, values))}", Literal[values])
-
-
-def text() -> Rule:
-    return Rule("a string", Annotated[str, Field(min_length=1)])
-
-
-def address() -> Rule:
-    """One IP address a server can bind: not the unspecified (wildcard) address, which binds every network."""
-    def bindable(value: str) -> str:
-        if ipaddress.ip_address(value).is_unspecified:   # a ValueError for no address at all
-            raise ValueError("a wildcard address")
-        return value
-    return Rule("one IP address (not a wildcard address)", Annotated[str, AfterValidator(bindable)])
-
-
-def boolean() -> Rule:
-    return Rule("true or false", bool)
-
-
-def optional(rule: Rule) -> Rule:
-    return Rule(f"null or {rule.allowed}", Optional[rule.annotation])
-
-
-def list_of(rule: Rule, min_len=1) -> Rule:
-    return Rule(f"a list of at least {min_len} items, each {rule.allowed}",
-                Annotated[list[rule.annotation], Field(min_length=min_len)])
-
-
-def mapping_of(rule: Rule) -> Rule:
-    return Rule(f"a mapping of names to {rule.allowed}", dict[str, rule.annotation])
 
 
 # ---- a section, and the config of sections ----------------------------------------------------
@@ -264,6 +194,22 @@ class Train(Section):
     precision: Annotated[str, choice("fp32", "bf16", "auto")]   # matmuls in training; auto: bf16 where native
 
     kl_warmup_epochs: Annotated[int, integer(0)]
+    activation: Annotated[str, choice("relu", "tanh", "elu", "softplus")]   # between layers (ml/model.py)
+    objective: Annotated[str, choice("elbo", "iwae")]            # iwae: Burda et al.'s bound over iwae_k draws
+    iwae_k: Annotated[int, integer(1, 10_000)]                   # draws of z per image (elbo: their mean)
+    lr_schedule: Annotated[str, choice("none", "burda", "cosine")]   # over train.epochs (ml/training.py)
+    max_minutes: Annotated[float | None, optional(number(above=0))]  # time budget; null: train.epochs alone
+    # Held out of the training images for early stopping (never the test set); 0: none.
+    validation_split: Annotated[float, Rule("a number >= 0 and <= 0.5", Union[
+        Annotated[int, Field(ge=0, le=0)], Annotated[float, Field(ge=0, le=0.5)]])]
+    patience: Annotated[int | None, Rule("null, or an integer >= 1 when train.validation_split > 0",
+                                         Optional[Annotated[int, Field(ge=1)]])]
+
+    @field_validator("patience")
+    def patience_needs_held_out_images(cls, value, info: ValidationInfo):
+        if value is not None and not info.data.get("validation_split"):
+            raise ValueError("early stopping needs a validation split")
+        return value
 
 
 class Embed(Section):

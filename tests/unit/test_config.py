@@ -71,7 +71,8 @@ def test_one_message_names_every_problem_sorted_in_the_projects_words():
         "  missing key 'data.binarize_seed' (an integer >= 0)\n"
         "  missing section 'embed'\n"
         "  unknown key 'train.learning_rate' (allowed: latent_dim, hidden_dims, batch_size, epochs, lr, beta, "
-        "likelihood, seed, device, threads, eval_batch_size, precision, kl_warmup_epochs)\n"
+        "likelihood, seed, device, threads, eval_batch_size, precision, kl_warmup_epochs, activation, objective, "
+        "iwae_k, lr_schedule, max_minutes, validation_split, patience)\n"
         "  unknown section 'extra' (allowed: paths, data, train, embed, mlflow, latent_map, report, serve, "
         "evaluate, prefect, sweep, retrain, mlflow_ui, stack)")
     assert "pydantic" not in message(params, Settings) and "Input should" not in message(params, Settings)

@@ -1,7 +1,8 @@
 """The article's VAE and its loss (Kingma & Welling 2014; as in pytorch/examples vae/main.py), where it
 runs, and its files.
 
-Encoder 784 -> hidden -> (mu, log sigma^2); decoder latent -> hidden -> 784.
+Encoder 784 -> hidden -> (mu, log sigma^2); decoder latent -> hidden -> 784; `activation` between
+layers (ReLU, the article's; train.activation).
 The decoder returns logits: the loss uses them directly (numerically stable
 BCE), and `decode` applies the sigmoid to give pixel values in [0, 1].
 
@@ -18,8 +19,7 @@ compared with what the config implies (the model built on PyTorch's "meta" devic
 no memory), so a damaged or mismatched file, or one whose header claims terabytes, is
 refused before a byte of weights is read. Then the weights must be finite.
 
-Around it: ml/evaluation.py (log p(x|z) in nats, the IWAE estimate), tracking/registry.py
-(the decoder as an MLflow model).
+Around it: ml/evaluation.py (log p(x|z) in nats, the IWAE estimate), tracking/registry.py (the decoder in MLflow).
 """
 import json
 import logging
@@ -46,30 +46,38 @@ log = logging.getLogger("device")
 GAUSSIAN_VARIANCE = 0.5
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with ReLU between them (none after the last)."""
+# train.activation's choices (a test checks it). Weightless: the weights' names are the same for each.
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus}
+
+
+def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
+    """Linear layers with `activation` between them (none after the last)."""
     layers = []
     for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
+            layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
 class VAE(nn.Module):
-    def __init__(self, *, latent_dim: int, hidden_dims: list[int]):
+    def __init__(self, *, latent_dim: int, hidden_dims: list[int], activation: str = "relu"):
         super().__init__()
         hidden = list(hidden_dims)
         self.config = {"latent_dim": latent_dim, "hidden_dims": hidden}
-        self.encoder = nn.Sequential(mlp([IMAGE_PIXELS, *hidden]), nn.ReLU())
+        if activation != "relu":   # vae.json names it only when not the default: a default model's file is as before
+            self.config["activation"] = activation
+        self.encoder = nn.Sequential(mlp([IMAGE_PIXELS, *hidden], activation), ACTIVATIONS[activation]())
         self.to_mu = nn.Linear(hidden[-1], latent_dim)
         self.to_logvar = nn.Linear(hidden[-1], latent_dim)
-        self.decoder = mlp([latent_dim, *reversed(hidden), IMAGE_PIXELS])
+        self.decoder = mlp([latent_dim, *reversed(hidden), IMAGE_PIXELS], activation)
 
     @classmethod
     def from_config(cls, config: "Train | dict") -> "VAE":
-        """The VAE of a config holding latent_dim and hidden_dims: params.yaml's train section, or vae.json."""
-        return cls(latent_dim=config["latent_dim"], hidden_dims=config["hidden_dims"])
+        """The VAE of a config holding latent_dim, hidden_dims and perhaps activation (relu when absent):
+        params.yaml's train section, or vae.json."""
+        activation = config["activation"] if "activation" in config.keys() else "relu"
+        return cls(latent_dim=config["latent_dim"], hidden_dims=config["hidden_dims"], activation=activation)
 
     def encode(self, x):
         h = self.encoder(x.view(-1, IMAGE_PIXELS))
@@ -146,6 +154,32 @@ def vae_loss(logits, x, mu, logvar, beta: float, likelihood: str):
     return recon + beta * kl, recon, kl
 
 
+def k_draw_loss(model, x, beta: float, likelihood: str, objective: str, k: int, bf16: bool = False):
+    """(loss, reconstruction, kl) summed over the batch, from k draws z_1..z_k ~ q(z|x) per image.
+
+    iwae: -log (1/k) sum_i w_i, log w_i = log p(x|z_i) + beta (log p(z_i) - log q(z_i|x)): Burda et al.'s
+    bound at beta 1 (a KL warm-up scales the prior's term). elbo: the k draws' mean of recon + beta KL.
+    Reported as vae_loss reports them: recon the draws' mean, kl the closed form.
+    """
+    x = x.view(-1, IMAGE_PIXELS)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        mu, logvar = model.encode(x)
+        eps = torch.randn((k, *mu.shape), device=x.device)               # float32, also under bf16 autocast
+        z = mu + eps * torch.exp(0.5 * logvar)                                    # (k, images, latent)
+        logits = model.decode_logits(z).float()
+    mu, logvar, z, eps = mu.float(), logvar.float(), z.float(), eps.float()
+    recon = ((F.relu(logits) - x * logits - torch.log(torch.sigmoid(logits.abs()))).sum(-1)  # BCE per image, draw
+             if likelihood == "bernoulli" else (torch.sigmoid(logits) - x).pow(2).sum(-1) / (2 * GAUSSIAN_VARIANCE))
+    kl = kl_divergence(mu, logvar).sum()
+    if objective == "elbo":
+        return recon.mean(0).sum() + beta * kl, recon.mean(0).sum(), kl
+    # log p(z) - log q(z|x); the 2 pi terms cancel.
+    log_prior_ratio = -0.5 * (z.pow(2) - eps.pow(2) - logvar).sum(-1)              # (k, images)
+    log_weights = -recon + beta * log_prior_ratio
+    loss = -(torch.logsumexp(log_weights, dim=0) - math.log(k)).sum()
+    return loss, recon.mean(0).sum(), kl
+
+
 # ---- where it runs ----------------------------------------------------------------------------
 
 def setup_torch(device: str, threads: int) -> torch.device:
@@ -207,6 +241,7 @@ def uses_bf16(device: torch.device, precision: str) -> bool:
 WEIGHTS_FILE, CONFIG_FILE = "vae.safetensors", "vae.json"
 # The config keys a model is rebuilt from, and their rules: those of params.yaml `train`.
 CONFIG_RULES = {key: Train.rule(key) for key in ("latent_dim", "hidden_dims", "likelihood")}
+OPTIONAL_CONFIG_RULES = {"activation": Train.rule("activation")}     # absent: the default (relu)
 # safetensors' names of the dtypes a model may be saved in.
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 # safetensors itself refuses a larger header.
@@ -231,10 +266,10 @@ def read_config(config_path: Path) -> dict:
     if not isinstance(config, dict):
         raise damaged_output(config_path, f"not a model config (holds {type(config).__name__}, expected a "
                              "JSON object)", "train")
-    for key, rule in CONFIG_RULES.items():
-        if key not in config:
+    for key, rule in {**CONFIG_RULES, **OPTIONAL_CONFIG_RULES}.items():
+        if key not in config and key in CONFIG_RULES:
             raise damaged_output(config_path, f"not a model config (missing key '{key}': {rule.allowed})", "train")
-        if not rule.check(config[key]):
+        if key in config and not rule.check(config[key]):
             raise damaged_output(config_path, f"not a model config ('{key}' is {str(config[key])[:60]}; "
                                  f"allowed: {rule.allowed})", "train")
     return config
