@@ -1,9 +1,9 @@
 """Stage embed: encode the train and test images, saving mu, log sigma^2 and the label.
 
 One parquet file per split, columns mu_0..mu_{d-1}, logvar_0..logvar_{d-1}, label.
-The later stages use z = mu, as the article does for its latent map.
-The test split's mean posterior variance goes to the model's MLflow run (the active
-units are the evaluate stage's: vae_pipeline.ml.evaluation.active_units).
+The later stages use z = mu, as the article does for its latent map. This stage logs nothing
+to MLflow: importing MLflow would cost it 2-3 s on the pipeline's critical path, and what it
+could log (the mean posterior variance, the active units) is the evaluate stage's.
 """
 import logging
 
@@ -15,7 +15,6 @@ from vae_pipeline.ml.data import dataset_dir, load_images
 from vae_pipeline.ml.model import load_model, setup_torch
 from vae_pipeline.outputs import latent_columns
 from vae_pipeline.params import Pipeline
-from vae_pipeline.tracking import store
 
 log = logging.getLogger("embed")
 
@@ -45,8 +44,6 @@ def run(params: Pipeline | dict) -> dict:
             table.to_parquet(tmp, index=False)
     for split, path in outputs.items():
         log.info("%s: %d rows, latent dim %d", path, len(tables[split]), config["latent_dim"])
-    # logvar is the test split's (the loop's last)
-    store.attach_to_training_run(params, {"embed_mean_posterior_var": float(logvar.exp().mean())})
     return outputs
 
 

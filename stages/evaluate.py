@@ -28,7 +28,7 @@ import torch
 from vae_pipeline.errors import failing_as
 from vae_pipeline.files import project_path, replace_together, write_json
 from vae_pipeline.ml.data import class_names, dataset_dir, load_images, read_labels
-from vae_pipeline.ml.evaluation import active_units, compare, elbo_parts, iwae_nll
+from vae_pipeline.ml.evaluation import active_units, compare, elbo_parts, iwae_nll, mean_posterior_variance
 from vae_pipeline.ml.model import load_model, setup_torch
 from vae_pipeline.outputs import EVAL_DETAIL, EVAL_METRICS, read_mu, split_figures
 from vae_pipeline.params import Pipeline
@@ -93,6 +93,7 @@ def run(params: Pipeline | dict) -> dict:
         "kl_per_dim": {str(j): float(v) for j, v in enumerate(kl_per_dim)},
         "mu_variance": {str(j): float(v) for j, v in enumerate(variance)},
         "active_units": n_active, "latent_dim": len(variance),
+        "mean_posterior_var": mean_posterior_variance(model, x, t.eval_batch_size),
     }
     log.info("IWAE -log p(x) %.2f (k = %d), %.2f below the negative ELBO, %.0fs", metrics["iwae_nll"],
              e.iwae_samples, metrics["neg_elbo"] - metrics["iwae_nll"], seconds["iwae"])

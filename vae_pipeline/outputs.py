@@ -193,7 +193,7 @@ EVAL_METRICS = {"iwae_nll": finite(), "knn_accuracy": finite()}
 EVAL_DETAIL = {
     "dataset": text(), "binarize": text(), "likelihood": text(), "test_images": integer(1),
     "neg_elbo": finite(), "recon": finite(), "kl": finite(), "neg_elbo_mu": finite(), "recon_mu": finite(),
-    "iwae_samples": integer(1), "iwae_nll_se": finite(), "active_units": integer(0),
+    "iwae_samples": integer(1), "iwae_nll_se": finite(), "active_units": integer(0), "mean_posterior_var": finite(),
     "kl_per_dim": mapping_of(finite()), "mu_variance": mapping_of(finite()), "latent_dim": integer(1),
     "knn_accuracy_per_class": mapping_of(finite()), "knn_neighbors": integer(1),
 }

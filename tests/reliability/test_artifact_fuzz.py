@@ -168,7 +168,7 @@ TRAIN_DETAIL = {"test_loss": 151.0, "train_loss": 150.2, "test_loss_mu": 149.0, 
 EVAL_METRICS = {"iwae_nll": 148.0, "knn_accuracy": 0.75}
 EVAL_DETAIL = {"dataset": "mnist", "binarize": "none", "likelihood": "bernoulli", "test_images": 8,
                "neg_elbo": 151.0, "recon": 140.5, "kl": 10.5, "neg_elbo_mu": 149.0, "recon_mu": 138.5,
-               "iwae_samples": 10, "iwae_nll_se": 1.5, "active_units": 2,
+               "iwae_samples": 10, "iwae_nll_se": 1.5, "active_units": 2, "mean_posterior_var": 0.4,
                "kl_per_dim": {"0": 6.0, "1": 4.5}, "mu_variance": {"0": 0.9, "1": 0.5}, "latent_dim": LATENT_DIM,
                "knn_accuracy_per_class": {"0": 1.0, "1": 0.5}, "knn_neighbors": 5}
 MAP_METRICS = {"trustworthiness": 0.97}

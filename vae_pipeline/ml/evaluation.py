@@ -72,6 +72,12 @@ def elbo_parts(model, x, likelihood: str, batch_size: int, generator=None):
     return torch.cat(recon), torch.cat(kl), torch.cat(mus)
 
 
+@torch.no_grad()
+def mean_posterior_variance(model, x, batch_size: int) -> float:
+    """The mean of sigma^2 = exp(log sigma^2) over the images of x and the latent dimensions."""
+    return torch.cat([model.encode(x[i:i + batch_size])[1] for i in range(0, len(x), batch_size)]).exp().mean().item()
+
+
 def return_large_blocks_to_the_os() -> None:
     """Have glibc hand every freed block over 1 MB straight back to the OS.
 
