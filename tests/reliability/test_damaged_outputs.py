@@ -31,6 +31,7 @@ LATENT_MAP, WEIGHTS, CONFIG = "data/latent_map.parquet", "models/vae.safetensors
 TRAIN_METRICS, HISTORY = "reports/metrics/train.json", "reports/metrics/train.csv"
 TRAIN_DETAIL, EVAL_DETAIL = "reports/metrics/train_detail.json", "reports/metrics/eval_detail.json"
 EVAL_METRICS, LITERATURE = "reports/metrics/eval.json", "reports/metrics/literature.json"
+MAP_METRICS = "reports/metrics/map.json"
 
 
 # ---- ways to damage a file ------------------------------------------------------------------
@@ -93,12 +94,14 @@ DAMAGES = [
     ("embeddings: rows in another order", EMBEDDINGS_TRAIN,
      changed_table(lambda t: t.sample(frac=1, random_state=0)), "latent_map",
      f"{EMBEDDINGS_TRAIN}: row 0 has label"),
-    ("latent map cut in half", LATENT_MAP, cut_in_half, "evaluate",
+    ("latent map cut in half", LATENT_MAP, cut_in_half, "report",
      f"{LATENT_MAP}: not a readable parquet file ("),
     ("latent map: an index past the split", LATENT_MAP, changed_table(set_index), "report",
      f"{LATENT_MAP}: row 0 has index 2000, outside the 2000 images of the train split"),
-    ("latent map: 100 rows lost", LATENT_MAP, changed_table(lambda t: t.iloc[:-100]), "evaluate",
+    ("latent map: 100 rows lost", LATENT_MAP, changed_table(lambda t: t.iloc[:-100]), "report",
      f"{LATENT_MAP}: 1900 rows, expected 2000"),
+    ("map.json: trustworthiness a string", MAP_METRICS, changed_json(lambda m: {**m, "trustworthiness": "high"}),
+     "report", f"{MAP_METRICS}: 'trustworthiness' is "),
     ("weights: header length 2**62 bytes", WEIGHTS, huge_header_length, "embed",
      f"{WEIGHTS}: not a valid safetensors file (its header length is {2 ** 62} bytes"),
     ("weights cut in half", WEIGHTS, cut_in_half, "embed",
