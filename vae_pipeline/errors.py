@@ -10,11 +10,13 @@ Secrets: a tracking URI such as `https://alice:s3cret@mlflow.example.org` or
 prints or writes that may hold such a URI goes through `redact_uri`; `main` also passes
 every log line through it.
 """
+import atexit
 import contextlib
 import logging
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 
@@ -119,5 +121,23 @@ def main(command) -> None:
     # different, by up to 1e-7). MKL reads the setting at its first call, after this line.
     os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
     code = exit_code(lambda: command() and None)
-    if code:
-        sys.exit(code)
+    quick_exit(code)
+
+
+def quick_exit(code: int) -> None:
+    """Exit with `code` as Python would, less its teardown of every module and object.
+
+    A stage's process has imported torch, MLflow, pandas or UMAP: freeing all that at exit took
+    1-3.5 s a process on the 2-core machine (os._exit: 0.05 s), for every stage DVC runs, each on
+    the pipeline's critical path. Everything Python's own exit does that matters still happens:
+    the other (non-daemon) threads are waited for, the atexit handlers run (logging's flush among
+    them), stdout and stderr are flushed. Every output is already closed and renamed into place.
+    """
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):     # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code)
