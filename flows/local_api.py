@@ -37,7 +37,7 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, get_current_settings, temporary_settings
 
 from vae_pipeline.environment import STACK_ENV, STACK_LEAVE, TELEMETRY_OFF
-from vae_pipeline.errors import PipelineError, exit_code, redact_uri
+from vae_pipeline.errors import PipelineError, exit_code, quick_exit, redact_uri
 from vae_pipeline.files import project_path
 from vae_pipeline.settings import load_settings
 
@@ -230,6 +230,4 @@ def run_on_local_api(run) -> None:
             print(f"error: {redact_uri(f'{type(e).__name__}: {e}')}", file=sys.stderr)
             return 1
 
-    code = exit_code(on_local_api)
-    if code:
-        sys.exit(code)
+    quick_exit(exit_code(on_local_api))   # without Python's teardown of Prefect, MLflow and the rest (errors.py)
