@@ -133,6 +133,8 @@ def quick_exit(code: int) -> None:
     the other (non-daemon) threads are waited for, the atexit handlers run (logging's flush among
     them), stdout and stderr are flushed. Every output is already closed and renamed into place.
     """
+    if sys.getprofile() or sys.gettrace():       # a profiler, debugger or coverage writes its findings at exit
+        sys.exit(code)
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()
