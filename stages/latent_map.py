@@ -7,7 +7,8 @@ writes one row per image: x, y, its label, and `index`, its row in the split
 neighbours of the points in mu, measured on a random subsample of the map's points
 (sklearn's measure holds all pairwise distances of the points it is given).
 The map needs only mu, not the model's evaluation: the flow runs this stage and the
-evaluate stage at once.
+evaluate stage at once. It logs nothing to MLflow (importing MLflow alone costs 2 s here, on the
+pipeline's longest path): the report stage attaches the trustworthiness to the training's run.
 
 Neighbours (`latent_map.neighbours`): UMAP starts from each point's n_neighbors
 nearest neighbours. `exact` finds them with scikit-learn (a KD-tree: under a second
@@ -35,7 +36,6 @@ from vae_pipeline.files import home_path, project_path, replace_together, write_
 from vae_pipeline.ml.data import class_names, dataset_dir, read_labels
 from vae_pipeline.outputs import MAP_METRICS, latent_map_rows, read_mu, split_figures
 from vae_pipeline.params import LatentMap, Pipeline
-from vae_pipeline.tracking import store
 
 log = logging.getLogger("latent_map")
 
@@ -119,8 +119,6 @@ def run(params: Pipeline | dict) -> dict:
         table.to_parquet(tmp, index=False)
         write_json(metrics_tmp, split_figures(figures, MAP_METRICS, {})[0])
     log.info("%s: %d points, UMAP took %.1fs", path, len(table), seconds)
-    store.attach_to_training_run(params, metrics={"umap_seconds": seconds,
-                                                  **{f"map_{k}": v for k, v in figures.items()}})
     return {"path": path, "points": len(table), "seconds": seconds, **figures}
 
 

@@ -329,8 +329,10 @@ def run(params: Pipeline | dict) -> dict:
         write_figures(new_figures, figures)
         new_page.write_text(html, encoding="utf-8")
     log.info("%s: %.1f MB, %d figures in %s", path, len(html) / 1e6, len(figures), figures_dir)
-    # The report travels with the run that trained the model it shows.
-    store.attach_to_training_run(params, artifacts=[path, figures_dir], artifact_dir="report")
+    # The report travels with the run that trained the model it shows, and so does the map's figure
+    # (the latent_map stage logs nothing to MLflow).
+    store.attach_to_training_run(params, metrics={f"map_{k}": v for k, v in inputs.map_metrics.items()},
+                                 artifacts=[path, figures_dir], artifact_dir="report")
     return {"report": path, "figures": [figures_dir / name for name in figures]}
 
 

@@ -133,6 +133,9 @@ def test_pipeline_runs_are_tracked_registered_and_compared(built_project, tmp_pa
     assert {"test_loss_mu", "best_test_loss", "train_seconds"} <= run.data.metrics.keys()
     assert not {"epochs", "threads"} & run.data.metrics.keys()  # a param and a tag, not figures
     assert 1 <= run.data.metrics["eval_active_units"] <= 4 and run.data.metrics["eval_mean_posterior_var"] > 0
+    # The map's figure, attached by the report stage (the latent_map stage logs nothing).
+    map_metrics = json.loads((project / params["paths"]["map_metrics"]).read_text())
+    assert run.data.metrics["map_trustworthiness"] == map_metrics["trustworthiness"]
     assert run.info.status == "FINISHED" and run.info.experiment_id == record["experiment_id"]
     # Artifacts: weights, config, params.yaml, metrics.
     files = {f.path for f in client.list_artifacts(run.info.run_id)}
