@@ -3,8 +3,8 @@
 Never a browser of Playwright's own (`playwright install` downloads one): `make browser`, run by `make test`,
 installs Debian's chromium with apt-get, and where it is missing the browser tests are skipped and say why.
 Tests get the browser from the `browser` fixture (tests/conftest.py). By hand, on any report:
-    python -m tests.test_report reports/index.html /tmp/report.png    # what the report's browser test sees
-    python -m tests.test_explorer reports/index.html /tmp/shots       # the explorer's: timings, screenshots
+    python -m tests.pipeline.test_report reports/index.html /tmp/report.png    # what the report's browser test sees
+    python -m tests.pipeline.test_explorer reports/index.html /tmp/shots       # the explorer's: timings, screenshots
 """
 import shutil
 from collections.abc import Iterator
