@@ -93,8 +93,7 @@ def check_reachable(uri: str, timeout: float) -> None:
 
 
 def connect(mlflow_section: MLflow, paths: Paths):
-    """An MlflowClient for the tracking URI (tracking_uri), after checking that the store can be read
-    and written.
+    """An MlflowClient for the tracking URI, after checking that the store can be read and written.
 
     Called before any work is spent: a store that is unreachable, damaged, or refuses writes fails
     here, in seconds, naming the store, not after the last epoch. Also makes the URI mlflow's
