@@ -117,7 +117,8 @@ def mapping_of(rule: Rule) -> Rule:
 # ---- a section, and the config of sections ----------------------------------------------------
 
 class Section(BaseModel):
-    """One section of params.yaml: strict, closed, frozen. Also readable as a mapping, section["beta"]."""
+    """One section of params.yaml: strict, closed, frozen. Also readable as a mapping, section["beta"]
+    (VAE.from_config reads a Train section and vae.json's dict alike)."""
     model_config = STRICT
 
     @classmethod
