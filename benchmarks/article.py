@@ -28,17 +28,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="default: train.epochs")
     args = parser.parse_args()
     params = load_settings()
-    t = params["train"]
-    epochs = args.epochs or t["epochs"]
+    t = params.train
+    epochs = args.epochs or t.epochs
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(t["seed"])
-    model = ArticleVAE(t["latent_dim"]).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t["lr"])
+    torch.manual_seed(t.seed)
+    model = ArticleVAE(t.latent_dim).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     with tempfile.TemporaryDirectory(prefix="bench-article-") as folder:
-        loader = article_loader(params, t["batch_size"], Path(folder))
+        loader = article_loader(params, t.batch_size, Path(folder))
         started = time.perf_counter()
         for _ in range(epochs):
-            loss = article_epoch(model, optimizer, loader, t["beta"], device)
+            loss = article_epoch(model, optimizer, loader, t.beta, device)
         loop = time.perf_counter() - started
     print(f"article loop: {epochs} epochs in {loop:.1f} s ({loop / epochs:.2f} s an epoch, train loss {loss:.2f}, "
           f"{torch.get_num_threads()} threads); whole script {time.perf_counter() - PROCESS_STARTED:.1f} s")

@@ -65,7 +65,7 @@ def scratch_project(parent: Path, params: dict, revision: str | None = None) -> 
         subprocess.run(["tar", "-x", "-C", str(copy)], input=archive, check=True)
     else:
         copy_checkout(ROOT, copy)
-    raw = ROOT / params["paths"]["raw_dir"] / params["data"]["dataset"]
+    raw = ROOT / params.paths.raw_dir / params.data.dataset
     settings = yaml.safe_load((copy / "params.yaml").read_text())
     settings["data"]["sources"] = [f"file://{raw}"]
     (copy / "params.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
@@ -185,12 +185,12 @@ def main() -> None:
     parser.add_argument("--against", metavar="REV", help="also run the Prefect half on git revision REV, first")
     args = parser.parse_args()
     params = load_settings()
-    raw = ROOT / params["paths"]["raw_dir"] / params["data"]["dataset"]
+    raw = ROOT / params.paths.raw_dir / params.data.dataset
     if not raw.is_dir():
         raise PipelineError(f"{raw}: missing; run `python -m stages.download` first")
     print(f"machine: {machine()}")
     caches = None if args.cold else {"NUMBA_CACHE_DIR": str(ROOT / ".numba_cache"),
-                                     "PREFECT_HOME": str(project_path(params["prefect"]["home"]))}
+                                     "PREFECT_HOME": str(project_path(params.prefect.home))}
     if args.fresh_clone:
         del caches["PREFECT_HOME"]
     env = environment(caches)

@@ -45,8 +45,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="timed requests per batch size")
     args = parser.parse_args()
     params = load_settings()
-    url = f"http://{HOST}:{port(params)}/invocations"
-    latent_dim = params["train"]["latent_dim"]
+    url = f"http://{HOST}:{port(params.serve)}/invocations"
+    latent_dim = params.train.latent_dim
     print(f"# {url}, {args.requests} requests per batch size\n# {machine()}")
     print("| batch | median latency | p99 latency | requests/s | images/s |")
     print("| ---: | ---: | ---: | ---: | ---: |")

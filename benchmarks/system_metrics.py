@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine
-from vae_pipeline.settings import load_settings
+from vae_pipeline.params import validate
+from vae_pipeline.settings import Settings, load_settings
 
 
 def one_sample_seconds(store: Path, samples: int = 20) -> tuple[float, float]:
@@ -43,7 +44,7 @@ def one_sample_seconds(store: Path, samples: int = 20) -> tuple[float, float]:
     return statistics.median(seconds), (time.process_time() - cpu) / samples
 
 
-def training_seconds(params: dict, folder: Path, interval) -> float:
+def training_seconds(params: Settings, folder: Path, interval) -> float:
     """The epoch seconds of one training in `folder` with system metrics every `interval` s (None: off)."""
     import mlflow
 
@@ -51,14 +52,15 @@ def training_seconds(params: dict, folder: Path, interval) -> float:
     from vae_pipeline.tracking.store import training_run
 
     folder.mkdir()
-    params = {**params, "paths": {**params["paths"]}, "mlflow": {**params["mlflow"]}}
-    for key in params["paths"]:
-        if key != "raw_dir":                        # the downloaded data stay where they are
-            params["paths"][key] = str(folder / params["paths"][key])
-    params["mlflow"].update(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}", system_metrics_interval=interval)
+    paths = {key: path if key == "raw_dir" else str(folder / path)   # the downloaded data stay where they are
+             for key, path in params.paths.model_dump().items()}
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    params = params.model_copy(update={
+        "paths": params.paths.model_copy(update=paths),
+        "mlflow": params.mlflow.model_copy(update={"tracking_uri": uri, "system_metrics_interval": interval})})
     run(params)
-    record = training_run(params, folder)
-    return mlflow.MlflowClient(params["mlflow"]["tracking_uri"]).get_run(record["run_id"]).data.metrics["train_seconds"]
+    record = training_run(params.paths, folder)
+    return mlflow.MlflowClient(uri).get_run(record["run_id"]).data.metrics["train_seconds"]
 
 
 def main() -> None:
@@ -70,8 +72,10 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=None, help="seconds; default: params.yaml's")
     args = parser.parse_args()
     params = load_settings()
-    interval = args.interval or params["mlflow"]["system_metrics_interval"] or 10
-    params["train"].update(epochs=args.epochs, threads=1)
+    interval = args.interval or params.mlflow.system_metrics_interval or 10
+    changed = params.model_dump()
+    changed["train"].update(epochs=args.epochs, threads=1)
+    params = validate(changed, Settings)                # --epochs checked as params.yaml's train.epochs
     with tempfile.TemporaryDirectory() as tmp:
         sample, sample_cpu = one_sample_seconds(Path(tmp) / "sample.db")
         times = {None: [], interval: []}

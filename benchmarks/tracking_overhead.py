@@ -17,7 +17,6 @@ artifacts, the pt2 export and the registration), and the stack's overhead:
 most 5%.
 """
 import argparse
-import copy
 import functools
 import os
 import sys
@@ -29,8 +28,9 @@ from benchmarks.common import machine, median
 from stack.settings import Stack
 from stages import train
 from vae_pipeline.errors import PipelineError, exit_code
-from vae_pipeline.ml.data import raw_dir
-from vae_pipeline.settings import load_settings
+from vae_pipeline.ml.data import dataset_dir
+from vae_pipeline.params import validate
+from vae_pipeline.settings import Settings, load_settings
 from vae_pipeline.tracking import runs, store
 
 # The tracking calls the train stage makes, by the module it calls them from.
@@ -54,12 +54,12 @@ def timed_tracking() -> dict[str, float]:
     return spent
 
 
-def one_training(params: dict, uri: str, scratch: Path, spent: dict) -> tuple[float, float]:
+def one_training(params: Settings, uri: str, scratch: Path, spent: dict) -> tuple[float, float]:
     """Train once, logging to `uri`; return (stage seconds, tracking seconds)."""
-    params = copy.deepcopy(params)
-    params["mlflow"]["tracking_uri"] = uri
-    for key in ("model_dir", "checkpoint_dir", "train_metrics", "train_detail", "train_history"):
-        params["paths"][key] = str(scratch / key / Path(params["paths"][key]).name)
+    paths = {key: str(scratch / key / Path(getattr(params.paths, key)).name)
+             for key in ("model_dir", "checkpoint_dir", "train_metrics", "train_detail", "train_history")}
+    params = params.model_copy(update={"mlflow": params.mlflow.model_copy(update={"tracking_uri": uri}),
+                                       "paths": params.paths.model_copy(update=paths)})
     spent["seconds"] = 0.0
     started = time.perf_counter()
     train.run(params)
@@ -75,12 +75,15 @@ def main() -> None:
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)   # it would win over each training's own store
     params = load_settings()
+    changed = params.model_dump()
     if args.epochs:
-        params["train"]["epochs"] = args.epochs
+        changed["train"]["epochs"] = args.epochs
     if args.threads is not None:
-        params["train"]["threads"] = args.threads
-    if not raw_dir(params).is_dir():
-        raise PipelineError(f"{raw_dir(params)}: missing; run `python -m stages.download` first")
+        changed["train"]["threads"] = args.threads
+    params = validate(changed, Settings)                # the options checked as params.yaml's keys
+    raw = dataset_dir(params.paths, params.data)
+    if not raw.is_dir():
+        raise PipelineError(f"{raw}: missing; run `python -m stages.download` first")
     stack = Stack.from_params()
     try:
         store.check_reachable(stack.mlflow_url, 5)
@@ -93,8 +96,8 @@ def main() -> None:
         # Untimed: each store's tables and the experiment exist before the first training, as they do
         # after a checkout's first run (a new SQLite file takes seconds to get its tables).
         for uri in uris.values():
-            store.experiment_id(store.connect({**params, "mlflow": {**params["mlflow"], "tracking_uri": uri}}),
-                                   params)
+            mlflow = params.mlflow.model_copy(update={"tracking_uri": uri})
+            store.experiment_id(store.connect(mlflow, params.paths), mlflow, params.paths)
         spent = timed_tracking()
         for repeat in range(args.repeats):
             for kind, uri in uris.items():
@@ -104,7 +107,7 @@ def main() -> None:
 
     import torch
     print(f"\n{machine(torch)}")
-    print(f"{params['train']['epochs']} epochs, {args.repeats} trainings per store, medians:")
+    print(f"{params.train.epochs} epochs, {args.repeats} trainings per store, medians:")
     stage = {kind: median(t for t, _ in found) for kind, found in times.items()}
     logged = {kind: median(s for _, s in found) for kind, found in times.items()}
     for kind in times:

@@ -30,9 +30,9 @@ from torch import nn
 from benchmarks.common import machine, median
 from stages.train import evaluate, train_epoch
 from vae_pipeline.errors import PipelineError, exit_code
-from vae_pipeline.ml.data import FILES, IMAGE_PIXELS, dataset_dir, load_images, raw_dir
+from vae_pipeline.ml.data import FILES, IMAGE_PIXELS, dataset_dir, load_images
 from vae_pipeline.ml.model import VAE, setup_torch, uses_bf16
-from vae_pipeline.settings import load_settings
+from vae_pipeline.settings import Settings, load_settings
 
 # --- The article's code, as published (plus `.to(device)` so it also runs on a GPU; its 784 is IMAGE_PIXELS) ---
 
@@ -85,14 +85,14 @@ def article_epoch(model, optimizer, train_loader, beta, device):
     return train_loss / len(train_loader.dataset)
 
 
-def article_loader(params: dict, batch_size: int, folder: Path):
+def article_loader(params: Settings, batch_size: int, folder: Path):
     """torchvision's MNIST on the project's IDX files: linked into the raw/ folder it expects."""
     from torchvision import datasets, transforms  # only the baseline needs torchvision
 
     raw = folder / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in FILES:
-        (raw / name).symlink_to(raw_dir(params) / name)
+        (raw / name).symlink_to(dataset_dir(params.paths, params.data) / name)
     dataset = datasets.MNIST(folder, train=True, download=False, transform=transforms.ToTensor())
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
 
@@ -163,39 +163,39 @@ def main() -> None:
 
     params = load_settings()
     t = params.train
-    epochs = args.epochs or t["epochs"]
-    if t["hidden_dims"] != [400] or t["likelihood"] != "bernoulli":
+    epochs = args.epochs or t.epochs
+    if t.hidden_dims != [400] or t.likelihood != "bernoulli":
         raise PipelineError("benchmarks.train compares against the article's model: it needs "
                             "train.hidden_dims [400] and train.likelihood bernoulli")
-    device = setup_torch(t["device"], t["threads"] if args.threads is None else args.threads)
+    device = setup_torch(t.device, t.threads if args.threads is None else args.threads)
     x_train, _ = load_images(params.data, dataset_dir(params.paths, params.data), "train", device)
     x_test, _ = load_images(params.data, dataset_dir(params.paths, params.data), "test", device)
     n = len(x_train)
 
     # Contenders: the article, the project in float32 and, where it is native, in bf16.
-    precisions = ["fp32", "bf16"] if uses_bf16(device, "auto") or t["precision"] == "bf16" else ["fp32"]
-    configured = "bf16" if uses_bf16(device, t["precision"]) else "fp32"
+    precisions = ["fp32", "bf16"] if uses_bf16(device, "auto") or t.precision == "bf16" else ["fp32"]
+    configured = "bf16" if uses_bf16(device, t.precision) else "fp32"
     models, optimizers, rng = {}, {}, {}
-    torch.manual_seed(t["seed"])
+    torch.manual_seed(t.seed)
     start_state = swap_rng(None)
     for name in ["article"] + [f"project {p}" for p in precisions]:
         swap_rng(start_state)  # every model starts from the same weights and the same random stream
-        models[name] = ArticleVAE(t["latent_dim"]).to(device) if name == "article" else \
+        models[name] = ArticleVAE(t.latent_dim).to(device) if name == "article" else \
             VAE.from_config(t).to(device)
         fused = name != "article"  # the article uses Adam's defaults; the train stage the fused kernel
-        optimizers[name] = torch.optim.Adam(models[name].parameters(), lr=t["lr"], fused=fused or None)
+        optimizers[name] = torch.optim.Adam(models[name].parameters(), lr=t.lr, fused=fused or None)
         rng[name] = swap_rng(None)
     for a, p in zip(models["article"].parameters(), models["project fp32"].parameters()):
         assert a.shape == p.shape and torch.equal(a, p), "the article's and the project's models differ"
 
     print(f"machine: {machine(torch)}; device {device}")
-    print(f"{epochs} epochs of {n} images, batch {t['batch_size']}, lr {t['lr']}, beta {t['beta']}, "
-          f"seed {t['seed']}; train.precision {t['precision']} -> {configured}")
+    print(f"{epochs} epochs of {n} images, batch {t.batch_size}, lr {t.lr}, beta {t.beta}, "
+          f"seed {t.seed}; train.precision {t.precision} -> {configured}")
     seconds = {name: [] for name in models}
     rates = {p: [] for p in precisions}
     loader_seconds = []
     with tempfile.TemporaryDirectory(prefix="bench-mnist-") as folder:
-        loader = article_loader(params, t["batch_size"], Path(folder))
+        loader = article_loader(params, t.batch_size, Path(folder))
         for epoch in range(1, epochs + 1):
             figures = []
             for name, model in models.items():
@@ -203,7 +203,7 @@ def main() -> None:
                 if name == "article":
                     # timed() calls the lambda at once: the loop's variables are the current ones.
                     took, loss = timed(device, lambda: article_epoch(model, optimizers[name], loader,  # noqa: B023
-                                                                     t["beta"], device))
+                                                                     t.beta, device))
                 else:
                     precision = name.split()[1]
                     took, (loss, _, _) = timed(device, lambda: train_epoch(
@@ -214,7 +214,7 @@ def main() -> None:
                 figures.append(f"{name} {took:.2f}s (train loss {loss:.2f})")
             for p in precisions:
                 dtype = torch.bfloat16 if p == "bf16" else torch.float32
-                rates[p].append(matmul_rate(models["project fp32"], t["batch_size"], device, dtype))
+                rates[p].append(matmul_rate(models["project fp32"], t.batch_size, device, dtype))
             if epoch <= 3:  # the DataLoader alone: PIL images and ToTensor, no training
                 loader_seconds.append(timed(device, lambda: sum(1 for _ in loader))[0])
             print(f"epoch {epoch:2d}: " + ", ".join(figures) + ", matmuls " +
@@ -248,11 +248,11 @@ def main() -> None:
     print(f"DataLoader alone (PIL + ToTensor, no training): {median(loader_seconds):.2f} s per epoch")
     print(f"epoch FLOPs: {flops / 1e9:.0f} GFLOP (every linear layer, forward + 2x backward; autograd "
           f"skips the first layer's input gradient, so "
-          f"{(flops - 2 * n * IMAGE_PIXELS * t['hidden_dims'][0]) / 1e9:.0f} "
+          f"{(flops - 2 * n * IMAGE_PIXELS * t.hidden_dims[0]) / 1e9:.0f} "
           "GFLOP actually run)")
     for p in precisions:
         print(f"matmul rate {p}: median {median(rates[p]):.0f} GFLOP/s (best {max(rates[p]):.0f}) at batch "
-              f"{t['batch_size']} -> bound {bound[p]:.2f} s per epoch")
+              f"{t.batch_size} -> bound {bound[p]:.2f} s per epoch")
 
     # The issue's targets, for the configured precision; the bound is the fp32 one, as the issue defines it.
     project = f"project {configured}"

@@ -52,14 +52,14 @@ def child(random_state: int | None, neighbours: str, subsample: int | None, refi
     import umap  # noqa: F401  (timed apart from the fit: numba compiles pynndescent at import)
 
     from stages.latent_map import fit_map
-    from vae_pipeline.ml.data import class_names, raw_dir, read_labels
+    from vae_pipeline.ml.data import class_names, dataset_dir, read_labels
     from vae_pipeline.outputs import read_mu
     figures = {"import": since(start)}
 
     params = load_settings()
     p = params.latent_map.model_copy(update={"random_state": random_state, "neighbours": neighbours})
-    labels = read_labels(raw_dir(params), "train", len(class_names(params.data)))
-    mu, _ = read_mu(project_path(params["paths"]["embeddings_dir"]) / "train.parquet", "train", labels)
+    labels = read_labels(dataset_dir(params.paths, params.data), "train", len(class_names(params.data)))
+    mu, _ = read_mu(project_path(params.paths.embeddings_dir) / "train.parquet", "train", labels)
     mu = mu[:subsample]
     for run in ["fit", "refit"][:2 if refit else 1]:
         start = clock()
@@ -96,10 +96,10 @@ def main() -> None:
         return child(*json.loads(args.child), args.subsample, args.refit)
 
     params = load_settings()
-    path = stage_output(project_path(params["paths"]["embeddings_dir"]) / "train.parquet", "embed")
-    p = params["latent_map"]
+    path = stage_output(project_path(params.paths.embeddings_dir) / "train.parquet", "embed")
+    p = params.latent_map
     print(f"machine: {machine()}")
-    print(f"UMAP n_neighbors {p['n_neighbors']}, min_dist {p['min_dist']}, metric {p['metric']}; "
+    print(f"UMAP n_neighbors {p.n_neighbors}, min_dist {p.min_dist}, metric {p.metric}; "
           f"mu from {path.relative_to(ROOT)}")
     rows = []
     for label, way in WAYS.items():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vae_pipeline.errors import PipelineError, exit_code
 from vae_pipeline.files import ROOT
+from vae_pipeline.params import Paths
 from vae_pipeline.settings import load_settings
 
 # The paths `make clean` keeps: the downloaded data (fetching it again needs the network; DVC's
@@ -15,10 +16,10 @@ from vae_pipeline.settings import load_settings
 KEPT_BY_CLEAN = ("raw_dir", "run_record", "tracking_store", "tracking_artifacts", "numba_cache")
 
 
-def outputs(params: dict, root: Path = ROOT) -> list[str]:
+def outputs(paths: Paths, root: Path = ROOT) -> list[str]:
     """Every path of params `paths` that `make clean` removes, each checked to lie inside the project."""
     found = []
-    for key, path in params["paths"].items():
+    for key, path in paths.model_dump().items():
         if key in KEPT_BY_CLEAN:
             continue
         resolved = (root / path).resolve()
@@ -30,4 +31,4 @@ def outputs(params: dict, root: Path = ROOT) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(exit_code(lambda: print("\n".join(outputs(load_settings())))))
+    sys.exit(exit_code(lambda: print("\n".join(outputs(load_settings().paths)))))

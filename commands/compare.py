@@ -25,6 +25,7 @@ from vae_pipeline.errors import PipelineError, redact_uri
 from vae_pipeline.files import atomic_path, project_path
 from vae_pipeline.ml.data import IMAGE_SIZE
 from vae_pipeline.ml.model import load_model
+from vae_pipeline.settings import Settings, load_settings
 from vae_pipeline.tracking import elsewhere, store
 
 matplotlib.use("Agg")
@@ -45,12 +46,12 @@ def png_base64(figure_or_array) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def finished_runs(client, params: dict) -> list:
-    name = params["mlflow"]["experiment_name"]
+def finished_runs(client, params: Settings) -> list:
+    name = params.mlflow.experiment_name
     experiment = client.get_experiment_by_name(name)
     runs = [] if experiment is None else client.search_runs(
         [experiment.experiment_id], filter_string="attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=params["mlflow"]["compare_max_runs"])
+        order_by=["attributes.start_time DESC"], max_results=params.mlflow.compare_max_runs)
     if not runs:
         raise PipelineError(f"MLflow experiment '{name}' at {redact_uri(client.tracking_uri)} has no "
                             f"finished run; {elsewhere.advice(params) or '`make run` logs one'}")
@@ -83,9 +84,9 @@ def curves_figure(client, runs: list):
     return figure
 
 
-def run(params: dict) -> Path:
+def run(params: Settings) -> Path:
     elsewhere.require_store(params)         # not an empty mlflow.db made by reading
-    client = store.connect(params)
+    client = store.connect(params.mlflow, params.paths)
     colors = plt.get_cmap("tab10").colors
     runs = []
     for i, found in enumerate(finished_runs(client, params)):
@@ -101,11 +102,11 @@ def run(params: dict) -> Path:
     keys = sorted(set().union(*(r["params"] for r in runs)))
     differing = [k for k in keys if len({r["params"].get(k) for r in runs}) > 1]
     html = pages.environment("vae_pipeline.pages.runs").get_template("compare.html.j2").render(
-        experiment=params["mlflow"]["experiment_name"], store=redact_uri(client.tracking_uri),
+        experiment=params.mlflow.experiment_name, store=redact_uri(client.tracking_uri),
         runs=runs, differing=differing, param_rows=differing if len(runs) > 1 else keys,
         metric_rows=sorted(set().union(*(r["metrics"] for r in runs))),
         curves=png_base64(curves_figure(client, runs)), grid=GRID)
-    path = project_path(params["paths"]["compare_report"])
+    path = project_path(params.paths.compare_report)
     with atomic_path(path) as tmp:
         tmp.write_text(html)
     log.info("%s: %d runs compared", path, len(runs))
@@ -114,6 +115,5 @@ def run(params: dict) -> Path:
 
 if __name__ == "__main__":
     from vae_pipeline.errors import main
-    from vae_pipeline.settings import load_settings
 
     main(lambda: run(load_settings()))

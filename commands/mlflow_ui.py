@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from vae_pipeline.errors import PipelineError
+from vae_pipeline.settings import MlflowUi, load_settings
 from vae_pipeline.tracking import store, ui
 
 log = logging.getLogger("mlflow-ui")
@@ -22,9 +23,9 @@ HOST = "127.0.0.1"
 PORT_ENV = "VAE_MLFLOW_UI_PORT"
 
 
-def port(settings) -> int:
+def port(settings: MlflowUi) -> int:
     """Env VAE_MLFLOW_UI_PORT, else params.yaml mlflow_ui.port."""
-    value = os.environ.get(PORT_ENV) or str(settings["mlflow_ui"]["port"])
+    value = os.environ.get(PORT_ENV) or str(settings.port)
     if not value.isdigit() or not 1 <= int(value) <= 65535:
         raise PipelineError(f"env {PORT_ENV}: {value!r} is not a port number (1-65535)")
     return int(value)
@@ -43,7 +44,7 @@ def check_free(port: int) -> None:
                                 f"stop it, or choose another port: {PORT_ENV}=PORT make mlflow-ui") from None
 
 
-def server_command(settings) -> tuple[list[str], dict]:
+def server_command(settings: MlflowUi) -> tuple[list[str], dict]:
     """The `mlflow server` command line over the embedded store and its artifacts, and its environment."""
     venv_bin = Path(sys.executable).parent
     argv = [str(venv_bin / "mlflow"), "server", "--host", HOST, "--port", str(port(settings)), "--workers", "1",
@@ -53,7 +54,7 @@ def server_command(settings) -> tuple[list[str], dict]:
     return argv, env
 
 
-def run(settings) -> None:
+def run(settings: MlflowUi) -> None:
     chosen = port(settings)
     check_free(chosen)                          # before a second or two of importing mlflow
     argv, env = server_command(settings)
@@ -67,6 +68,5 @@ def run(settings) -> None:
 
 if __name__ == "__main__":
     from vae_pipeline.errors import main
-    from vae_pipeline.settings import load_settings
 
-    main(lambda: run(load_settings()))
+    main(lambda: run(load_settings().mlflow_ui))

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from vae_pipeline.errors import PipelineError, failing_as, redact_uri
 from vae_pipeline.files import ROOT
+from vae_pipeline.params import Serve
+from vae_pipeline.settings import Settings, load_settings
 from vae_pipeline.tracking import elsewhere, registry, store
 
 log = logging.getLogger("serve")
@@ -36,20 +38,20 @@ HOST = "127.0.0.1"
 PORT_ENV = "VAE_SERVE_PORT"
 
 
-def port(params: dict) -> int:
+def port(serve: Serve) -> int:
     """Env VAE_SERVE_PORT, else params.yaml serve.port."""
-    value = os.environ.get(PORT_ENV) or str(params["serve"]["port"])
+    value = os.environ.get(PORT_ENV) or str(serve.port)
     if not value.isdigit() or not 1 <= int(value) <= 65535:
         raise PipelineError(f"env {PORT_ENV}: {value!r} is not a port number (1-65535)")
     return int(value)
 
 
-def champion(params: dict) -> tuple[str, str]:
+def champion(params: Settings) -> tuple[str, str]:
     """models:/<name>/<version> of the champion, once the champion gate has named one, and the id of
     the logged model it is (unique to those files, whatever the version's number)."""
     elsewhere.require_store(params)           # not an empty mlflow.db made by reading
-    client = store.connect(params)            # an unreachable store fails here, with the reason
-    name = params["mlflow"]["model_name"]
+    client = store.connect(params.mlflow, params.paths)  # an unreachable store fails here, with the reason
+    name = params.mlflow.model_name
     try:
         version = registry.served_version(client, name)
     except PipelineError:
@@ -61,13 +63,13 @@ def champion(params: dict) -> tuple[str, str]:
     return f"models:/{name}/{version}", client.get_model_version(name, version).source
 
 
-def local_model(params: dict) -> str:
+def local_model(params: Settings) -> str:
     """The champion's files in the temporary folder, as `mlflow models serve` fetches them: one folder per
     logged model, kept for the next start (its files never change), so that `make serve` does not leave
     a new copy behind each time."""
     import mlflow
 
-    (uri, source), tracking = champion(params), store.tracking_uri(params)
+    (uri, source), tracking = champion(params), store.tracking_uri(params.mlflow, params.paths)
     key = hashlib.sha256(f"{tracking} {source}".encode()).hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / f"vae-serve-{key}"
     if not folder.is_dir():
@@ -80,15 +82,15 @@ def local_model(params: dict) -> str:
     return str(folder)
 
 
-def serve_command(params: dict) -> tuple[list[str], dict]:
+def serve_command(params: Settings) -> tuple[list[str], dict]:
     """The uvicorn command line of the scoring server (scoring_app) and its environment."""
     venv_bin = Path(sys.executable).parent
-    argv = [str(venv_bin / "uvicorn"), "--host", HOST, "--port", str(port(params)), "--workers", "1",
+    argv = [str(venv_bin / "uvicorn"), "--host", HOST, "--port", str(port(params.serve)), "--workers", "1",
             "--app-dir", str(ROOT), "--factory", "commands.serve:scoring_app"]
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
            MODEL_PATH_ENV: local_model(params),
            # Overrides the limit stored in the model at training with the current params.
-           "SERVING_MODEL_CONFIG": json.dumps({"max_batch": params["serve"]["max_batch"]})}
+           "SERVING_MODEL_CONFIG": json.dumps({"max_batch": params.serve.max_batch})}
     return argv, env
 
 
@@ -156,16 +158,15 @@ async def respond(send, status: int, text: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def run(params: dict) -> None:
+def run(params: Settings) -> None:
     argv, env = serve_command(params)
     log.info("POST latent vectors to http://%s:%s/invocations (at most %d per request); Ctrl-C stops",
-             HOST, port(params), params["serve"]["max_batch"])
+             HOST, port(params.serve), params.serve.max_batch)
     sys.stderr.flush()
     os.execve(argv[0], argv, env)               # the server takes this process's place: Ctrl-C stops it
 
 
 if __name__ == "__main__":
     from vae_pipeline.errors import main
-    from vae_pipeline.settings import load_settings
 
     main(lambda: run(load_settings()))

@@ -14,21 +14,22 @@ from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from flows.dvc_runner import read_metrics
+from vae_pipeline.settings import Settings
 from vae_pipeline.tracking.store import training_run
 from vae_pipeline.tracking.ui import run_link
 
 
-def metric_rows(project: Path, params: dict) -> list[dict]:
+def metric_rows(project: Path) -> list[dict]:
     """Every number of the metrics files: [{"metric": "<file>.<key>", "value": number}, ...]."""
     return [{"metric": f"{name}.{key}", "value": value}
             for name, values in read_metrics(project).items() for key, value in values.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)]
 
 
-def publish(project: Path, params: dict) -> None:
+def publish(project: Path, params: Settings) -> None:
     """Create the flow run's link and table artifacts (see the module docstring)."""
     logger = get_run_logger()
-    record = training_run(params, project)
+    record = training_run(params.paths, project)
     if record is None:
         logger.warning("no MLflow run recorded for the model: no `mlflow-run` link")
     else:
@@ -36,9 +37,9 @@ def publish(project: Path, params: dict) -> None:
                                                              record["run_id"]),
                              link_text=f"MLflow run {record['run_id']} ({record.get('model_uri', 'not registered')})",
                              description="The MLflow run that trained the current model")
-    report = project / params["paths"]["report"]
+    report = project / params.paths.report
     if report.exists():
         create_link_artifact(key="report", link=report.resolve().as_uri(), link_text=str(report),
                              description="The report: one self-contained page")
-    create_table_artifact(key="metrics", table=metric_rows(project, params),
+    create_table_artifact(key="metrics", table=metric_rows(project),
                           description="The final figures of the metrics files")

@@ -19,6 +19,8 @@ from prefect.cache_policies import NO_CACHE
 
 from vae_pipeline.environment import TELEMETRY_OFF
 from vae_pipeline.errors import PipelineError
+from vae_pipeline.params import Paths
+from vae_pipeline.settings import Prefect
 from vae_pipeline.tracking.runs import RUN_TAGS_ENV
 from vae_pipeline.tracking.store import training_run
 
@@ -132,11 +134,11 @@ def run_stages(project: Path, run_tags: dict, options: dict | None = None) -> li
 
 
 @contextlib.contextmanager
-def workspace_lock(project: Path, settings: dict, logger):
+def workspace_lock(project: Path, settings: Prefect, logger):
     """Hold the project's pipeline lock (params prefect.lock_file): one pipeline per workspace, as DVC's
     own lock allows one `dvc repro`. A second pipeline waits up to prefect.lock_wait_seconds, then fails
     with a clear message. `settings`: params.yaml's `prefect` section."""
-    path, wait_seconds = project / settings["lock_file"], settings["lock_wait_seconds"]
+    path, wait_seconds = project / settings.lock_file, settings.lock_wait_seconds
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         deadline = time.monotonic() + wait_seconds
@@ -182,7 +184,7 @@ def read_metrics(project: Path) -> dict:
     return {name: values for name, values in metrics.items() if isinstance(values, dict)}
 
 
-def mlflow_run_id(project: Path, params: dict) -> str | None:
+def mlflow_run_id(project: Path, paths: Paths) -> str | None:
     """The MLflow run that trained the current model, if the train stage recorded one."""
-    record = training_run(params, project)
+    record = training_run(paths, project)
     return record["run_id"] if record else None

@@ -46,25 +46,25 @@ def gate_champion(project: str) -> dict | None:
     say, whose run record stayed in the checkout that trained it."""
     root = Path(project)
     params = load_settings(root / "params.yaml")
-    record = store.training_run(params, root)
+    record = store.training_run(params.paths, root)
     if record is None or not record.get("model_version"):
         get_run_logger().warning(
             "%s: no registered version recorded for the model in %s (trained in another checkout, or not "
-            "evaluated): no champion gate, the champion stays as it is", params["paths"]["run_record"],
-            params["paths"]["model_dir"])
+            "evaluated): no champion gate, the champion stays as it is", params.paths.run_record,
+            params.paths.model_dir)
         return None
     if elsewhere.logged_elsewhere(params, root):    # its version is another store's (make run said so)
         get_run_logger().warning("%s: the model's MLflow run is in %s, not in the store now set: no champion "
-                                 "gate, the champion stays as it is", params["paths"]["run_record"],
+                                 "gate, the champion stays as it is", params.paths.run_record,
                                  record["tracking_uri"])
         return None
     # The stages ran in `root`: its own default store, which is this checkout's only when root is ROOT.
-    params["mlflow"]["tracking_uri"] = store.tracking_uri(params, root)
-    settings = params["retrain"]
-    result = champion_gate(store.connect(params), record["model_name"], record["model_version"],
-                           settings["margin"], settings["gate_metric"])
+    mlflow = params.mlflow.model_copy(update={"tracking_uri": store.tracking_uri(params.mlflow, params.paths, root)})
+    settings = params.retrain
+    result = champion_gate(store.connect(mlflow, params.paths), record["model_name"], record["model_version"],
+                           settings.margin, settings.gate_metric)
     get_run_logger().info(result["decision"])
-    write_json(root / params["paths"]["champion"], result)
+    write_json(root / params.paths.champion, result)
     create_markdown_artifact(key=CHAMPION_ALIAS, markdown=gate_markdown(result),
                              description="The champion gate: decision, challenger and champion figures")
     return result

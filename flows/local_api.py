@@ -49,7 +49,7 @@ DATABASE = "prefect.db"     # the local API's database in PREFECT_HOME (Prefect'
 
 def prefect_home() -> Path:
     """PREFECT_HOME from the environment, else params.yaml prefect.home in the project (git-ignored)."""
-    return Path(os.environ.get("PREFECT_HOME") or project_path(load_settings()["prefect"]["home"]))
+    return Path(os.environ.get("PREFECT_HOME") or project_path(load_settings().prefect.home))
 
 
 def check_api(api_url: str, timeout: float = API_TIMEOUT) -> None:

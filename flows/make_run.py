@@ -26,8 +26,8 @@ def nothing_to_do(root: Path = ROOT) -> str | None:
 
     try:
         params = load_settings(root / "params.yaml")
-        record = store.training_run(params, root)
-        decision = json.loads((root / params["paths"]["champion"]).read_text())
+        record = store.training_run(params.paths, root)
+        decision = json.loads((root / params.paths.champion).read_text())
     except Exception:          # bad params, no record, no decision yet: the flow says what is wrong
         return None
     if (not record or not elsewhere.logged_here(record, params, root)
@@ -35,7 +35,7 @@ def nothing_to_do(root: Path = ROOT) -> str | None:
             or decision["challenger"]["version"] != record.get("model_version")):
         return None
     try:
-        lock = open(root / params["prefect"]["lock_file"], "a+")     # noqa: SIM115 (held below)
+        lock = open(root / params.prefect.lock_file, "a+")     # noqa: SIM115 (held below)
     except OSError:
         return None
     with lock:

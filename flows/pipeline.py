@@ -40,20 +40,20 @@ from flows.artifacts import metric_rows, publish
 from flows.dvc_runner import mlflow_run_id, run_stages, workspace_lock
 from flows.gate import gate_champion
 from vae_pipeline.files import ROOT
-from vae_pipeline.settings import load_settings
+from vae_pipeline.settings import Settings, load_settings
 from vae_pipeline.tracking import elsewhere
 
 
-def summary(project: Path, params: dict, results: list[dict]) -> str:
+def summary(project: Path, params: Settings, results: list[dict]) -> str:
     """The markdown of the run's artifact."""
     lines = [f"# vae-pipeline in `{project}`", "", "| stage | result | seconds |", "| --- | --- | ---: |"]
     outcome = {(True, False): "ran", (False, True): "restored from DVC's run cache",
                (False, False): "skipped: up to date"}
     lines += [f"| {r['stage']} | {outcome[r['ran'], r['restored']]} | {r['seconds']} |" for r in results]
     lines += ["", "## Metrics", "", "| metric | value |", "| --- | ---: |"]
-    lines += [f"| {row['metric']} | {row['value']:.6g} |" for row in metric_rows(project, params)]
-    report = project / params["paths"]["report"]
-    run_id = mlflow_run_id(project, params)
+    lines += [f"| {row['metric']} | {row['value']:.6g} |" for row in metric_rows(project)]
+    report = project / params.paths.report
+    run_id = mlflow_run_id(project, params.paths)
     lines += ["", f"**Report:** `{report}`" + ("" if report.exists() else " (not built)"),
               "", f"**MLflow run:** `{run_id}`" if run_id else "**MLflow run:** not recorded"]
     return "\n".join(lines) + "\n"
@@ -78,7 +78,7 @@ def pipeline(project: str | None = None, run_tags: dict | None = None, gate: boo
     logger = get_run_logger()
     root = Path(project) if project else ROOT
     params = load_settings(root / "params.yaml")     # bad params stop here, before any stage
-    settings = params["prefect"]
+    settings = params.prefect
     tags = {**(run_tags or {}), "prefect_flow_run_id": str(flow_run.id),
             "prefect_flow_run_name": flow_run.name}
     # Only the download talks to the network; params were checked above, so what is left to fail
@@ -86,8 +86,8 @@ def pipeline(project: str | None = None, run_tags: dict | None = None, gate: boo
     # The champion gate at the end reads the MLflow store: importing MLflow there would add 2-3 s
     # after the last stage; imported while the stages run, it costs no wall time.
     mlflow_imported = import_in_background("mlflow.store.tracking.sqlalchemy_store") if gate else None
-    retry = {"download": {"retries": settings["download_retries"],
-                          "retry_delay_seconds": settings["retry_delay_seconds"]}}
+    retry = {"download": {"retries": settings.download_retries,
+                          "retry_delay_seconds": settings.retry_delay_seconds}}
     with workspace_lock(root, settings, logger):
         results = run_stages(root, tags, retry)
     ran = [r["stage"] for r in results if r["ran"] or r["restored"]]

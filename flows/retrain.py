@@ -32,7 +32,7 @@ from flows.gate import gate_champion
 from flows.pipeline import pipeline
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import ROOT
-from vae_pipeline.settings import load_settings
+from vae_pipeline.settings import Prefect, load_settings
 
 # The description of the flow's deployments: `python -m flows.schedule` and `make deploy` (prefect.yaml
 # names none) take it from the flow.
@@ -40,7 +40,7 @@ DESCRIPTION = "Re-check the data, rerun what DVC finds stale, gate the champion 
 
 
 @task(cache_policy=NO_CACHE, name="recheck-data")
-def recheck_data(project: str, settings: dict) -> dict:
+def recheck_data(project: str, settings: Prefect) -> dict:
     """Download again and check the checksums, through DVC so that dvc.lock stays the record.
     `settings`: params.yaml's `prefect` section (the workspace lock)."""
     logger = get_run_logger()
@@ -74,16 +74,16 @@ def retrain(project: str | None = None, seed: int | None = None) -> dict:
     logger = get_run_logger()
     root = Path(project) if project else ROOT
     params = load_settings(root / "params.yaml")          # bad params stop here
-    recheck_data(str(root), params["prefect"])
-    seed = seed if seed is not None else params["retrain"]["seed"]
+    recheck_data(str(root), params.prefect)
+    seed = seed if seed is not None else params.retrain.seed
     if seed is not None and set_seed(root, seed):
         logger.info("train.seed set to %d in params.yaml: the train stage is stale", seed)
     pipeline(project=str(root), run_tags={"retrain": "true"}, gate=False)
     result = gate_champion(str(root))
     params = load_settings(root / "params.yaml")
     if result is None:
-        raise PipelineError(f"{params['paths']['run_record']}: no registered version recorded for the model in "
-                            f"{params['paths']['model_dir']}; retrain it (dvc repro --force train)")
+        raise PipelineError(f"{params.paths.run_record}: no registered version recorded for the model in "
+                            f"{params.paths.model_dir}; retrain it (dvc repro --force train)")
     publish(root, params)
     return result
 

@@ -20,11 +20,11 @@ def serve() -> None:
     settings = load_settings()
     if not os.environ.get("PREFECT_API_URL"):
         # The port of the project's Prefect server: the team stack's (params.yaml stack.prefect_port).
-        port = settings["stack"]["prefect_port"]
+        port = settings.stack.prefect_port
         raise PipelineError(f"env PREFECT_API_URL is not set: start a server (`prefect server start --host "
                             f"127.0.0.1 --port {port}`) and `export PREFECT_API_URL=http://127.0.0.1:{port}/api`")
     check_api(os.environ["PREFECT_API_URL"])
-    retrain.serve(name=settings["retrain"]["deployment"], cron=settings["retrain"]["schedule_cron"])
+    retrain.serve(name=settings.retrain.deployment, cron=settings.retrain.schedule_cron)
 
 
 def main() -> None:

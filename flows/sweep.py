@@ -53,7 +53,7 @@ from vae_pipeline.files import ROOT
 from vae_pipeline.outputs import read_train_metrics
 from vae_pipeline.pages.sweep import table_rows, write_report
 from vae_pipeline.params import SPEED_ONLY
-from vae_pipeline.settings import STACK_DVC_REMOTE
+from vae_pipeline.settings import STACK_DVC_REMOTE, Settings, Sweep
 from vae_pipeline.tracking import store
 from vae_pipeline.tracking.runs import RUN_TAGS_ENV
 from vae_pipeline.tracking.sweeps import close_dead_attempts, finish_parent_run, start_parent_run
@@ -70,27 +70,27 @@ POINT_ENV = {"set": environment.TELEMETRY_OFF, "git_user": environment.STACK_GIT
              "secrets": list(environment.SECRET_VALUES)}
 
 
-def target(project: Path, settings: dict) -> dict:
+def target(project: Path, settings: Sweep) -> dict:
     """Where the points get the project from and put their results: {git_url, dvc_remote, push}."""
-    if settings["scheduler"] is None:
+    if settings.scheduler is None:
         # This machine: the points clone the project itself, and its DVC cache is their remote
         # (a DVC 3 cache and a local remote have the same layout), so nothing is copied twice.
         return {"git_url": str(project), "dvc_remote": {"name": "sweep-cache", "url": dvc(project, "cache", "dir")},
                 "push": False}
     git_url = os.environ.get(environment.STACK_GIT_URL)
     if not git_url:
-        raise PipelineError(f"params.yaml sweep.scheduler is {settings['scheduler']!r}, so the points run on "
+        raise PipelineError(f"params.yaml sweep.scheduler is {settings.scheduler!r}, so the points run on "
                             f"other machines and clone the stack's git server, but env {environment.STACK_GIT_URL} "
                             "is not set; `source .stack/env` (the stack host) or the worker kit's env first")
     return {"git_url": git_url, "push": True, "dvc_remote": {
         "name": STACK_DVC_REMOTE, "url": dvc(project, "config", f"remote.{STACK_DVC_REMOTE}.url")}}
 
 
-def scheduler_address(settings: dict) -> str | None:
+def scheduler_address(settings: Sweep) -> str | None:
     """The Dask scheduler: None (a local cluster), the stack's (env VAE_STACK_DASK_ADDRESS; its TLS
     certificates come from the DASK_DISTRIBUTED__COMM__TLS__* variables), or the address given."""
-    if settings["scheduler"] != STACK:
-        return settings["scheduler"]
+    if settings.scheduler != STACK:
+        return settings.scheduler
     address = os.environ.get(environment.STACK_DASK_ADDRESS)
     if not address:
         raise PipelineError(f"params.yaml sweep.scheduler is 'stack' but env {environment.STACK_DASK_ADDRESS} "
@@ -124,12 +124,12 @@ def shared_stages(project: Path, stage: str, overrides: set[str]) -> list[str]:
             if name in upstream and name not in own and not reads[name] & own]
 
 
-def put_shared_stages(project: Path, params: dict, stages: list[str], where: dict, logger) -> None:
+def put_shared_stages(project: Path, params: Settings, stages: list[str], where: dict, logger) -> None:
     """Run the shared stages in the project (DVC skips them when up to date) and, for the stack,
     push their outputs and run cache to its remote, where the points pull them from."""
     if not stages:
         return
-    with workspace_lock(project, params["prefect"], logger):
+    with workspace_lock(project, params.prefect, logger):
         code, lines = run_logged([sys.executable, "-m", "dvc", "repro", *stages], project, stage_env({}), logger)
         if code != 0:
             raise PipelineError(f"the shared stages {stages} failed in {project}:\n  " + "\n  ".join(lines[-5:]))
@@ -158,28 +158,28 @@ def reproduce_command(point: dict) -> str:
                                      if key not in SPEED_ONLY)
 
 
-def recipe(point: dict, sweep_name: str, commit: str, where: dict, settings: dict, params: dict,
+def recipe(point: dict, sweep_name: str, commit: str, where: dict, settings: Sweep, params: Settings,
            tags: dict, uri: str, figures: list[str]) -> dict:
     """What a worker needs to run `point` (flows/sweep_point.py): no credential in it."""
     return {"git_url": where["git_url"], "commit": commit,
             "ref": f"sweep/{sweep_name}" if where["push"] else None,
-            "stage": settings["stage"], "overrides": point, "exp_name": exp_name(point),
+            "stage": settings.stage, "overrides": point, "exp_name": exp_name(point),
             "dvc_remote": where["dvc_remote"],
             "tags": {**tags, "sweep.point": point_name(point)},
             # A URI with a password in it stays out: the worker's own env names the store then.
             "tracking_uri": uri if redact_uri(uri) == uri else None,
             "metrics_files": figures,
-            "run_record": params["paths"]["run_record"],
+            "run_record": params.paths.run_record,
             "env": POINT_ENV}
 
 
-def figure_files(project: Path, params: dict) -> list[str]:
+def figure_files(project: Path, params: Settings) -> list[str]:
     """The files a worker sends back: the DVC metrics files (dvc.yaml's) and the train stage's detail."""
     found = [str(path.relative_to(project)) for path in metrics_files(project)]
-    return found + [params["paths"]["train_detail"]]
+    return found + [params.paths.train_detail]
 
 
-def point_metrics(result: dict, project: Path, params: dict) -> dict:
+def point_metrics(result: dict, project: Path, params: Settings) -> dict:
     """The point's figures: its DVC metrics files, as flows/dvc_runner.read_metrics reads them
     ({file stem: {name: value}}), with the train stage's detail beside its headline figures
     (test_loss_mu, for the page), read checked as the stages read them."""
@@ -191,16 +191,15 @@ def point_metrics(result: dict, project: Path, params: dict) -> dict:
         found = [copy / path.relative_to(project) for path in metrics_files(project)]
         metrics = {path.stem: json.loads(path.read_text()) for path in found if path.exists()}
         metrics = {name: values for name, values in metrics.items() if isinstance(values, dict)}
-        metrics["train"] = read_train_metrics(*(copy / params["paths"][key] for key in ("train_metrics",
-                                                                                         "train_detail")))
+        metrics["train"] = read_train_metrics(copy / params.paths.train_metrics, copy / params.paths.train_detail)
         return metrics
 
 
-def grid(settings: dict) -> list[dict]:
+def grid(settings: Sweep) -> list[dict]:
     """The points of the sweep: every beta with every latent size, as params.yaml overrides."""
-    return [{"train.beta": beta, "train.latent_dim": latent_dim, "train.epochs": settings["epochs"],
-             "train.threads": settings["threads"]}
-            for latent_dim in settings["latent_dim"] for beta in settings["beta"]]
+    return [{"train.beta": beta, "train.latent_dim": latent_dim, "train.epochs": settings.epochs,
+             "train.threads": settings.threads}
+            for latent_dim in settings.latent_dim for beta in settings.beta]
 
 
 def settled(futures: list) -> Iterator[tuple[int, object]]:
@@ -239,13 +238,13 @@ def flow_seen_by_workers():
 DASHBOARD = "127.0.0.1:0"
 
 
-def dask_runner(settings: dict) -> DaskTaskRunner:
+def dask_runner(settings: Sweep) -> DaskTaskRunner:
     """The sweep's task runner: a Dask scheduler (sweep.scheduler: an address, or `stack`), else a
     local cluster of sweep.n_workers processes running one point at a time each."""
     address = scheduler_address(settings)
     if address:
         return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": settings["n_workers"], "threads_per_worker": 1,
+    return DaskTaskRunner(cluster_kwargs={"n_workers": settings.n_workers, "threads_per_worker": 1,
                                           "processes": True, "dashboard_address": DASHBOARD})
 
 
@@ -261,20 +260,20 @@ def sweep(project: str | None = None, overrides: dict | None = None) -> list[dic
     started = time.time()
     root = Path(project).resolve() if project else ROOT
     params = sweep_settings(root, overrides)
-    settings = params["sweep"]
+    settings = params.sweep
     name = flow_run.name
-    commit = sweep_commit(root, params)
+    commit = sweep_commit(root, params.paths)
     where = target(root, settings)
     points = grid(settings)
-    uri = store.tracking_uri(params, root)
-    client = store.connect({**params, "mlflow": {**params["mlflow"], "tracking_uri": uri}})
+    uri = store.tracking_uri(params.mlflow, params.paths, root)
+    client = store.connect(params.mlflow.model_copy(update={"tracking_uri": uri}), params.paths)
     tags = {"sweep": name, "prefect_flow_run_id": str(flow_run.id)}
     parent_id = start_parent_run(client, params, name, settings, commit, tags)
     logger.info("%d points of commit %s, %d epochs each, stage '%s'; MLflow: %s, parent run %s; git: %s",
-                len(points), commit[:12], settings["epochs"], settings["stage"], redact_uri(uri), parent_id,
+                len(points), commit[:12], settings.epochs, settings.stage, redact_uri(uri), parent_id,
                 redact_uri(where["git_url"]))
 
-    shared = shared_stages(root, settings["stage"], set(points[0]))
+    shared = shared_stages(root, settings.stage, set(points[0]))
     put_shared_stages(root, params, shared, where, logger)
     if where["push"]:
         push_commit(root, where["git_url"], commit, f"sweep/{name}", logger)
@@ -300,7 +299,7 @@ def sweep(project: str | None = None, overrides: dict | None = None) -> list[dic
     timing = {"commit": commit, "mlflow_parent_run_id": parent_id, "prefect_flow_run_id": str(flow_run.id),
               "shared_stages": shared, "attempts_lost": dead, "seconds": round(time.time() - started, 1),
               "points_seconds": round(time.time() - dispatched, 1)}
-    page, data = write_report(root, params, name, results, failed, timing)
+    page, data = write_report(root, params.paths, settings.epochs, name, results, failed, timing)
     finish_parent_run(client, parent_id, results, failed, dead, [page, data])
     by_size = sorted(results, key=lambda r: (r["latent_dim"], r["beta"]))
     create_table_artifact(key="sweep-points", table=table_rows(by_size),
@@ -314,7 +313,7 @@ def sweep(project: str | None = None, overrides: dict | None = None) -> list[dic
     return results
 
 
-def checked(argv: list[str]) -> tuple[dict, dict]:
+def checked(argv: list[str]) -> tuple[dict, Settings]:
     """The -S overrides of `argv` and the settings they give, once everything a sweep refuses has been
     checked (bad settings, uncommitted inputs, a stack not sourced): before Prefect starts, so that a
     refusal is its one line (a refusal inside the flow comes after Prefect's traceback of it)."""
@@ -324,9 +323,9 @@ def checked(argv: list[str]) -> tuple[dict, dict]:
     params = sweep_settings(ROOT, overrides)
     if os.environ.get("PREFECT_API_URL"):          # named first, as every flow names it
         check_api(os.environ["PREFECT_API_URL"])
-    sweep_commit(ROOT, params)
-    scheduler_address(params["sweep"])
-    target(ROOT, params["sweep"])
+    sweep_commit(ROOT, params.paths)
+    scheduler_address(params.sweep)
+    target(ROOT, params.sweep)
     return overrides, params
 
 
@@ -341,7 +340,7 @@ def main(argv: list[str]) -> None:
     # Dask's start-up and shutdown chatter at INFO drowns the points' logs (workers read the env).
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    run_on_local_api(lambda: sweep.with_options(task_runner=dask_runner(params["sweep"]))(overrides=overrides))
+    run_on_local_api(lambda: sweep.with_options(task_runner=dask_runner(params.sweep))(overrides=overrides))
 
 
 if __name__ == "__main__":

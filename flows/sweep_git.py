@@ -16,7 +16,7 @@ from flows.dvc_runner import stage_env
 from flows.sweep_args import OPERATING
 from vae_pipeline.environment import SECRET_VALUES, STACK_GIT_PASSWORD, STACK_GIT_USER
 from vae_pipeline.errors import PipelineError, redact_uri
-from vae_pipeline.params import PARAMS_FILE
+from vae_pipeline.params import PARAMS_FILE, Paths
 from vae_pipeline.provenance import git_provenance
 
 PARAMS = PARAMS_FILE.name                 # params.yaml, as git names it in the project
@@ -31,11 +31,11 @@ def dvc(project: Path, *args: str) -> str:
     return found.stdout.strip()
 
 
-def sweep_commit(project: Path, params: dict) -> str:
+def sweep_commit(project: Path, paths: Paths) -> str:
     """The commit every point runs: the project's HEAD, refused when a tracked input differs from it
     (the points would silently run other code or params than the workspace holds). params.yaml
     differing only in its operating sections does not count: the points get those from the sweep."""
-    git = git_provenance(params, project)
+    git = git_provenance(paths, project)
     if git["dirty"] is None:
         raise PipelineError(f"{project}: a sweep runs a git commit, but {git['commit']}; commit the project first")
     changes = [path for path in git["changes"] if path != PARAMS or stage_sections_changed(project)]

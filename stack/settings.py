@@ -80,7 +80,7 @@ class Stack:
 
     @classmethod
     def from_params(cls, root: Path = ROOT) -> "Stack":
-        settings = load_settings(Path(root) / "params.yaml")["stack"]
+        settings = load_settings(Path(root) / "params.yaml").stack.model_dump()
         state = Path(settings.pop("state_dir"))
         return cls(root=Path(root), state=state if state.is_absolute() else Path(root) / state, **settings)
 

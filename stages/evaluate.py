@@ -123,7 +123,8 @@ def run(params: Pipeline | dict) -> dict:
         # every rerun a new output); then the evaluated decoder registered, these figures its logged
         # model's metrics and its run's (MLflow compares runs and ranks models by them, and the champion
         # gate, vae_pipeline/tracking/champion.py, compares versions by them).
-        with failing_as(f"{store.store_name(store.tracking_uri(params))}: registering the evaluated decoder",
+        where = store.store_name(store.tracking_uri(params.mlflow, params.paths))
+        with failing_as(f"{where}: registering the evaluated decoder",
                         "the previous figures are kept: rerun the evaluate stage (dvc repro evaluate) once the "
                         "store works"):
             store.attach_to_training_run(

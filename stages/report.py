@@ -141,7 +141,7 @@ class Inputs:
 
     @cached_property
     def git(self) -> dict:
-        return git_provenance(self.params)
+        return git_provenance(self.params.paths)
 
     def images(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The IDX images and labels of `split`, read once."""

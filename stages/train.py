@@ -233,7 +233,7 @@ def run(params: Pipeline | dict) -> dict:
     t, data = params.train, params.data
     # The tracking store first: one that is unreachable, damaged or read-only fails here, in
     # seconds, not after the last epoch.
-    mlflow_client = store.connect(params)
+    mlflow_client = store.connect(params.mlflow, params.paths)
     device = setup_torch(t.device, t.threads)
     torch.manual_seed(t.seed)
     # Dynamic binarization keeps the grey training images: epoch_images draws from them.

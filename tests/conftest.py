@@ -32,12 +32,13 @@ from vae_pipeline.environment import TELEMETRY_OFF
 from vae_pipeline.files import ROOT, copy_checkout, home_path
 from vae_pipeline.ml.data import FILES, write_idx
 from vae_pipeline.params import Pipeline, Section, load_params
+from vae_pipeline.settings import Settings
 
 VENV_BIN = Path(sys.executable).parent
 # Every tiny project the tests build maps its latent space with UMAP, whose numba code takes about 20 s
 # to compile into an empty cache: the tests' projects share this checkout's (params paths.numba_cache,
 # in the project's home), as the checkouts and experiments of one project do.
-os.environ.setdefault("NUMBA_CACHE_DIR", str(home_path(load_params()["paths"]["numba_cache"])))
+os.environ.setdefault("NUMBA_CACHE_DIR", str(home_path(load_params().paths.numba_cache)))
 
 
 def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,9 +109,9 @@ def tiny_params(source: Path, checksums: dict, **overrides) -> dict:
 
 def section(name: str, **values) -> Section:
     """The project's params.yaml section `name`, typed and checked, with `values` changed: what a function
-    that takes one section (train_epoch, epoch_images, ...) gets in a test."""
+    that takes one section (train_epoch, epoch_images, workspace_lock, ...) gets in a test."""
     defaults = yaml.safe_load((ROOT / "params.yaml").read_text())[name]
-    return Pipeline.model_fields[name].annotation.model_validate({**defaults, **values})
+    return Settings.model_fields[name].annotation.model_validate({**defaults, **values})
 
 
 def pipeline_env() -> dict:
@@ -162,12 +163,12 @@ def put_data(project: Path, tiny_source) -> Path:
     return raw
 
 
-def relocate(params: dict, folder: Path) -> dict:
-    """`params` with every path and the MLflow store under `folder`, for a test that runs a stage
-    in this process (whose project root is the checkout itself)."""
-    params["paths"] = {key: str(folder / path) for key, path in params["paths"].items()}
-    params["mlflow"]["tracking_uri"] = f"sqlite:///{folder / 'mlflow.db'}"
-    return params
+def relocate(params: dict, folder: Path) -> Pipeline:
+    """`params` (as read) with every path and the MLflow store under `folder`, checked: for a test that
+    runs a stage in this process (whose project root is the checkout itself)."""
+    paths = {key: str(folder / path) for key, path in params["paths"].items()}
+    return Pipeline.of({**params, "paths": paths,
+                        "mlflow": {**params["mlflow"], "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"}})
 
 
 def dvc_stages(project: Path = ROOT) -> list[str]:

@@ -1,47 +1,124 @@
-"""params.yaml as the stages read it: one typed, checked model per section, and the loader.
+"""params.yaml as the stages read it: one typed, checked model per section, the rules of its keys, and the loader.
 
-One place for every knob: a stage calls `load_params()` and reads `params.train.beta`. Each
-section is a pydantic model (Paths to Evaluate, below): strict (no coercion: "15" is no
-integer, nor is true), closed (no unknown key) and frozen. Every wrong type or value, missing
-or unknown key is named in one message, a line each: the key, its value, what is allowed:
+One place for every knob: a stage calls `load_params()` and reads `params.train.beta`; a function
+that needs one section takes that section (`tracking_uri(params.mlflow, params.paths)`). Each
+section is a pydantic model (Paths to Evaluate, below): strict (no coercion: "15" is no integer,
+nor is true), closed (no unknown key) and frozen: a changed config is a copy, `model_copy(update=...)`
+or a dict checked again by `validate` / `Pipeline.of`. Every wrong type or value, missing or unknown
+key is named in one message, a line each: the key, its value, what is allowed:
 
     params.yaml: invalid params:
       'train.lr' is -0.1; allowed: a number > 0
       unknown key 'train.learning_rate' (allowed: latent_dim, hidden_dims, ...)
 
-The "allowed" text is the field's rule (integer(), number(), ...: vae_pipeline/rules.py), which also
-holds the pydantic type checking it.
+The "allowed" text is the field's rule (integer(), number(), ... below), which also holds the
+pydantic type checking it; vae_pipeline/outputs.py checks the stages' JSON files with the same rules.
 
 By concern: Pipeline here holds the sections the stages read (their code deps in dvc.yaml include
 this file); the operating settings that no stage reads (prefect, sweep, retrain, stack) are in
 vae_pipeline/settings.py, which the flows and commands load: a change to a port rule reruns no stage.
-
-Code that has not moved to the typed sections yet (tracking/, the flows, the commands, the
-stack) reads the config as a mapping, `params["train"]["beta"]`: the first such read makes a
-copy in plain dicts (the "view"), which that code may change as it would a dict. The typed
-sections never change; a stage's `run` takes its params through Pipeline.of, which checks a
-dict, or a config changed through its view, again.
 """
+import ipaddress
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from vae_pipeline.errors import PipelineError
 from vae_pipeline.files import ROOT
-from vae_pipeline.rules import Rule, choice, integer, list_of, mapping_of, number, optional, text
-from vae_pipeline.rules import address as address  # these two re-exported: settings.py imports them here
-from vae_pipeline.rules import boolean as boolean
 
 PARAMS_FILE = ROOT / "params.yaml"
 STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+# ---- the rules of the keys: the words of every message about a key, and its pydantic type ---------
+
+class Rule:
+    """A field's rule: `allowed`, the words every message about it uses, and `annotation`, the
+    pydantic type that checks it. Written in a field as `Annotated[int, integer(1)]`: the type
+    there is for the reader, the rule's annotation is what pydantic checks."""
+
+    def __init__(self, allowed: str, annotation):
+        self.allowed, self.annotation = allowed, annotation
+
+    @cached_property
+    def adapter(self) -> TypeAdapter:
+        return TypeAdapter(self.annotation, config=ConfigDict(strict=True))
+
+    def __get_pydantic_core_schema__(self, source, handler):
+        return handler.generate_schema(self.annotation)
+
+    def check(self, value) -> bool:
+        """Whether `value` keeps the rule (for files checked key by key: vae.json, the metrics JSON)."""
+        try:
+            self.adapter.validate_python(value)
+        except ValidationError:
+            return False
+        return True
+
+
+def integer(lo=None, hi=None) -> Rule:
+    bounds = " and ".join(s for s in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}") if s)
+    return Rule(f"an integer {bounds}".strip(), Annotated[int, Field(ge=lo, le=hi)])
+
+
+def number(lo=None, above=None) -> Rule:
+    """An int or a float, kept as given (1 stays 1: it is logged and written as it was read)."""
+    bound = f" >= {lo}" if lo is not None else f" > {above}" if above is not None else ""
+    limits = Field(ge=lo, gt=above)
+    return Rule(f"a number{bound}", Union[Annotated[int, limits], Annotated[float, limits]])
+
+
+def choice(*values) -> Rule:
+    return Rule(f"one of {', '.join(map(str, values))}", Literal[values])
+
+
+def text() -> Rule:
+    return Rule("a string", Annotated[str, Field(min_length=1)])
+
+
+def address() -> Rule:
+    """One IP address a server can bind: not the unspecified (wildcard) address, which binds every network."""
+    def bindable(value: str) -> str:
+        if ipaddress.ip_address(value).is_unspecified:   # a ValueError for no address at all
+            raise ValueError("a wildcard address")
+        return value
+    return Rule("one IP address (not a wildcard address)", Annotated[str, AfterValidator(bindable)])
+
+
+def boolean() -> Rule:
+    return Rule("true or false", bool)
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(f"null or {rule.allowed}", Optional[rule.annotation])
+
+
+def list_of(rule: Rule, min_len=1) -> Rule:
+    return Rule(f"a list of at least {min_len} items, each {rule.allowed}",
+                Annotated[list[rule.annotation], Field(min_length=min_len)])
+
+
+def mapping_of(rule: Rule) -> Rule:
+    return Rule(f"a mapping of names to {rule.allowed}", dict[str, rule.annotation])
+
+
 # ---- a section, and the config of sections ----------------------------------------------------
 
 class Section(BaseModel):
-    """One section of params.yaml: strict, closed, frozen. Also readable as a mapping, section["beta"]."""
+    """One section of params.yaml: strict, closed, frozen. Also readable as a mapping, section["beta"]
+    (VAE.from_config reads a Train section and vae.json's dict alike)."""
     model_config = STRICT
 
     @classmethod
@@ -58,46 +135,15 @@ class Section(BaseModel):
 
 
 class Config(BaseModel):
-    """Sections by name: `params.train` is typed; `params["train"]` is the view's plain dict (module doc)."""
+    """Sections by name, each typed: `params.train`."""
     model_config = STRICT
-    _view: dict | None = PrivateAttr(None)
 
     @classmethod
     def of(cls, params):
-        """`params` as this config: a dict is checked, and so is a config that was read (perhaps changed)
-        as a mapping; a config of typed sections alone is taken as it is."""
-        if isinstance(params, Config):
-            if params._view is None and isinstance(params, cls):
-                return params
-            params = params._view if params._view is not None else params.model_dump()
-        return validate(params, cls)
-
-    def view(self) -> dict:
-        """The config as plain dicts, made on first use: what code that reads mappings reads and changes."""
-        if self._view is None:
-            self._view = self.model_dump()
-        return self._view
-
-    def __getitem__(self, section: str) -> dict:
-        return self.view()[section]
-
-    def __contains__(self, section) -> bool:
-        return section in self.view()
-
-    def keys(self):
-        return self.view().keys()
-
-    def items(self):
-        return self.view().items()
-
-    def get(self, section: str, default=None):
-        return self.view().get(section, default)
-
-    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False):
-        """A copy of the typed sections (with `update`); a view of the original is not carried over."""
-        copied = super().model_copy(update=update, deep=deep)
-        copied._view = None
-        return copied
+        """`params` as this config: a dict is checked; a config of another kind is checked as its dict."""
+        if isinstance(params, cls):
+            return params
+        return validate(params.model_dump() if isinstance(params, Config) else params, cls)
 
 
 def validate(params, model: "type[Config] | None" = None, source: str = "params.yaml") -> Config:

@@ -7,11 +7,12 @@ is an input differs from the commit; dvc.lock and the pipeline's outputs (params
 import subprocess
 
 from vae_pipeline.files import ROOT
+from vae_pipeline.params import Paths
 
 
-def git_provenance(params: dict, root=ROOT) -> dict:
+def git_provenance(paths: Paths, root=ROOT) -> dict:
     """{"commit": sha or "unknown (...)", "dirty": bool or None when unknown, "changes": [paths]}."""
-    outputs = [f":(exclude){p}" for p in ["dvc.lock", *params["paths"].values()]]
+    outputs = [f":(exclude){p}" for p in ["dvc.lock", *paths.model_dump().values()]]
 
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)

@@ -22,6 +22,7 @@ from tests.conftest import copy_project, downstream, run_in, set_params
 from vae_pipeline.files import ROOT
 from vae_pipeline.outputs import METRICS_FILES
 from vae_pipeline.params import SPEED_ONLY
+from vae_pipeline.settings import load_settings
 
 WIDTH = 120
 
@@ -77,7 +78,7 @@ def test_the_experiments_table_fits_120_columns(project):
     run_in(project, "git", "commit", "-qam", "the project's params")
     params = yaml.safe_load((project / "params.yaml").read_text())
     # Two points of the sweep's grid, as `make sweep` sets them: the widest values and the narrowest.
-    by_width = sorted(grid(params["sweep"]), key=lambda point: len(str(point)))
+    by_width = sorted(grid(load_settings(project / "params.yaml").sweep), key=lambda point: len(str(point)))
     points = [by_width[-1], by_width[0]]
     from dvc.repo.experiments.utils import gen_random_name  # the names `dvc exp run` gives
 
@@ -121,18 +122,18 @@ def test_a_sweep_points_row_shows_only_the_figures_it_made(built_project, tmp_pa
     # The shipped params.yaml sweeps train.epochs' epochs, so `make sweep` adds no epochs column: so here.
     shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert shipped["sweep"]["epochs"] == shipped["train"]["epochs"]
-    settings = {**params["sweep"], "epochs": params["train"]["epochs"]}
+    settings = load_settings(project / "params.yaml").sweep.model_copy(update={"epochs": params["train"]["epochs"]})
     point = max(grid(settings), key=lambda p: len(exp_name(p)))
     name = exp_name(point)
     sets = [arg for key, value in point.items() for arg in ("-S", f"{key}={json.dumps(value)}")]
-    ran = run_in(project, "dvc", "exp", "run", settings["stage"], *sets, "--name", name).stdout
-    assert re.findall(r"^Running stage '([^']+)'", ran, re.M) == [settings["stage"]], ran
+    ran = run_in(project, "dvc", "exp", "run", settings.stage, *sets, "--name", name).stdout
+    assert re.findall(r"^Running stage '([^']+)'", ran, re.M) == [settings.stage], ran
 
     rows = {row["Experiment"] or row["rev"]: row for row in csv.DictReader(io.StringIO(
         run_in(project, "python", "-m", "commands.exps", "--csv").stdout))}
     written = metrics_of_stages(project)
-    own = {key for path in written[settings["stage"]] for key in headline_keys(params, path)}
-    others = {key for stage in downstream(settings["stage"], project) if stage != settings["stage"]
+    own = {key for path in written[settings.stage] for key in headline_keys(params, path)}
+    others = {key for stage in downstream(settings.stage, project) if stage != settings.stage
               for path in written[stage] for key in headline_keys(params, path)}
     assert own and others
     assert all(rows[name][key] for key in own), rows[name]

@@ -20,9 +20,10 @@ from flows.local_api import local_api
 from flows.make_run import nothing_to_do
 from flows.pipeline import pipeline
 from flows.sweep import dask_runner, sweep
-from tests.conftest import VENV_BIN, copy_project, dvc_stages, pipeline_env, run_in, set_params
+from tests.conftest import VENV_BIN, copy_project, dvc_stages, pipeline_env, run_in, section, set_params
 from vae_pipeline.errors import PipelineError
-from vae_pipeline.settings import load_settings
+from vae_pipeline.params import load_params
+from vae_pipeline.settings import Prefect, load_settings
 from vae_pipeline.tracking import store
 
 
@@ -54,12 +55,12 @@ def artifact_markdown(flow_run_id) -> str:
     return artifact(flow_run_id, "vae-pipeline").data
 
 
-LOCK_FILE = load_settings()["prefect"]["lock_file"]
+LOCK_FILE = load_settings().prefect.lock_file
 GATE_TASK = gate_champion.name
 
 
-def lock_settings(wait_seconds: float) -> dict:
-    return {"lock_file": LOCK_FILE, "lock_wait_seconds": wait_seconds}
+def lock_settings(wait_seconds: float) -> Prefect:
+    return section("prefect", lock_file=LOCK_FILE, lock_wait_seconds=wait_seconds)
 
 
 def outputs_mtimes(project) -> dict:
@@ -132,7 +133,7 @@ def test_pipeline_flow_runs_each_stage_after_its_upstream_the_arms_at_once_then_
     assert sorted(r.name for r in runs[:-1]) == sorted(stages) and runs[-1].name == GATE_TASK
     assert all(r.state.is_completed() for r in runs)
     # The first version registered is the model in use: `make run` names it (nothing else moves the alias).
-    decision = json.loads((project / load_settings(project / "params.yaml")["paths"]["champion"]).read_text())
+    decision = json.loads((project / load_settings(project / "params.yaml").paths.champion).read_text())
     assert decision["promoted"] and decision["champion"] is None
     assert "no champion yet: version 1 becomes champion" in artifact(first.state_details.flow_run_id, "champion").data
     # dvc.lock records what ran: DVC agrees that nothing is stale.
@@ -142,7 +143,7 @@ def test_pipeline_flow_runs_each_stage_after_its_upstream_the_arms_at_once_then_
     assert "| train | ran |" in markdown and f"| train.test_kl | {metrics['test_kl']:.6g} |" in markdown
     assert "**MLflow run:** not recorded" in markdown or "**MLflow run:** `" in markdown
     # Links that lead somewhere: the MLflow run (embedded store: its URI) and the report; the metrics table.
-    record = store.training_run(yaml.safe_load((project / "params.yaml").read_text()), project)
+    record = store.training_run(load_params(project / "params.yaml").paths, project)
     assert f"(runs:/{record['run_id']})" in artifact(first.state_details.flow_run_id, "mlflow-run").data
     assert (project / "reports/index.html").as_uri() in artifact(first.state_details.flow_run_id, "report").data
     table = json.loads(artifact(first.state_details.flow_run_id, "metrics").data)
@@ -265,7 +266,7 @@ def test_make_run_entry_point_keeps_prefect_home_in_the_project_and_respects_the
 def test_sweep_of_two_points_on_two_dask_workers(project, prefect_api):
     set_params(project, sweep={"beta": [1, 4], "latent_dim": [2], "epochs": 1, "n_workers": 2})
     run_in(project, "git", "commit", "-qam", "a two-point sweep")       # the points run the commit
-    settings = yaml.safe_load((project / "params.yaml").read_text())["sweep"]
+    settings = load_settings(project / "params.yaml").sweep
     state = sweep.with_options(task_runner=dask_runner(settings))(project=str(project), return_state=True)
     assert state.is_completed(), state.message
     results = sorted(state.result(), key=lambda r: r["beta"])

@@ -45,8 +45,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(built_project, tmp_path):
 
     # A rerun that changes nothing changes nothing: `dvc repro --force`, same params, same machine,
     # gives the same dvc.lock and every output byte for byte, in a new MLflow run.
-    lock = yaml.safe_load((project / "dvc.lock").read_text())
-    files, run_id = output_bytes(project, lock), training_run(load_params(project / "params.yaml"), project)["run_id"]
+    lock, paths = yaml.safe_load((project / "dvc.lock").read_text()), load_params(project / "params.yaml").paths
+    files, run_id = output_bytes(project, lock), training_run(paths, project)["run_id"]
     forced = run_in(project, "dvc", "repro", "--force")
     assert stages_run(forced.stdout) == sorted(dvc_stages(project))   # every stage really ran again
     forced_lock = yaml.safe_load((project / "dvc.lock").read_text())
@@ -54,7 +54,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(built_project, tmp_path):
     assert forced_files.keys() == files.keys()
     assert [path for path in files if files[path] != forced_files[path]] == []
     assert forced_lock == lock
-    assert training_run(load_params(project / "params.yaml"), project)["run_id"] != run_id   # (outside the outputs)
+    assert training_run(paths, project)["run_id"] != run_id   # (outside the outputs)
 
     evaluation = json.loads((project / "reports/metrics/eval.json").read_text())
     eval_detail = json.loads((project / "reports/metrics/eval_detail.json").read_text())

@@ -14,8 +14,8 @@ from flows.local_api import free_port
 from flows.retrain import DESCRIPTION
 from tests.conftest import VENV_BIN, copy_project, downstream, dvc_stages, pipeline_env, run_in, stop_process_group
 from vae_pipeline.errors import PipelineError
-from vae_pipeline.ml.data import expected_checksums
-from vae_pipeline.params import load_params
+from vae_pipeline.ml.data import dataset_checksums
+from vae_pipeline.params import Pipeline, load_params
 from vae_pipeline.tracking import runs, store
 from vae_pipeline.tracking.champion import champion_gate, metric_key
 from vae_pipeline.tracking.registry import CHAMPION_ALIAS as ALIAS
@@ -36,11 +36,12 @@ def registry(tmp_path):
     client.create_registered_model("decoder")
 
     def register(neg_elbo: float | None, test_loss: float = 100.0, iwae_samples: int = 50, **sections) -> str:
-        params = load_params()
+        params = load_params().model_dump()
         for section, values in sections.items():
             params[section].update(values)
+        params = Pipeline.of(params)
         run = client.create_run(experiment, tags={DATA_SHA256_TAG + name: sha256
-                                                  for name, sha256 in expected_checksums(params).items()})
+                                                  for name, sha256 in dataset_checksums(params.data).items()})
         client.log_batch(run.info.run_id, params=[Param(key, value)
                                                    for key, value in runs.flat_params(params).items()])
         figures = {"test_loss": test_loss, metric_key("iwae_samples"): iwae_samples}
@@ -180,7 +181,7 @@ def test_the_served_retrain_deployment_runs_on_a_prefect_server_and_names_a_cham
         f"{run.stdout[-2000:]}\n{run.stderr[-2000:]}\nserve log:\n{log.read_text()[-4000:]}"
     print(f"served retrain: triggered to completed in {seconds:.1f} s")
 
-    record = store.training_run(load_params(project / "params.yaml"), project)
+    record = store.training_run(load_params(project / "params.yaml").paths, project)
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     assert str(client.get_model_version_by_alias(record["model_name"], ALIAS).version) == record["model_version"]
     decision = json.loads((project / "reports/champion.json").read_text())

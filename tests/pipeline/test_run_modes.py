@@ -38,25 +38,25 @@ def recorded_in_store(project: Path, seed: int) -> dict:
 
     params = load_params(project / "params.yaml")
     client = mlflow.MlflowClient(store.default_tracking_uri(project))
-    experiment = client.get_experiment_by_name(params["mlflow"]["experiment_name"])
+    experiment = client.get_experiment_by_name(params.mlflow.experiment_name)
     [run] = client.search_runs([experiment.experiment_id], f"params.`train.seed` = '{seed}'")
     assert run.info.status == "FINISHED"
     [version] = client.search_model_versions(f"run_id = '{run.info.run_id}'")
-    [record] = [r for r in run_records(params, project).values() if r["run_id"] == run.info.run_id]
+    [record] = [r for r in run_records(params.paths, project).values() if r["run_id"] == run.info.run_id]
     assert record["model_version"] == str(version.version) and record["model_name"] == version.name
     return record
 
 
 def stores_in(folder: Path) -> list[Path]:
     """Every tracking store, artifact folder and run record (by their names in params.yaml) in `folder`."""
-    paths = load_params(folder / "params.yaml")["paths"]
+    paths = load_params(folder / "params.yaml").paths.model_dump()
     names = {Path(paths[key]).name for key in ("tracking_store", "tracking_artifacts", "run_record")}
     return sorted(p.relative_to(folder) for name in names for p in folder.rglob(name))
 
 
 def no_other_store(project: Path) -> None:
     """One store: the project's own, and no tracking store, artifacts or run record elsewhere in it."""
-    paths = load_params(project / "params.yaml")["paths"]
+    paths = load_params(project / "params.yaml").paths.model_dump()
     assert stores_in(project) == sorted(Path(paths[key]) for key in ("tracking_store", "tracking_artifacts",
                                                                      "run_record"))
 
@@ -77,13 +77,13 @@ def test_dvc_repro(project):
     set_params(project, train={"seed": 1})
     run_in(project, "dvc", "repro", "evaluate")
     record = recorded_in_store(project, 1)
-    assert training_run(load_params(project / "params.yaml"), project) == record
+    assert training_run(load_params(project / "params.yaml").paths, project) == record
     no_other_store(project)
 
 
 def test_dvc_exp_run_in_the_workspace(project):
     run_in(project, "dvc", "exp", "run", "-n", "modes-workspace", "-S", "train.seed=2", "evaluate")
-    assert training_run(load_params(project / "params.yaml"), project) == recorded_in_store(project, 2)
+    assert training_run(load_params(project / "params.yaml").paths, project) == recorded_in_store(project, 2)
     no_other_store(project)
 
 
@@ -97,8 +97,8 @@ def test_dvc_exp_run_temp(project):
     # that never ran here.)
     run_in(project, "dvc", "exp", "branch", "modes-temp", "modes-temp")
     run_in(project, "git", "checkout", "modes-temp", "--", "dvc.lock")
-    run_in(project, "dvc", "checkout", load_params(project / "params.yaml")["paths"]["model_dir"])
-    assert training_run(load_params(project / "params.yaml"), project) == record
+    run_in(project, "dvc", "checkout", load_params(project / "params.yaml").paths.model_dump()["model_dir"])
+    assert training_run(load_params(project / "params.yaml").paths, project) == record
 
 
 def test_dvc_queue_two_at_once(project):
@@ -131,5 +131,5 @@ def test_a_git_worktree(project):
     record = recorded_in_store(project, 6)
     assert stores_in(worktree) == []
     # A later stage in the worktree finds its run.
-    assert training_run(load_params(worktree / "params.yaml"), worktree) == record
+    assert training_run(load_params(worktree / "params.yaml").paths, worktree) == record
     no_other_store(project)

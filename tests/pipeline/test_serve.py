@@ -18,6 +18,7 @@ from vae_pipeline.errors import PipelineError
 from vae_pipeline.ml.data import IMAGE_SIZE
 from vae_pipeline.ml.model import VAE, load_model
 from vae_pipeline.params import load_params
+from vae_pipeline.settings import load_settings
 from vae_pipeline.tracking import registry, store
 from vae_pipeline.tracking.champion import champion_gate
 from vae_pipeline.tracking.decoder_pyfunc import DECODER_ARTIFACT, latent_batch
@@ -82,22 +83,24 @@ def predict(url: str, z: np.ndarray) -> np.ndarray:
 def test_make_serve_decodes_like_the_project_and_answers_bad_requests_with_400(built_project, tmp_path, request):
     project = copy_project(built_project, tmp_path)          # registered by `dvc repro`: version 1
     # Read at serving, not training (no stage lists serve.*): this limit applies to the version trained above.
-    params = set_params(project, serve={"max_batch": 300})
+    set_params(project, serve={"max_batch": 300})
+    params = load_settings(project / "params.yaml")
     # A registered version is not in use until the champion gate says so: `make run` ends with it.
     refused = run_in(project, "python", "-m", "commands.serve", check=False)
+    uri = store.tracking_uri(params.mlflow, params.paths, project)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
-        f"error: MLflow model registry at {store.tracking_uri(params, project)}: no version of model "
+        f"error: MLflow model registry at {uri}: no version of model "
         "'vae-decoder' is champion yet; `make run` names one (its last step, the champion gate)"]
     # `make run` ends with the champion gate, which names version 1 (test_flows.py); the gate alone here.
-    params["mlflow"]["tracking_uri"] = store.tracking_uri(params, project)
-    gate = champion_gate(store.connect(params), "vae-decoder", "1", params["retrain"]["margin"],
-                         params["retrain"]["gate_metric"])
+    mlflow = params.mlflow.model_copy(update={"tracking_uri": uri})
+    gate = champion_gate(store.connect(mlflow, params.paths), "vae-decoder", "1", params.retrain.margin,
+                         params.retrain.gate_metric)
     assert gate["decision"] == "no champion yet: version 1 becomes champion"
     url, server = start_server(project, {}, tmp_path / "serve.log")
     request.addfinalizer(lambda: stop_process_group(server))
     assert "serving vae-decoder version 1, the champion" in (tmp_path / "serve.log").read_text()
 
-    model, config = load_model(project / params["paths"]["model_dir"])
+    model, config = load_model(project / params.paths.model_dir)
     z = np.random.default_rng(0).standard_normal((300, config["latent_dim"])).astype(np.float32)
     images = predict(url, z)
     assert images.shape == (300, IMAGE_SIZE, IMAGE_SIZE)
@@ -131,18 +134,18 @@ def test_make_serve_serves_the_champion_from_a_tracking_server(project, mlflow_s
     server_url, _ = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server_url)
     params = load_params(project / "params.yaml")
-    client = store.connect(params)
-    run_id = client.create_run(store.experiment_id(client, params)).info.run_id
+    client = store.connect(params.mlflow, params.paths)
+    run_id = client.create_run(store.experiment_id(client, params.mlflow, params.paths)).info.run_id
     torch.manual_seed(1)
-    model = VAE.from_config(params["train"]).eval()
-    name = params["mlflow"]["model_name"]
-    version, _ = log_decoder(client, run_id, model, name, {}, params["serve"]["max_batch"])
+    model = VAE.from_config(params.train).eval()
+    name = params.mlflow.model_name
+    version, _ = log_decoder(client, run_id, model, name, {}, params.serve.max_batch)
     client.set_registered_model_alias(name, registry.CHAMPION_ALIAS, version)
 
     url, server = start_server(project, {"MLFLOW_TRACKING_URI": server_url}, tmp_path / "serve.log")
     request.addfinalizer(lambda: stop_process_group(server))
     assert f"serving {name} version {version}, the champion" in (tmp_path / "serve.log").read_text()
-    z = np.random.default_rng(1).standard_normal((5, params["train"]["latent_dim"])).astype(np.float32)
+    z = np.random.default_rng(1).standard_normal((5, params.train.latent_dim)).astype(np.float32)
     assert np.abs(predict(url, z) - decoded(model, z)).max() <= 1e-5
 
 
@@ -189,12 +192,12 @@ def test_only_the_champion_is_served(tmp_path):
 def test_the_port_comes_from_the_environment_else_params(monkeypatch):
     params = load_params()
     monkeypatch.delenv(PORT_ENV, raising=False)
-    assert port(params) == params["serve"]["port"]
+    assert port(params.serve) == params.serve.port
     monkeypatch.setenv(PORT_ENV, "5999")
-    assert port(params) == 5999
+    assert port(params.serve) == 5999
     monkeypatch.setenv(PORT_ENV, "http")
     with pytest.raises(PipelineError, match=f"env {PORT_ENV}: 'http' is not a port"):
-        port(params)
+        port(params.serve)
 
 
 def test_the_registered_decoder_loads_and_runs_on_the_cpu_where_cuda_is_present(tmp_path, monkeypatch):

@@ -53,18 +53,18 @@ def test_the_point_runner_travels_by_value():
 def test_a_sweep_refuses_uncommitted_inputs_and_names_them(project):
     params = load_params(project / "params.yaml")
     head = run_in(project, "git", "rev-parse", "HEAD").stdout.strip()
-    assert sweep.sweep_commit(project, params) == head
+    assert sweep.sweep_commit(project, params.paths) == head
     # The operating sections (no stage reads them) do not count: the points get them from the sweep.
     current = yaml.safe_load((project / "params.yaml").read_text())
     set_params(project, **{section: {next(iter(current[section])): "changed"} for section in OPERATING})
-    assert sweep.sweep_commit(project, params) == head
+    assert sweep.sweep_commit(project, params.paths) == head
     # What a stage reads does, named with its section, and so does code.
     run_in(project, "git", "checkout", "params.yaml")
     set_params(project, train={"lr": 0.01}, sweep={"epochs": 1})
     (project / "stages" / "train.py").write_text((project / "stages" / "train.py").read_text() + "\n# local edit\n")
     with pytest.raises(PipelineError, match=r"uncommitted changes to params.yaml \(train\), stages/train.py; .*"
                                             f"commit {head[:12]}.*`git commit`"):
-        sweep.sweep_commit(project, params)
+        sweep.sweep_commit(project, params.paths)
     # As `python -m flows.sweep` says it: one line, before Prefect starts (no traceback), exit 2.
     refused = run_in(project, "python", "-m", "flows.sweep", check=False)
     assert refused.returncode == 2, refused.stderr
@@ -74,21 +74,21 @@ def test_a_sweep_refuses_uncommitted_inputs_and_names_them(project):
     # The pipeline's outputs and dvc.lock are no inputs: they do not count.
     (project / "dvc.lock").write_text("schema: '2.0'\n")
     run_in(project, "git", "checkout", "params.yaml", "stages/train.py")
-    assert sweep.sweep_commit(project, params) == head
+    assert sweep.sweep_commit(project, params.paths) == head
 
 
 def test_the_command_line_sets_the_grid_as_dvc_exp_run_does(project):
     settings = sweep_args.sweep_settings(project, sweep_args.overrides(sweep_args.parse(
         ["-S", "sweep.beta=[1, 4]", "-S", "sweep.latent_dim=[2]", "--set-param", "sweep.epochs=1"])))
-    assert [(p["train.beta"], p["train.latent_dim"], p["train.epochs"]) for p in sweep.grid(settings["sweep"])] \
+    assert [(p["train.beta"], p["train.latent_dim"], p["train.epochs"]) for p in sweep.grid(settings.sweep)] \
         == [(1, 2, 1), (4, 2, 1)]
-    assert load_settings(project / "params.yaml")["sweep"] != settings["sweep"]     # the file is left alone
+    assert load_settings(project / "params.yaml").sweep != settings.sweep     # the file is left alone
     # A bad value, key or section: the key, what is wrong, what is allowed, as for params.yaml; exit 2.
     sections = load_settings(project / "params.yaml")
     for args, message in [
         (["-S", "sweep.beta=[-1]"], "-S sweep.beta=[-1]: invalid params:\n  'sweep.beta' is [-1]; allowed: a list "
                                     f"of at least 1 items, each {Sweep.rule('beta').allowed.split('each ')[1]}"),
-        (["-S", "sweep.nope=1"], "unknown key 'sweep.nope' (allowed: " + ", ".join(sections["sweep"]) + ")"),
+        (["-S", "sweep.nope=1"], "unknown key 'sweep.nope' (allowed: " + ", ".join(sections.sweep.model_dump()) + ")"),
         (["-S", "train.lr=0.1"], "-S train.lr: section 'train' is read by the stages"),
         (["-S", "sweep.epochs"], "-S sweep.epochs: expected KEY=VALUE"),
         (["--grid", "x"], "python -m flows.sweep: unrecognized arguments: --grid x; usage: "),
@@ -102,7 +102,7 @@ def test_the_command_line_sets_the_grid_as_dvc_exp_run_does(project):
 
 
 def test_the_shared_stages_are_those_no_override_touches(project):
-    overrides = set(sweep.grid(load_settings(project / "params.yaml")["sweep"])[0])
+    overrides = set(sweep.grid(load_settings(project / "params.yaml").sweep)[0])
     assert sweep.shared_stages(project, "train", overrides) == ["download"]
     assert sweep.shared_stages(project, "evaluate", overrides) == ["download"]
     assert sweep.shared_stages(project, "latent_map", {"latent_map.n_neighbors"}) == \
@@ -119,7 +119,7 @@ def test_a_recipe_carries_no_credential(monkeypatch, tmp_path):
                         "VAE_STACK_GIT_USER": "vae"}.items():
         monkeypatch.setenv(name, value)
     params = load_settings(ROOT / "params.yaml")
-    settings = {**params["sweep"], "scheduler": "stack"}
+    settings = params.sweep.model_copy(update={"scheduler": "stack"})
     where = {"git_url": "http://10.0.0.1:8417/vae-pipeline.git", "push": True,
              "dvc_remote": {"name": "stack", "url": "s3://vae-pipeline/dvc"}}
     for uri in ("http://10.0.0.1:5000", "http://vae:mlflow-secret-3@10.0.0.1:5000"):

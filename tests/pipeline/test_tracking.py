@@ -35,18 +35,18 @@ def open_store(project):
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri), store.training_run(load_params(project / "params.yaml"), project)
+    return mlflow.MlflowClient(uri), store.training_run(load_params(project / "params.yaml").paths, project)
 
 
 def test_tracking_uri_env_then_params_then_embedded(monkeypatch):
     params = load_params()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     home = project_home()   # the checkout itself, or the main checkout of a git worktree (test_run_modes.py)
-    assert store.tracking_uri(params) == f"sqlite:///{home}/mlflow.db"
-    params["mlflow"]["tracking_uri"] = "sqlite:///other/runs.db"  # relative: anchored at the project's home
-    assert store.tracking_uri(params) == f"sqlite:///{home}/other/runs.db"
+    assert store.tracking_uri(params.mlflow, params.paths) == f"sqlite:///{home}/mlflow.db"
+    mlflow = params.mlflow.model_copy(update={"tracking_uri": "sqlite:///other/runs.db"})  # relative: anchored
+    assert store.tracking_uri(mlflow, params.paths) == f"sqlite:///{home}/other/runs.db"  # at the project's home
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert store.tracking_uri(params) == "http://127.0.0.1:5999"
+    assert store.tracking_uri(mlflow, params.paths) == "http://127.0.0.1:5999"
 
 
 def test_credentials_never_appear_in_messages(monkeypatch):
@@ -54,7 +54,7 @@ def test_credentials_never_appear_in_messages(monkeypatch):
     port = free_port()  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{port}")
     with pytest.raises(PipelineError) as error:
-        store.connect(params)
+        store.connect(params.mlflow, params.paths)
     assert f"http://alice:***@127.0.0.1:{port} is unreachable" in str(error.value)
     assert "s3cret" not in str(error.value)
 
@@ -62,7 +62,7 @@ def test_credentials_never_appear_in_messages(monkeypatch):
 def test_unwritable_sqlite_folder_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/no/such/folder/mlflow.db")
     with pytest.raises(PipelineError, match="folder .*no/such/folder is missing"):
-        store.connect(load_params())
+        store.connect(load_params().mlflow, load_params().paths)
 
 
 def test_run_tags_from_env(monkeypatch):
@@ -77,17 +77,20 @@ def test_flat_params_name_every_train_key():
     flat = runs.flat_params(load_params())
     assert flat["data.dataset"] == "mnist" and flat["data.binarize"] == "none" and flat["train.beta"] == "1.0"
     assert flat["train.hidden_dims"] == "[400]"
-    assert {k for k in flat if k.startswith("train.")} == {f"train.{k}" for k in load_params()["train"]}
+    assert {k for k in flat if k.startswith("train.")} == {f"train.{k}" for k in load_params().train.model_dump()}
 
 
 def test_resumed_training_continues_its_run_other_unfinished_runs_fail(monkeypatch, tmp_path):
     params = load_params()
-    params["paths"].update(raw_dir=str(tmp_path / "raw"), checkpoint_dir=str(tmp_path / "checkpoints"))
-    params["mlflow"]["system_metrics_interval"] = None  # these runs never finish: no monitor left behind
+    params = params.model_copy(update={
+        "paths": params.paths.model_copy(update={"raw_dir": str(tmp_path / "raw"),
+                                                  "checkpoint_dir": str(tmp_path / "checkpoints")}),
+        # these runs never finish: no monitor left behind
+        "mlflow": params.mlflow.model_copy(update={"system_metrics_interval": None})})
     (tmp_path / "raw" / "mnist").mkdir(parents=True)
     (tmp_path / "raw" / "mnist" / "train-images-idx3-ubyte").write_bytes(b"not really")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    client = store.connect(params)
+    client = store.connect(params.mlflow, params.paths)
     row = dict(zip(["epoch"] + EPOCH_METRICS, [1, 5.0, 4.0, 1.0, 6.0, 5.0, 1.0, 0.5]))
 
     first = runs.start_training_run(client, params, torch.device("cpu"), "key-a", [])
@@ -157,7 +160,9 @@ def test_pipeline_runs_are_tracked_registered_and_compared(built_project, tmp_pa
     experiment = client.get_experiment(run.info.experiment_id)
     assert store.EXPERIMENT_KIND.items() <= experiment.tags.items()
     [data] = run.inputs.dataset_inputs
-    assert data.dataset.name == "mnist" and data.dataset.digest == store.data_input(params).dataset.digest
+    typed = load_params(project / "params.yaml")
+    digest = store.data_input(typed.paths, typed.data).dataset.digest
+    assert data.dataset.name == "mnist" and data.dataset.digest == digest
     assert json.loads(data.dataset.profile)["sha256"] == params["data"]["sha256"]
     assert {m.model_id for m in run.outputs.model_outputs} == {record["model_id"]}
     logged = client.get_logged_model(record["model_id"])
@@ -202,7 +207,7 @@ def test_pipeline_logs_to_a_real_server_over_http(project, mlflow_server, monkey
     url, folder = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     run_in(project, "dvc", "repro")
-    record = store.training_run(load_params(project / "params.yaml"), project)
+    record = store.training_run(load_params(project / "params.yaml").paths, project)
     assert record["tracking_uri"] == url and record["model_uri"] == "models:/vae-decoder/1"
     assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
 

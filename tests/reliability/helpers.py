@@ -12,8 +12,8 @@ NOT_OUTPUTS = ("__pycache__", ".hypothesis", ".pytest_cache", "mlartifacts")
 # The MLflow store and the run records (paths.run_record; the unfinished run's, in paths.checkpoint_dir)
 # record a failed run too, on purpose: they are tracking, not outputs. The test projects are copies
 # of this checkout, with its paths (and their params.yaml may be broken on purpose).
-PATHS = load_params()["paths"]
-TRACKING_RECORDS = {"mlflow.db", PATHS["run_record"], str(Path(PATHS["checkpoint_dir"]) / RUN_FILE)}
+PATHS = load_params().paths
+TRACKING_RECORDS = {"mlflow.db", PATHS.run_record, str(Path(PATHS.checkpoint_dir) / RUN_FILE)}
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from vae_pipeline.ml.data import FILES
-from vae_pipeline.params import load_params
+from vae_pipeline.params import Pipeline, load_params
 from vae_pipeline.tracking import runs, store
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -31,13 +31,14 @@ EPOCH_METRICS = ["train_loss", "train_recon", "train_kl", "test_loss", "test_rec
 FINAL_METRICS = ["test_loss_mu", "test_recon_mu", "best_test_loss", "train_seconds"]
 
 
-def writer_params(uri: str, folder, index: int) -> dict:
+def writer_params(uri: str, folder, index: int) -> Pipeline:
     """The project's params, logging to `uri`; each writer has its own checkpoint folder (its open-run file)."""
     params = load_params()
-    params["mlflow"]["tracking_uri"] = uri
-    params["paths"].update(raw_dir=str(folder / "raw"), checkpoint_dir=str(folder / f"checkpoints-{index}"))
-    params["train"]["beta"] = float(index)  # a run name per writer, like a sweep over beta
-    return params
+    return params.model_copy(update={
+        "mlflow": params.mlflow.model_copy(update={"tracking_uri": uri}),
+        "paths": params.paths.model_copy(update={"raw_dir": str(folder / "raw"),
+                                                  "checkpoint_dir": str(folder / f"checkpoints-{index}")}),
+        "train": params.train.model_copy(update={"beta": float(index)})})  # a run name per writer, as a sweep
 
 
 def log_like_a_training(uri: str, folder, index: int, start, results) -> None:
@@ -46,7 +47,7 @@ def log_like_a_training(uri: str, folder, index: int, start, results) -> None:
     try:
         start.wait(timeout=300)  # every writer is ready: go
         started = time.monotonic()
-        client = store.connect(params)
+        client = store.connect(params.mlflow, params.paths)
         opened = time.monotonic()
         run_id = runs.start_training_run(client, params, torch.device("cpu"), f"writer-{index}", [])
         for epoch in range(1, EPOCHS + 1):
@@ -152,7 +153,8 @@ def log_one_data_set(uri: str, index: int, rounds: int, start, results) -> None:
     errors = []
     for round_ in range(rounds):
         params = load_params()
-        params["data"]["sha256"] = {name: f"{round_:064x}" for name in FILES}   # a data set new to the store
+        checksums = {name: f"{round_:064x}" for name in FILES}                  # a data set new to the store
+        params = params.model_copy(update={"data": params.data.model_copy(update={"sha256": checksums})})
         run_id = client.create_run(experiment).info.run_id
         start.wait(timeout=120)
         try:

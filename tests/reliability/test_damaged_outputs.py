@@ -149,7 +149,7 @@ def writer_of(name: str) -> str:
     params = load_params()
     for stage, entry in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
         for out in [*entry.get("outs", []), *entry.get("metrics", []), *entry.get("plots", [])]:
-            path = re.sub(r"\$\{(\w+)\.(\w+)\}", lambda m: str(params[m[1]][m[2]]),
+            path = re.sub(r"\$\{(\w+)\.(\w+)\}", lambda m: str(getattr(getattr(params, m[1]), m[2])),
                           next(iter(out)) if isinstance(out, dict) else out)
             if name == path or name.startswith(path + "/"):
                 return stage
@@ -236,7 +236,7 @@ def test_a_store_failing_at_the_end_of_train_or_at_registration_leaves_the_previ
     record_file = params["paths"]["run_record"]
     outputs = [record_file, TRAIN_METRICS, TRAIN_DETAIL, HISTORY, WEIGHTS, CONFIG]
     before = {name: (project / name).read_bytes() for name in outputs}
-    recorded = training_run(load_params(project / "params.yaml"), project)
+    recorded = training_run(load_params(project / "params.yaml").paths, project)
 
     code, error, stray = run_stage(project, "train")
     checkpoint = f"{params['paths']['checkpoint_dir']}/train.pt"
@@ -246,7 +246,7 @@ def test_a_store_failing_at_the_end_of_train_or_at_registration_leaves_the_previ
     assert {name: (project / name).read_bytes() for name in outputs if name != record_file} == \
         {name: data for name, data in before.items() if name != record_file}
     # The record may gain the run of the staged model that never moved in; the model on disk keeps its own.
-    assert training_run(load_params(project / "params.yaml"), project) == recorded
+    assert training_run(load_params(project / "params.yaml").paths, project) == recorded
     assert checkpoint in stray                                     # kept on purpose: the rerun resumes
     assert not [p for p in snapshot(project) if ".staged-" in p]
 
@@ -273,5 +273,5 @@ def test_a_store_failing_at_the_end_of_train_or_at_registration_leaves_the_previ
         db.execute("DROP TRIGGER refuse_versions")
     run_in(project, "python", "-m", "stages.evaluate")
     assert all((project / name).read_bytes() != before[name] for name in outputs)
-    record = training_run(load_params(project / "params.yaml"), project)
+    record = training_run(load_params(project / "params.yaml").paths, project)
     assert record is not None and record["model_version"] == "1"   # the new weights' own record

@@ -102,7 +102,7 @@ def test_a_command_names_an_unreachable_tracking_server_with_its_password_masked
 
 def test_the_scheduler_without_a_server_says_how_to_start_one(monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    port = load_settings()["stack"]["prefect_port"]
+    port = load_settings().stack.prefect_port
     result = run_entry([sys.executable, "-m", "flows.schedule"])
     assert_one_error(result, "PREFECT_API_URL is not set", f"--port {port}", f"http://127.0.0.1:{port}/api")
 
@@ -142,6 +142,6 @@ def test_a_worker_kit_in_a_read_only_folder_names_it_and_the_default_kit_lands_i
     assert_one_error(result, f"error: {kit}: ")
     # No folder given: params.yaml stack.state_dir's worker-kit/ (the Makefile's KIT is empty by default).
     run_in(project, sys.executable, "-m", "stack", "worker-kit")
-    assert (project / load_settings()["stack"]["state_dir"] / "worker-kit" / "env").stat().st_mode & 0o777 == 0o600
+    assert (project / load_settings().stack.state_dir / "worker-kit" / "env").stat().st_mode & 0o777 == 0o600
     made = run_in(project, "make", "-s", "-o", ".venv/.installed", "stack-worker-kit", "KIT=other-kit")
     assert (project / "other-kit" / "env").exists(), made.stdout

@@ -81,7 +81,7 @@ def stack_ports() -> dict[str, int]:
 
 def run_record(project: Path) -> dict:
     """The MLflow run that trained the project's current model (paths.run_record)."""
-    return store.training_run(load_params(project / "params.yaml"), project)
+    return store.training_run(load_params(project / "params.yaml").paths, project)
 
 
 def digest(folder: Path, outputs: list[str]) -> dict[str, str]:

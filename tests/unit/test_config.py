@@ -1,7 +1,7 @@
 """params.yaml as a typed config: one strict, closed, frozen model per section, one error format.
 
 The messages are the project's own (the key, its value, what is allowed), never pydantic's; code
-that still reads the config as a mapping (tracking/, the flows) keeps working through its view.
+reads the sections by attribute, and a changed config is a copy, or a dict checked again.
 """
 import copy
 import json
@@ -95,25 +95,28 @@ def test_the_stages_config_leaves_the_settings_to_their_loader():
     params = changed(stack=("mlflow_port", 0))
     params["sweep"] = "not even a mapping"
     assert validate(params).train == load_params().train
-    assert "sweep" not in validate(params).keys() and not hasattr(validate(params), "stack")
+    assert "sweep" not in validate(params).model_dump() and not hasattr(validate(params), "stack")
     assert "missing section 'sweep'" in message(params, Settings)
 
 
-def test_code_that_reads_mappings_reads_and_changes_a_view():
-    """tracking/, the flows and the commands read params["mlflow"]["..."], copy with {**params} and
-    change a section, as they did with a dict; the typed sections stay as they were loaded."""
+def test_a_changed_config_is_a_copy_and_is_checked_again_as_a_dict():
+    """Code reads sections by attribute, and a config is no mapping; a change is a copy of the section
+    (model_copy) or a dict checked again (Pipeline.of), with the one error format."""
     params = load_settings()
-    assert params["train"]["beta"] == params.train.beta and params["train"]["hidden_dims"] == [400]
-    assert {**params, "mlflow": {}}.keys() == DEFAULTS.keys() and isinstance(params["train"], dict)
-    params["mlflow"]["tracking_uri"] = "sqlite:///elsewhere.db"
-    assert params["mlflow"]["tracking_uri"] == "sqlite:///elsewhere.db" and params.mlflow.tracking_uri is None
-    # A stage's run takes it through Pipeline.of: checked again, with the change.
-    assert Pipeline.of(params).mlflow.tracking_uri == "sqlite:///elsewhere.db"
-    assert copy.deepcopy(params)["mlflow"]["tracking_uri"] == "sqlite:///elsewhere.db"
-    assert params.model_copy()["mlflow"]["tracking_uri"] is None      # a copy is of the typed sections
-    params["train"]["epochs"] = "many"
+    with pytest.raises(TypeError):
+        params["train"]
+    assert params.train.hidden_dims == [400] and params.model_dump().keys() == DEFAULTS.keys()
+    mlflow = params.mlflow.model_copy(update={"tracking_uri": "sqlite:///elsewhere.db"})
+    assert mlflow.tracking_uri == "sqlite:///elsewhere.db" and params.mlflow.tracking_uri is None
+    moved = params.model_copy(update={"mlflow": mlflow})
+    assert moved.mlflow.tracking_uri == "sqlite:///elsewhere.db" and params.mlflow.tracking_uri is None
+    # A stage's run takes a config through Pipeline.of: one it can read is taken as it is, a dict is checked.
+    assert Pipeline.of(moved) is moved
+    assert Pipeline.of(moved.model_dump()).mlflow.tracking_uri == "sqlite:///elsewhere.db"
+    dumped = params.model_dump()
+    dumped["train"]["epochs"] = "many"
     with pytest.raises(PipelineError, match="'train.epochs' is 'many'; allowed: an integer >= 1"):
-        Pipeline.of(params)
+        Pipeline.of(dumped)
     untouched = load_params()
     assert Pipeline.of(untouched) is untouched
 

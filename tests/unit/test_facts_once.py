@@ -23,11 +23,11 @@ SETTINGS = load_settings()
 
 def default_ports() -> dict[str, int]:
     """Every port a service of the project binds by default, by its params.yaml key."""
-    stack = SETTINGS["stack"]
-    ports = {f"stack.{key}": value for key, value in stack.items() if key.endswith("_port")}
+    stack = SETTINGS.stack
+    ports = {f"stack.{key}": value for key, value in stack.model_dump().items() if key.endswith("_port")}
     # SeaweedFS's inner servers take seaweed_port and the 8 ports above it.
-    ports |= {f"stack.seaweed_port+{n}": stack["seaweed_port"] + n for n in range(1, 9)}
-    return ports | {"serve.port": SETTINGS["serve"]["port"], "mlflow_ui.port": SETTINGS["mlflow_ui"]["port"]}
+    ports |= {f"stack.seaweed_port+{n}": stack.seaweed_port + n for n in range(1, 9)}
+    return ports | {"serve.port": SETTINGS.serve.port, "mlflow_ui.port": SETTINGS.mlflow_ui.port}
 
 
 def test_no_two_services_default_to_one_port():
@@ -47,7 +47,7 @@ def test_the_makefile_exports_what_the_code_defines():
                            env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"}).stdout
     env = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
     assert {name: env.get(name) for name in environment.TELEMETRY_OFF} == environment.TELEMETRY_OFF
-    assert env["PREFECT_HOME"] == str(ROOT / SETTINGS["prefect"]["home"])
+    assert env["PREFECT_HOME"] == str(ROOT / SETTINGS.prefect.home)
 
 
 def test_dvc_config_names_the_stack_remote_as_params_and_make_stack_do():
@@ -67,8 +67,8 @@ def test_gitignore_covers_every_path_that_is_no_dvc_output():
         for kind in ("outs", "metrics", "plots"):
             for entry in stage.get(kind, []):
                 outputs |= set(re.findall(r"\$\{paths\.(\w+)\}", str(entry)))
-    untracked = {f"paths.{key}": path for key, path in SETTINGS["paths"].items() if key not in outputs}
-    untracked |= {key: SETTINGS[key.split(".")[0]][key.split(".")[1]]
+    untracked = {f"paths.{key}": path for key, path in SETTINGS.paths.model_dump().items() if key not in outputs}
+    untracked |= {key: getattr(getattr(SETTINGS, key.split(".")[0]), key.split(".")[1])
                   for key in ("prefect.home", "prefect.lock_file", "stack.state_dir")}
     assert "paths.run_record" in untracked and "paths.model_dir" not in untracked
     # Asked as a file and as a folder (a pattern such as `.prefect/` matches folders only).
@@ -109,9 +109,9 @@ def test_the_shared_environment_names_are_written_only_where_they_are_defined():
 def test_the_gate_reads_the_data_tags_a_training_writes(tmp_path):
     """The champion gate compares runs by the data.sha256.* tags the train stage sets (tracking/runs.py)."""
     params = load_settings()
-    params["paths"]["raw_dir"] = str(tmp_path)
-    (tmp_path / params["data"]["dataset"]).mkdir()
-    (tmp_path / params["data"]["dataset"] / "images-idx3-ubyte").write_bytes(b"tiny")
+    params = params.model_copy(update={"paths": params.paths.model_copy(update={"raw_dir": str(tmp_path)})})
+    (tmp_path / params.data.dataset).mkdir()
+    (tmp_path / params.data.dataset / "images-idx3-ubyte").write_bytes(b"tiny")
     tags = runs.run_tags(params, "cpu")
     assert [key for key in tags if key.startswith(DATA_SHA256_TAG)] == [DATA_SHA256_TAG + "images-idx3-ubyte"]
 
@@ -125,13 +125,14 @@ def test_make_deploy_names_the_deployment_from_params_and_describes_it_as_the_fl
     from stack.deploy import prefect_deploy
 
     params = load_settings(project / "params.yaml")
-    params["retrain"]["deployment"] = "nightly"          # not prefect.yaml's old literal name
+    params = params.model_copy(update={"retrain": params.retrain.model_copy(update={"deployment": "nightly"})})
+    # (not prefect.yaml's old literal name)
     home = tmp_path / "prefect-home"
     with local_api(home) as api:
         env = {**pipeline_env(), "PREFECT_API_URL": api, "PREFECT_HOME": str(home)}
-        run_in(project, "prefect", "work-pool", "create", params["stack"]["work_pool"], "--type", "process", env=env)
+        run_in(project, "prefect", "work-pool", "create", params.stack.work_pool, "--type", "process", env=env)
         prefect_deploy(project, params, env)
         deployment = requests.get(f"{api}/deployments/name/retrain/nightly", timeout=30).json()
     assert deployment["description"] == DESCRIPTION
-    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == [params["retrain"]["schedule_cron"]]
-    assert deployment["work_pool_name"] == params["stack"]["work_pool"]
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == [params.retrain.schedule_cron]
+    assert deployment["work_pool_name"] == params.stack.work_pool

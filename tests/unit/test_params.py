@@ -15,10 +15,9 @@ DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 def test_defaults_are_the_articles():
     params = load_params()
-    t = params["train"]
-    assert (t["latent_dim"], t["hidden_dims"], t["batch_size"], t["epochs"], t["lr"], t["beta"]) == \
-        (4, [400], 128, 15, 0.001, 1.0)
-    assert (params["data"]["dataset"], t["likelihood"], t["device"]) == ("mnist", "bernoulli", "auto")
+    t = params.train
+    assert (t.latent_dim, t.hidden_dims, t.batch_size, t.epochs, t.lr, t.beta) == (4, [400], 128, 15, 0.001, 1.0)
+    assert (params.data.dataset, t.likelihood, t.device) == ("mnist", "bernoulli", "auto")
 
 
 @pytest.mark.parametrize("section, key, value, message", [
@@ -60,7 +59,7 @@ def test_the_stages_check_their_sections_and_the_settings_every_section(tmp_path
     params = copy.deepcopy(DEFAULTS)
     params["stack"]["mlflow_port"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert load_params(tmp_path / "params.yaml")["train"] == DEFAULTS["train"]
+    assert load_params(tmp_path / "params.yaml").train.model_dump() == DEFAULTS["train"]
     with pytest.raises(PipelineError, match="'stack.mlflow_port' is 0"):
         load_settings(tmp_path / "params.yaml")
     assert not Pipeline.model_fields.keys() & {"prefect", "sweep", "retrain", "stack"}
@@ -74,15 +73,15 @@ def test_unreadable_yaml_names_the_file(tmp_path):
 
 
 def test_make_clean_removes_every_output_and_keeps_the_raw_data(project):
-    params = load_params(project / "params.yaml")
+    paths = load_params(project / "params.yaml").paths.model_dump()
     # the decision: the data, the MLflow store, its run record and UMAP's compiled code stay
     assert {"raw_dir", "run_record", "tracking_store", "tracking_artifacts", "numba_cache"} == set(KEPT_BY_CLEAN)
-    for key, path in params["paths"].items():               # every path, as a file or a folder with a file
+    for key, path in paths.items():                         # every path, as a file or a folder with a file
         target = project / path / "x" if key.endswith("_dir") else project / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("generated")
     run_in(project, "make", "clean")
-    left = {key for key, path in params["paths"].items() if (project / path).exists()}
+    left = {key for key, path in paths.items() if (project / path).exists()}
     assert left == set(KEPT_BY_CLEAN)
     assert (project / "dvc.yaml").exists() and (project / "vae_pipeline").is_dir()
 

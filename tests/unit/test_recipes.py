@@ -23,7 +23,7 @@ def test_every_recipe_keeps_the_rules_of_params_yaml(name):
     settings = recipe.checked(overrides, path)
     for key, value in recipe.flatten(overrides).items():
         section, field = key.split(".")
-        assert settings[section][field] == value
+        assert getattr(getattr(settings, section), field) == value
 
 
 def test_the_article_recipe_is_the_default_pipeline():

@@ -84,15 +84,6 @@ def class_names(data: Data) -> list[str]:
     return DATASETS[data.dataset]["classes"]
 
 
-# The same two for code that holds the whole params as a mapping (tracking/, until it takes sections).
-def raw_dir(params) -> Path:
-    return dataset_dir(Paths.model_validate(params["paths"]), Data.model_validate(params["data"]))
-
-
-def expected_checksums(params) -> dict[str, str]:
-    return dataset_checksums(Data.model_validate(params["data"]))
-
-
 # ---- IDX files ------------------------------------------------------------------------------
 
 UBYTE = 0x08

@@ -44,17 +44,17 @@ def rate_distortion_svg(results: list[dict]) -> str:
     return svg.getvalue()[svg.getvalue().index("<svg"):]     # drop the XML prologue: inline SVG
 
 
-def write_report(project: Path, params: dict, name: str, results: list[dict], failed: list[str],
+def write_report(project: Path, paths, epochs: int, name: str, results: list[dict], failed: list[str],
                  extra: dict | None = None) -> tuple[Path, Path]:
-    """reports/sweep.json (every point's figures) and reports/sweep.html (one self-contained page,
-    from vae_pipeline/pages/runs/templates/sweep.html.j2)."""
+    """paths.sweep_results (every point's figures) and paths.sweep_report (one self-contained page, from
+    vae_pipeline/pages/runs/templates/sweep.html.j2) of the config's Paths section; `epochs`: sweep.epochs."""
     results = sorted(results, key=lambda r: (r["latent_dim"], r["beta"]))
-    data_path = project / params["paths"]["sweep_results"]
+    data_path = project / paths.sweep_results
     write_json(data_path, {"sweep": name, **(extra or {}), "points": results, "failed": failed})
     page = pages.environment("vae_pipeline.pages.runs").get_template("sweep.html.j2").render(
-        name=name, results=results, failed=failed, epochs=params["sweep"]["epochs"],
+        name=name, results=results, failed=failed, epochs=epochs,
         finished=time.strftime("%Y-%m-%d %H:%M"), svg=rate_distortion_svg(results) if results else "")
-    path = project / params["paths"]["sweep_report"]
+    path = project / paths.sweep_report
     with atomic_path(path) as tmp:
         tmp.write_text(page)
     return path, data_path

@@ -18,6 +18,7 @@ from torch import nn
 
 from vae_pipeline.errors import PipelineError, redact_uri
 from vae_pipeline.ml.data import IMAGE_SIZE
+from vae_pipeline.params import Pipeline
 from vae_pipeline.tracking import store
 
 log = logging.getLogger("tracking")
@@ -82,24 +83,25 @@ def log_decoder(client, run_id: str, model, registered_name: str, model_params: 
     return str(info.registered_model_version), logged.model_id
 
 
-def register_decoder(params: dict, model, figures: dict) -> dict | None:
+def register_decoder(params: Pipeline, model, figures: dict) -> dict | None:
     """Register the decoder of `model` (the one in paths.model_dir) on the run that trained it, with
     `figures` (name -> number) as its logged model's metrics and the run's, measured on the data set.
 
     Returns the model's run record, now naming the version; None (with a warning) when no run is
     recorded for the model (store.recorded_run): nothing is registered then.
     """
-    client = store.connect(params)
-    record = store.recorded_run(client, params)
+    client = store.connect(params.mlflow, params.paths)
+    record = store.recorded_run(client, params.paths)
     if record is None:
         return None
-    name, run_id = params["mlflow"]["model_name"], record["run_id"]
+    name, run_id = params.mlflow.model_name, record["run_id"]
     # The logged model's params are those of the run that trained it: the params that shaped it.
     version, model_id = log_decoder(client, run_id, model, name, client.get_run(run_id).data.params,
-                                    params["serve"]["max_batch"])
-    store.log_metrics(client, run_id, figures, model_id=model_id, dataset=store.data_input(params).dataset)
+                                    params.serve.max_batch)
+    store.log_metrics(client, run_id, figures, model_id=model_id,
+                      dataset=store.data_input(params.paths, params.data).dataset)
     record |= dict(zip(store.REGISTRATION, (name, version, f"models:/{name}/{version}", model_id)))
-    store.add_run_record(params, record)
+    store.add_run_record(params.paths, record)
     log.info("decoder registered as %s (MLflow run %s)", record["model_uri"], run_id)
     return record
 

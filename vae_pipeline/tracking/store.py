@@ -30,8 +30,8 @@ import requests
 
 from vae_pipeline.errors import PipelineError, redact_uri
 from vae_pipeline.files import ROOT, home_path, locked, project_path, sha256_file, write_json
-from vae_pipeline.ml.data import FILES, expected_checksums, raw_dir
-from vae_pipeline.params import load_params
+from vae_pipeline.ml.data import FILES, dataset_checksums, dataset_dir
+from vae_pipeline.params import Data, MLflow, Paths, Pipeline, load_params
 
 log = logging.getLogger("tracking")
 
@@ -41,24 +41,24 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 EVAL_METRIC_PREFIX, DATA_SHA256_TAG = "eval_", "data.sha256."
 
 
-def default_tracking_uri(root: Path = ROOT, params: dict | None = None) -> str:
-    """sqlite:///<home>/<paths.tracking_store>: the embedded store of the project at `root` (params: its own)."""
-    params = params or load_params(Path(root) / "params.yaml")
-    return f"sqlite:///{home_path(params['paths']['tracking_store'], root)}"
+def default_tracking_uri(root: Path = ROOT, paths: Paths | None = None) -> str:
+    """sqlite:///<home>/<paths.tracking_store>: the embedded store of the project at `root` (paths: its own)."""
+    paths = paths if paths is not None else load_params(Path(root) / "params.yaml").paths
+    return f"sqlite:///{home_path(paths.tracking_store, root)}"
 
 
-def tracking_uri(params: dict, root: Path = ROOT) -> str:
+def tracking_uri(mlflow: MLflow, paths: Paths, root: Path = ROOT) -> str:
     """The tracking URI: env MLFLOW_TRACKING_URI, else mlflow.tracking_uri, else the project's SQLite file."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"]
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.tracking_uri
     if not uri:
-        return default_tracking_uri(root, params)
+        return default_tracking_uri(root, paths)
     # A relative SQLite path would depend on the current directory: anchor it at the project's home.
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{home_path(uri.removeprefix('sqlite:///'), root)}"
     return uri
 
 
-def artifact_location(uri: str, params: dict) -> str | None:
+def artifact_location(uri: str, mlflow: MLflow, paths: Paths) -> str | None:
     """The artifact root of a new experiment in the store at `uri`; None: the store's own (a server's).
 
     A SQLite store has none (mlflow would use ./mlruns in the current directory): its artifacts lie
@@ -66,9 +66,9 @@ def artifact_location(uri: str, params: dict) -> str | None:
     """
     if not uri.startswith("sqlite:///"):
         return None
-    store_folder = home_path(params["paths"]["tracking_store"]).parent
-    beside = os.path.relpath(home_path(params["paths"]["tracking_artifacts"]), store_folder)
-    slug = re.sub(r"[^A-Za-z0-9._-]", "_", params["mlflow"]["experiment_name"])
+    store_folder = home_path(paths.tracking_store).parent
+    beside = os.path.relpath(home_path(paths.tracking_artifacts), store_folder)
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", mlflow.experiment_name)
     return (Path(uri.removeprefix("sqlite:///")).parent / beside / slug).resolve().as_uri()
 
 
@@ -92,7 +92,7 @@ def check_reachable(uri: str, timeout: float) -> None:
                                 "or not writable")
 
 
-def connect(params: dict):
+def connect(mlflow_section: MLflow, paths: Paths):
     """An MlflowClient for the tracking URI, after checking that the store can be read and written.
 
     Called before any work is spent: a store that is unreachable, damaged, or refuses writes fails
@@ -101,8 +101,8 @@ def connect(params: dict):
     """
     import mlflow  # imported here: importing mlflow takes seconds, and only tracking needs it
 
-    uri = tracking_uri(params)
-    check_reachable(uri, params["mlflow"]["connect_timeout"])
+    uri = tracking_uri(mlflow_section, paths)
+    check_reachable(uri, mlflow_section.connect_timeout)
     exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     # mlflow also exports the URI to os.environ; keep the caller's environment as it was, so a
@@ -117,7 +117,7 @@ def connect(params: dict):
             check_sqlite_file(uri)             # before mlflow opens it: it would try to build its tables in it
             client = mlflow.MlflowClient(uri)  # opens the store: a new SQLite file gets its tables
             client.search_experiments(max_results=1)
-            check_writable(client, params)
+            check_writable(client, mlflow_section, paths)
     except PipelineError:
         raise
     except Exception as e:
@@ -162,7 +162,7 @@ def check_sqlite_file(uri: str) -> None:
 STORE_CHECK_TAG = "vae_pipeline.store_writable"
 
 
-def check_writable(client, params: dict, tries: int = 3) -> None:
+def check_writable(client, mlflow: MLflow, paths: Paths, tries: int = 3) -> None:
     """Write to the store once: set STORE_CHECK_TAG on the experiment (created on first use).
 
     A store that reads but cannot be written (a full disk, a read-only file) fails here. Several
@@ -173,7 +173,7 @@ def check_writable(client, params: dict, tries: int = 3) -> None:
 
     for attempt in range(1, tries + 1):
         try:
-            client.set_experiment_tag(experiment_id(client, params), STORE_CHECK_TAG, "true")
+            client.set_experiment_tag(experiment_id(client, mlflow, paths), STORE_CHECK_TAG, "true")
             return
         except MlflowException:
             if attempt == tries:
@@ -198,11 +198,11 @@ def sqlite_open_lock(uri: str):
         yield
 
 
-def experiment_id(client, params: dict) -> str:
-    """The experiment named in params (created on first use)."""
+def experiment_id(client, mlflow: MLflow, paths: Paths) -> str:
+    """The experiment mlflow.experiment_name (created on first use; its artifacts: artifact_location)."""
     from mlflow.exceptions import MlflowException
 
-    name = params["mlflow"]["experiment_name"]
+    name = mlflow.experiment_name
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if not EXPERIMENT_KIND.items() <= experiment.tags.items():   # made before the tag was set
@@ -210,7 +210,7 @@ def experiment_id(client, params: dict) -> str:
                 client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, params),
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, mlflow, paths),
                                         tags=EXPERIMENT_KIND)
     except MlflowException:  # created meanwhile by a parallel run
         experiment = client.get_experiment_by_name(name)
@@ -238,7 +238,7 @@ def log_metrics(client, run_id: str, metrics: dict, step: int = 0, model_id: str
 
 # ---- the run record: which run trained the model on disk; later stages attach to it ----------
 
-def data_input(params: dict):
+def data_input(paths: Paths, data: Data):
     """The data set as an MLflow run input (an mlflow.entities.DatasetInput, context `training`).
 
     Named data.dataset. Its digest is the SHA-256 of the pinned checksums listed as
@@ -249,11 +249,11 @@ def data_input(params: dict):
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.validation import MAX_DATASET_DIGEST_SIZE
 
-    checksums = expected_checksums(params)
+    checksums = dataset_checksums(data)
     listing = "".join(f"{checksums[name]}  {name}\n" for name in FILES)
-    dataset = Dataset(name=params["data"]["dataset"],
+    dataset = Dataset(name=data.dataset,
                       digest=hashlib.sha256(listing.encode()).hexdigest()[:MAX_DATASET_DIGEST_SIZE],
-                      source_type="local", source=json.dumps({"uri": raw_dir(params).as_uri()}),
+                      source_type="local", source=json.dumps({"uri": dataset_dir(paths, data).as_uri()}),
                       profile=json.dumps({"sha256": {name: checksums[name] for name in FILES}}))
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
 
@@ -265,14 +265,14 @@ def model_key(model_dir: Path) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
-def record_path(params: dict, root: Path = ROOT) -> Path:
+def record_path(paths: Paths, root: Path = ROOT) -> Path:
     """paths.run_record, in the home of the project at `root`."""
-    return home_path(params["paths"]["run_record"], root)
+    return home_path(paths.run_record, root)
 
 
-def run_records(params: dict, root: Path = ROOT) -> dict[str, dict]:
+def run_records(paths: Paths, root: Path = ROOT) -> dict[str, dict]:
     """paths.run_record: {model_key: the record of the run that trained that model}; {} when missing."""
-    path = record_path(params, root)
+    path = record_path(paths, root)
     if not path.exists():
         return {}
     try:
@@ -285,56 +285,56 @@ def run_records(params: dict, root: Path = ROOT) -> dict[str, dict]:
     return records
 
 
-def training_run(params: dict, root: Path = ROOT) -> dict | None:
+def training_run(paths: Paths, root: Path = ROOT) -> dict | None:
     """The run that trained the model now in paths.model_dir (of the project at `root`), or None."""
-    model_dir = Path(root) / params["paths"]["model_dir"]
+    model_dir = Path(root) / paths.model_dir
     if not model_dir.is_dir():
         return None
-    return run_records(params, root).get(model_key(model_dir))
+    return run_records(paths, root).get(model_key(model_dir))
 
 
 REGISTRATION = ("model_name", "model_version", "model_uri", "model_id")   # what registering adds to a record
 
 
-def add_run_record(params: dict, record: dict) -> None:
+def add_run_record(paths: Paths, record: dict) -> None:
     """Make `record` the record of the model in paths.model_dir (the train stage's staged folder, or the
     model in place). Only ever added to, under a lock: two experiments finishing at once keep both."""
-    key = model_key(project_path(params["paths"]["model_dir"]))
-    path = record_path(params)
+    key = model_key(project_path(paths.model_dir))
+    path = record_path(paths)
     path.parent.mkdir(parents=True, exist_ok=True)
     with locked(path.parent):
-        write_json(path, {**run_records(params), key: record})
+        write_json(path, {**run_records(paths), key: record})
 
 
-def recorded_run(client, params: dict) -> dict | None:
+def recorded_run(client, paths: Paths) -> dict | None:
     """The record of the run that trained the current model, checked to be in the client's store;
     None (with a warning) when none is recorded (trained before tracking existed, or elsewhere)."""
-    record = training_run(params)
+    record = training_run(paths)
     if record is None:
         log.warning("%s records no MLflow run for the model in %s (trained before tracking existed, "
-                    "or elsewhere): nothing attached to MLflow", params["paths"]["run_record"],
-                    params["paths"]["model_dir"])
+                    "or elsewhere): nothing attached to MLflow", paths.run_record, paths.model_dir)
         return None
     try:
         client.get_run(record["run_id"])
     except Exception:
-        raise PipelineError(f"MLflow run {record['run_id']} (from {params['paths']['run_record']}, logged to "
+        raise PipelineError(f"MLflow run {record['run_id']} (from {paths.run_record}, logged to "
                             f"{record['tracking_uri']}) is not in {redact_uri(client.tracking_uri)}; "
                             "point MLFLOW_TRACKING_URI at the store the model was trained with, "
                             "or retrain") from None
     return record
 
 
-def attach_to_training_run(params: dict, metrics: dict | None = None, artifacts: list[Path] = (),
+def attach_to_training_run(params: Pipeline, metrics: dict | None = None, artifacts: list[Path] = (),
                            artifact_dir: str | None = None, step: int = 0) -> str | None:
     """Log a later stage's metrics and files to the run that trained the current model.
 
     metrics: name -> number, logged at `step` in one request (a rerun adds a point, it never
     conflicts). artifacts: files or folders, stored under `artifact_dir` in the run. Params are
     never logged here: they belong to the training. Returns the run id, or None (see recorded_run).
+    `params`: the stage's config (this reads its mlflow and paths sections).
     """
-    client = connect(params)
-    record = recorded_run(client, params)
+    client = connect(params.mlflow, params.paths)
+    record = recorded_run(client, params.paths)
     if record is None:
         return None
     run_id = record["run_id"]

@@ -7,16 +7,18 @@ with the counts and the sweep's page.
 import json
 from pathlib import Path
 
+from vae_pipeline.params import Pipeline
 from vae_pipeline.tracking import store
 
 
-def start_parent_run(client, params: dict, name: str, settings: dict, commit: str, tags: dict) -> str:
-    """The sweep's MLflow run "sweep <name>": every point's training run is its child."""
+def start_parent_run(client, params: Pipeline, name: str, sweep, commit: str, tags: dict) -> str:
+    """The sweep's MLflow run "sweep <name>" in the experiment of `params` (its mlflow and paths sections),
+    its params the `sweep` section's: every point's training run is its child."""
     from mlflow.entities import Param, RunTag
 
-    run = client.create_run(store.experiment_id(client, params), run_name=f"sweep {name}")
+    run = client.create_run(store.experiment_id(client, params.mlflow, params.paths), run_name=f"sweep {name}")
     grid_params = {f"sweep.{key}": json.dumps(value) if isinstance(value, list) else str(value)
-                   for key, value in settings.items()}
+                   for key, value in sweep.model_dump().items()}
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in grid_params.items()],
                      tags=[RunTag(k, v) for k, v in {**tags, "git.commit": commit,
                                                      "mlflow.source.git.commit": commit,

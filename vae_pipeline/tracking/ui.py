@@ -14,7 +14,7 @@ from vae_pipeline.tracking.store import default_tracking_uri
 
 def artifact_root(root: Path = ROOT) -> Path:
     """Where the embedded store keeps its artifacts: paths.tracking_artifacts in the project's home."""
-    return home_path(load_params(Path(root) / "params.yaml")["paths"]["tracking_artifacts"], root)
+    return home_path(load_params(Path(root) / "params.yaml").paths.tracking_artifacts, root)
 
 
 def runs_page(root: Path = ROOT) -> str:
@@ -26,7 +26,7 @@ def runs_page(root: Path = ROOT) -> str:
     """
     import mlflow  # imported here: importing mlflow takes seconds
 
-    name = load_params(Path(root) / "params.yaml")["mlflow"]["experiment_name"]
+    name = load_params(Path(root) / "params.yaml").mlflow.experiment_name
     experiment = mlflow.MlflowClient(default_tracking_uri(root)).get_experiment_by_name(name)
     page = f"#/experiments/{experiment.experiment_id}/runs" if experiment else "#/experiments"
     return f"{page}?workflowType=machine_learning"
