@@ -128,12 +128,13 @@ def quick_exit(code: int) -> None:
     """Exit with `code` as Python would, less its teardown of every module and object.
 
     A stage's process has imported torch, MLflow, pandas or UMAP: freeing all that at exit took
-    1-3.5 s a process on the 2-core machine (os._exit: 0.05 s), for every stage DVC runs, each on
-    the pipeline's critical path. Everything Python's own exit does that matters still happens, in
-    its order: thread pools are told to end and the other (non-daemon) threads are waited for, the
-    atexit handlers run (logging's flush among them), stdout and stderr are flushed. Every output is already closed and renamed into place.
+    0.5-1 s a process on the quiet 2-core machine, 1-3.5 s on a busy one (os._exit: 0.05 s), for
+    every stage DVC runs, each on the pipeline's critical path. Everything Python's own exit does
+    that matters still happens, in its order: thread pools are told to end and the other
+    (non-daemon) threads are waited for, the atexit handlers run (logging's flush among them),
+    stdout and stderr are flushed. Every output is already closed and renamed into place.
     """
-    if sys.getprofile() or sys.gettrace():       # a profiler, debugger or coverage writes its findings at exit
+    if sys.getprofile() or sys.gettrace():       # a profiler, debugger or coverage: they write at exit
         sys.exit(code)
     threading._shutdown()     # Python's own first step at exit: thread pools told to end, threads joined
     atexit._run_exitfuncs()
