@@ -43,11 +43,11 @@ sweep: $(STAMP)  ## train the grid of params.yaml `sweep` on Dask; writes report
 exps: $(STAMP)  ## `dvc exp show` narrowed: the params that differ and the headline metrics (commands/exps.py)
 	python -m commands.exps
 
-# Three pytest-xdist workers on the 2 cores, a test file to each at a time (tests/conftest.py): the
-# slow tests wait on servers and subprocesses as much as they compute. The files go out in testpaths
-# order, the team stack's (the longest) first (--no-loadscope-reorder: by default xdist starts with
-# the groups of most tests, whatever they take). TEST_WORKERS=0 runs them in this process.
-TEST_WORKERS ?= 3
+# Two pytest-xdist workers, a test file to each at a time (tests/conftest.py): the slow tests wait on
+# servers and subprocesses as much as they compute. The files go out in testpaths order, the team
+# stack's (the longest group) first (--no-loadscope-reorder: by default xdist starts with the groups
+# of most tests, whatever they take). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP) lint browser postgres  ## lint, then the test suite (slow end-to-end tests included)
 	pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 

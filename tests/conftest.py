@@ -210,13 +210,12 @@ def pytest_configure(config):
         raise pytest.UsageError(f"tests/{stray[0]}: move it into its layer's folder (see tests/conftest.py)")
 
 
-# `make test` runs the files on three pytest-xdist workers (`-n 3 --dist loadgroup`): a group's tests
+# `make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadgroup`): a group's tests
 # run in one worker, in order, so a module-scoped fixture (a trained project, a server) is made once.
-# A file's group is the file, unless its tests name one. Three workers on the 2 cores: the slow tests
-# wait on servers, schedules and subprocesses as much as they compute, and with two workers the cores
-# stood idle a quarter of the time. The groups go to the workers in the order of pyproject.toml's
-# testpaths, so that the longest, the team stack's two files (each starting its own stack, on ports
-# of its own), start first. The tiny built projects are made once for all workers (build_once).
+# A file's group is the file, unless its tests name one: the team-stack files share `team-stack`, so
+# two stacks (each a PostgreSQL, an S3 store and three servers) never start at once on the 2 cores.
+# The groups go to the workers in the order of pyproject.toml's testpaths, so that the longest group,
+# the team stack's, starts first. The tiny built projects are made once for both workers (build_once).
 @pytest.hookimpl(tryfirst=True)     # before xdist reads the marks
 def pytest_collection_modifyitems(items):
     for item in items:

@@ -46,7 +46,7 @@ from vae_pipeline.params import load_params
 from vae_pipeline.tracking import elsewhere, store
 from vae_pipeline.tracking.runs import RUN_FILE
 
-pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+pytestmark = [pytest.mark.slow, pytest.mark.reliability, pytest.mark.xdist_group("team-stack")]
 
 try:
     postgres.bin_dir()

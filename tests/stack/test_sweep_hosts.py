@@ -196,6 +196,7 @@ def configure(project: Path, **sections) -> None:
 
 
 @pytest.mark.reliability
+@pytest.mark.xdist_group("team-stack")      # never two stacks at once (tests/conftest.py)
 def test_a_sweep_on_two_namespaced_hosts_survives_a_killed_worker(tiny_source, tmp_path, reliability):
     from stack import postgres
     from stack.settings import Stack, read_env_file
